@@ -1,0 +1,186 @@
+//! Settings of the `chatd` daemon. Every setting is a command-line flag and a
+//! `CHATD_<NAME>` environment variable; the flag wins over the variable.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "chatd",
+    version,
+    about = "A self-contained chat server: users, friends, groups and messages in an embedded database, JSON over TCP."
+)]
+pub struct Settings {
+    /// Where the database lives; created if missing.
+    #[arg(long, env = "CHATD_DATA_DIR", default_value = "./chatd-data")]
+    pub data_dir: PathBuf,
+
+    /// Client TCP address (both dialects share it).
+    #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:6000")]
+    pub listen: SocketAddr,
+
+    /// Largest JSON value a client may send, in bytes.
+    #[arg(long, env = "CHATD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Longest message text, in bytes (UTF-8).
+    #[arg(long, env = "CHATD_MAX_TEXT_BYTES", default_value_t = 4096)]
+    pub max_text_bytes: usize,
+
+    /// Sessions one user may have open at once (devices).
+    #[arg(long, env = "CHATD_MAX_SESSIONS_PER_USER", default_value_t = 8)]
+    pub max_sessions_per_user: usize,
+
+    /// Open client connections the server accepts at once.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Friends plus pending requests one user may have.
+    #[arg(long, env = "CHATD_MAX_FRIENDS", default_value_t = 2000)]
+    pub max_friends: usize,
+
+    /// Groups one user may belong to.
+    #[arg(long, env = "CHATD_MAX_GROUPS_PER_USER", default_value_t = 500)]
+    pub max_groups_per_user: usize,
+
+    /// Members one group may have.
+    #[arg(long, env = "CHATD_MAX_GROUP_MEMBERS", default_value_t = 2000)]
+    pub max_group_members: usize,
+
+    /// Requests per second one session may send on average...
+    #[arg(long, env = "CHATD_RATE_LIMIT", default_value_t = 500.0)]
+    pub rate_limit: f64,
+
+    /// ...and in a burst. Beyond that, reading from the session slows down.
+    #[arg(long, env = "CHATD_RATE_BURST", default_value_t = 1000.0)]
+    pub rate_burst: f64,
+
+    /// Replies and pushes waiting for one session; a session that falls this
+    /// far behind is closed (its undelivered messages wait for its next login).
+    #[arg(long, env = "CHATD_SESSION_QUEUE", default_value_t = 1024)]
+    pub session_queue: usize,
+
+    /// Close a native-protocol session that sends nothing for this long
+    /// (clients send "ping" to stay connected). Seconds; 0 disables.
+    #[arg(long, env = "CHATD_IDLE_TIMEOUT_SECS", default_value_t = 90)]
+    pub idle_timeout_secs: u64,
+
+    /// Pause between two writes to a classic client, whose reader cannot
+    /// separate two JSON values that arrive in one read. Milliseconds.
+    #[arg(long, env = "CHATD_CLASSIC_PUSH_GAP_MS", default_value_t = 20)]
+    pub classic_push_gap_ms: u64,
+
+    /// Notice pushed to every session after login (empty: none).
+    #[arg(long, env = "CHATD_WELCOME", default_value = "")]
+    pub welcome: String,
+
+    /// argon2id memory cost in KiB (OWASP recommends 19456).
+    #[arg(long, env = "CHATD_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations.
+    #[arg(long, env = "CHATD_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// sled page cache in MiB.
+    #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 128)]
+    pub cache_mb: u64,
+
+    /// Fault injection for tests: wait this long before every commit flush,
+    /// so anything that does not wait for durability shows up in a crash test.
+    #[arg(
+        long,
+        env = "CHATD_FAULT_COMMIT_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub fault_commit_delay_ms: u64,
+}
+
+impl Settings {
+    /// Defaults, with the data directory given: for tests and embedding.
+    pub fn with_data_dir(dir: impl Into<PathBuf>) -> Settings {
+        let mut s = Settings::parse_from(["chatd"]);
+        s.data_dir = dir.into();
+        s
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame_bytes.max(1024),
+            max_text: self.max_text_bytes.max(1),
+            max_sessions_per_user: self.max_sessions_per_user.max(1),
+            max_friends: self.max_friends,
+            max_groups_per_user: self.max_groups_per_user,
+            max_group_members: self.max_group_members.max(2),
+            rate_limit: self.rate_limit.max(1.0),
+            rate_burst: self.rate_burst.max(1.0),
+            session_queue: self.session_queue.max(16),
+            idle_timeout: (self.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.idle_timeout_secs)),
+            classic_gap: Duration::from_millis(self.classic_push_gap_ms),
+            welcome: (!self.welcome.is_empty()).then(|| self.welcome.clone()),
+            ..Limits::default()
+        }
+    }
+}
+
+/// Most message ids one acknowledgement may carry.
+pub const MAX_ACK_IDS: usize = 4096;
+
+/// Limits on everything a client can drive, as the rules and sessions use them.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_frame: usize,
+    pub max_text: usize,
+    pub max_name_chars: usize,
+    pub max_password_bytes: usize,
+    pub max_desc_chars: usize,
+    pub max_note_chars: usize,
+    pub max_cid_bytes: usize,
+    pub max_sessions_per_user: usize,
+    pub max_friends: usize,
+    pub max_groups_per_user: usize,
+    pub max_group_members: usize,
+    pub history_page: usize,
+    pub history_page_max: usize,
+    pub search_results: usize,
+    pub search_scan: usize,
+    pub rate_limit: f64,
+    pub rate_burst: f64,
+    pub session_queue: usize,
+    pub idle_timeout: Option<Duration>,
+    pub classic_gap: Duration,
+    pub welcome: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 64 * 1024,
+            max_text: 4096,
+            // The classic schema's VARCHAR(50) and VARCHAR(200).
+            max_name_chars: 50,
+            max_password_bytes: 128,
+            max_desc_chars: 200,
+            max_note_chars: 200,
+            max_cid_bytes: 64,
+            max_sessions_per_user: 8,
+            max_friends: 2000,
+            max_groups_per_user: 500,
+            max_group_members: 2000,
+            history_page: 50,
+            history_page_max: 200,
+            search_results: 20,
+            search_scan: 200_000,
+            rate_limit: 500.0,
+            rate_burst: 1000.0,
+            session_queue: 1024,
+            idle_timeout: Some(Duration::from_secs(90)),
+            classic_gap: Duration::from_millis(20),
+            welcome: None,
+        }
+    }
+}

@@ -1,0 +1,787 @@
+//! The hub: one thread that owns the store and every session's routing.
+//!
+//! Sessions send it [`HubMsg`]s. It takes them in batches; for each request
+//! it asks the rules (`rules::decide`), applies the resulting operations
+//! (`apply::apply`), and turns their effects into pushes for the users
+//! concerned. At the end of a batch it appends the batch's operations to the
+//! log as one segment, asks for a flush, and hands every reply and push to
+//! its session tagged with the batch's durability ticket. A session writes an
+//! item only once that ticket is on disk, so nothing is acknowledged or
+//! delivered before it is durable, and one flush serves the whole batch.
+//!
+//! Because one thread does all of this, the rules never race: a name is
+//! checked and taken in one step, a kick cannot cross a message.
+//!
+//! The hub must not block on a client: it hands items over with `try_send`
+//! and closes a session whose queue is full (its messages stay pending).
+
+use crate::api::{ChatError, Command, ErrorCode, Event, GroupChange, MsgView, Reply, UserRef};
+use crate::apply::{apply, is_registered, Effect};
+use crate::config::Limits;
+use crate::dialect::{ReqCtx, Who};
+use crate::ids::{Clock, Gid, NodeId, Stamp, Uid};
+use crate::model::{Link, Op, OpBody, Role, Target};
+use crate::rules::{self, Ctx, IdAlloc, NameCache};
+use crate::store::{Store, StoreError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+pub type SessionId = u64;
+
+/// Messages a session's writer asks for at a time when replaying.
+pub const REPLAY_PAGE: usize = 512;
+
+/// How long shutdown waits for sessions to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What the hub and a session's two tasks share. The queue's sender is not
+/// in here: the writer holds this too, and its queue must close once the hub
+/// and the reader let go of the session.
+pub struct SessionLink {
+    pub id: SessionId,
+    /// Cancelled to close the connection now.
+    pub kill: CancellationToken,
+    /// Requests whose replies are not written yet. The reader takes a permit
+    /// per request, the writer gives it back with the reply, so a client that
+    /// pipelines is slowed down instead of overflowing its own queue.
+    pub window: tokio::sync::Semaphore,
+    pub peer: SocketAddr,
+    pub opened: SystemTime,
+    dialect: AtomicU8,
+}
+
+impl SessionLink {
+    pub fn new(id: SessionId, peer: SocketAddr, window: usize) -> SessionLink {
+        SessionLink {
+            id,
+            kill: CancellationToken::new(),
+            window: tokio::sync::Semaphore::new(window),
+            peer,
+            opened: SystemTime::now(),
+            dialect: AtomicU8::new(0),
+        }
+    }
+
+    /// The dialect pushes to this session are written in.
+    pub fn dialect(&self) -> crate::dialect::Dialect {
+        crate::dialect::Dialect::from_u8(self.dialect.load(Ordering::Relaxed))
+    }
+
+    pub fn set_dialect(&self, d: crate::dialect::Dialect) {
+        self.dialect.store(d.to_u8(), Ordering::Relaxed);
+    }
+}
+
+/// One item for a session's writer, to be written once `ticket` is durable.
+pub struct Out {
+    pub ticket: u64,
+    pub item: OutItem,
+}
+
+pub enum OutItem {
+    Reply(Box<(ReqCtx, Result<Reply, ChatError>)>),
+    Event(Arc<Event>),
+    /// Deliver the user's pending messages now (the writer pulls them in pages).
+    Replay,
+    /// Say goodbye and close.
+    Bye(ErrorCode),
+}
+
+/// Where a replay page goes: the ticket to wait for, and the messages.
+pub type PageReply = oneshot::Sender<(u64, Vec<MsgView>)>;
+
+pub enum HubMsg {
+    Open(Arc<SessionLink>, mpsc::Sender<Out>),
+    Request {
+        id: SessionId,
+        ctx: ReqCtx,
+        cmd: Command,
+    },
+    /// Queue a reply the session worked out itself (an invalid request), in
+    /// order with the replies the hub makes.
+    Echo {
+        id: SessionId,
+        ctx: ReqCtx,
+        result: Result<Reply, ChatError>,
+    },
+    /// The user id and password hash of a login candidate (`None`: the
+    /// session's own user).
+    Credentials {
+        id: SessionId,
+        who: Option<Who>,
+        reply: oneshot::Sender<Option<(Uid, String)>>,
+    },
+    /// The password was verified against `hash`: attach the session.
+    Login {
+        id: SessionId,
+        ctx: ReqCtx,
+        user: Uid,
+        hash: String,
+    },
+    /// A classic session wrote these messages of `user` to its socket.
+    Delivered {
+        user: Uid,
+        ids: Vec<Stamp>,
+    },
+    /// The next page of pending messages after `after`, with the ticket to wait for.
+    Replay {
+        id: SessionId,
+        after: Option<Stamp>,
+        reply: PageReply,
+    },
+    Close {
+        id: SessionId,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The sessions' way to reach the hub.
+#[derive(Clone)]
+pub struct HubHandle {
+    tx: mpsc::Sender<HubMsg>,
+    durable: watch::Receiver<u64>,
+}
+
+impl HubHandle {
+    /// Send a message; false once the hub has stopped.
+    pub async fn send(&self, msg: HubMsg) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+
+    /// Say goodbye to every session, write everything down, stop.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.send(HubMsg::Shutdown { done }).await {
+            let _ = wait.await;
+        }
+    }
+}
+
+struct Session {
+    link: Arc<SessionLink>,
+    tx: mpsc::Sender<Out>,
+    user: Option<Uid>,
+}
+
+pub struct Hub {
+    store: Store,
+    clock: Clock,
+    ids: IdAlloc,
+    names: NameCache,
+    limits: Arc<Limits>,
+    node: NodeId,
+    next_seq: u64,
+    sessions: HashMap<SessionId, Session>,
+    by_user: HashMap<Uid, Vec<SessionId>>,
+    /// Members of groups that recently had messages, for fan-out.
+    members: HashMap<Gid, Arc<Vec<Uid>>>,
+    /// This batch's operations, logged together at its end.
+    new_ops: Vec<Op>,
+    /// This batch's classic deliveries, logged as one operation.
+    marks: Vec<(Uid, Stamp)>,
+    /// Replay pages asked for in this batch, answered after it is logged.
+    replays: Vec<(SessionId, Option<Stamp>, PageReply)>,
+    /// Replies and pushes of this batch.
+    out: Vec<(SessionId, OutItem)>,
+    shutting_down: Option<(Instant, oneshot::Sender<()>)>,
+}
+
+/// A storage failure leaves the hub unable to keep its promises; stop and
+/// let the supervisor restart chatd from the log.
+fn fatal(e: StoreError) -> ! {
+    tracing::error!(error = %e, "storage failure; exiting");
+    std::process::exit(1);
+}
+
+impl Hub {
+    /// Bring the tables up to date with the log and start the hub thread.
+    pub fn spawn(
+        mut store: Store,
+        node: NodeId,
+        limits: Arc<Limits>,
+    ) -> Result<HubHandle, StoreError> {
+        let started = Instant::now();
+        let mut clock = Clock::new(node);
+        clock.observe(store.last_stamp());
+        let replayed = store.replay(|s, op| {
+            if let Err(e) = apply(s, op) {
+                fatal(e);
+            }
+        })?;
+        if replayed > 0 {
+            tracing::info!(ops = replayed, elapsed = ?started.elapsed(), "replayed the log tail");
+        }
+        let ids = IdAlloc::new(&store, node)?;
+        let next_seq = store.applied().get(&node).copied().unwrap_or(0) + 1;
+        let durable = store.durable();
+        let hub = Hub {
+            store,
+            clock,
+            ids,
+            names: NameCache::default(),
+            limits,
+            node,
+            next_seq,
+            sessions: HashMap::new(),
+            by_user: HashMap::new(),
+            members: HashMap::new(),
+            new_ops: Vec::new(),
+            marks: Vec::new(),
+            replays: Vec::new(),
+            out: Vec::new(),
+            shutting_down: None,
+        };
+        let (tx, rx) = mpsc::channel(8192);
+        std::thread::Builder::new()
+            .name("chatd-hub".into())
+            .spawn(move || {
+                // The hub blocks on sled, so it has a thread of its own.
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(hub.run(rx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the hub runtime"),
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the hub thread: {e}")))?;
+        Ok(HubHandle { tx, durable })
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        let mut batch = Vec::with_capacity(512);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, 512) => if n == 0 { break },
+                _ = tick.tick() => {}
+            }
+            for msg in batch.drain(..) {
+                self.handle(msg);
+            }
+            self.finish_batch();
+            if let Some((deadline, _)) = &self.shutting_down {
+                if self.sessions.is_empty() || Instant::now() >= *deadline {
+                    break;
+                }
+            }
+        }
+        for s in self.sessions.values() {
+            s.link.kill.cancel();
+        }
+        let done = self.shutting_down.take().map(|(_, d)| d);
+        if let Err(e) = self.store.close() {
+            tracing::error!(error = %e, "could not write the tables on shutdown (the log has everything)");
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    fn handle(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Open(link, tx) => {
+                if self.shutting_down.is_some() {
+                    link.kill.cancel();
+                } else {
+                    self.sessions.insert(
+                        link.id,
+                        Session {
+                            link,
+                            tx,
+                            user: None,
+                        },
+                    );
+                }
+            }
+            HubMsg::Request { id, ctx, cmd } => self.request(id, ctx, cmd),
+            HubMsg::Echo { id, ctx, result } => self.reply(id, ctx, result),
+            HubMsg::Credentials { id, who, reply } => {
+                let _ = reply.send(self.credentials(id, who));
+            }
+            HubMsg::Login {
+                id,
+                ctx,
+                user,
+                hash,
+            } => self.login(id, ctx, user, &hash),
+            HubMsg::Delivered { user, ids } => {
+                self.marks.extend(ids.into_iter().map(|m| (user, m)));
+            }
+            HubMsg::Replay { id, after, reply } => self.replays.push((id, after, reply)),
+            HubMsg::Close { id } => self.end_session(id),
+            HubMsg::Shutdown { done } => self.begin_shutdown(done),
+        }
+    }
+
+    fn user_of(&self, id: SessionId) -> Option<Uid> {
+        self.sessions.get(&id).and_then(|s| s.user)
+    }
+
+    fn reply(&mut self, id: SessionId, ctx: ReqCtx, result: Result<Reply, ChatError>) {
+        self.out.push((id, OutItem::Reply(Box::new((ctx, result)))));
+    }
+
+    fn request(&mut self, id: SessionId, ctx: ReqCtx, cmd: Command) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let who = session.user;
+        if cmd == Command::Logout {
+            self.detach(id);
+            return self.reply(id, ctx, Ok(Reply::LoggedOut));
+        }
+        let by_user = &self.by_user;
+        let online = |u: Uid| by_user.contains_key(&u);
+        let mut cx = Ctx {
+            clock: &mut self.clock,
+            ids: &mut self.ids,
+            names: &mut self.names,
+            limits: &self.limits,
+            online: &online,
+        };
+        match rules::decide(&self.store, &mut cx, who, cmd) {
+            Err(e) => self.reply(id, ctx, Err(e)),
+            Ok(d) => {
+                // The reply goes out before the pushes the change causes.
+                self.reply(id, ctx, Ok(d.reply));
+                for (stamp, body) in d.ops {
+                    self.commit(stamp, body);
+                }
+            }
+        }
+    }
+
+    /// Apply an operation of ours and queue it for the log.
+    fn commit(&mut self, stamp: Stamp, body: OpBody) {
+        let op = Op {
+            origin: self.node,
+            seq: self.next_seq,
+            stamp,
+            body,
+        };
+        self.next_seq += 1;
+        match apply(&mut self.store, &op) {
+            Ok(effects) => {
+                self.new_ops.push(op);
+                self.route(effects);
+            }
+            Err(e) => fatal(e),
+        }
+    }
+
+    fn credentials(&self, id: SessionId, who: Option<Who>) -> Option<(Uid, String)> {
+        let uid = match &who {
+            None => self.user_of(id)?,
+            Some(Who::Id(u)) => *u,
+            Some(Who::Name(n)) => match self.store.name_owner(n).ok()? {
+                Some(u) => u,
+                // "name#id": an account that lost a name collision.
+                None => {
+                    let (_, id) = n.rsplit_once('#')?;
+                    Uid(id.parse().ok()?)
+                }
+            },
+        };
+        let user = self.store.user(uid).ok()??;
+        if let Some(Who::Name(n)) = &who {
+            if user.name != *n && self.store.name_owner(n).ok()? != Some(uid) {
+                return None;
+            }
+        }
+        is_registered(&user).then_some((uid, user.hash))
+    }
+
+    fn login(&mut self, id: SessionId, ctx: ReqCtx, user: Uid, hash: &str) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let again = session.user == Some(user);
+        let checked = rules::check_login(&self.store, user, hash).and_then(|u| {
+            let n = self.by_user.get(&user).map_or(0, Vec::len);
+            if !again && n >= self.limits.max_sessions_per_user {
+                return crate::api::fail(
+                    ErrorCode::TooManySessions,
+                    format!("{n} sessions are open for this account already"),
+                );
+            }
+            Ok(u)
+        });
+        let u = match checked {
+            Ok(u) => u,
+            Err(e) => return self.reply(id, ctx, Err(e)),
+        };
+        if self.user_of(id).is_some() {
+            self.detach(id);
+        }
+        if let Some(s) = self.sessions.get(&id) {
+            s.link.set_dialect(ctx.dialect());
+        }
+        self.attach(id, user);
+        let roster = match ctx {
+            ReqCtx::Classic { .. } => {
+                let by_user = &self.by_user;
+                let online = |u: Uid| by_user.contains_key(&u);
+                let mut cx = Ctx {
+                    clock: &mut self.clock,
+                    ids: &mut self.ids,
+                    names: &mut self.names,
+                    limits: &self.limits,
+                    online: &online,
+                };
+                rules::roster(&self.store, &mut cx, user).ok()
+            }
+            ReqCtx::Native { .. } => None,
+        };
+        let sessions = self.by_user.get(&user).map_or(1, Vec::len);
+        self.reply(
+            id,
+            ctx,
+            Ok(Reply::LoggedIn {
+                user: UserRef {
+                    id: user,
+                    name: u.name,
+                },
+                sessions,
+                roster,
+            }),
+        );
+        if let Some(text) = self.limits.welcome.clone() {
+            self.out
+                .push((id, OutItem::Event(Arc::new(Event::Notice { text }))));
+        }
+        self.out.push((id, OutItem::Replay));
+    }
+
+    fn attach(&mut self, id: SessionId, user: Uid) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.user = Some(user);
+        }
+        let list = self.by_user.entry(user).or_default();
+        list.push(id);
+        if list.len() == 1 {
+            self.presence(user, true);
+        }
+    }
+
+    fn detach(&mut self, id: SessionId) {
+        let Some(user) = self.sessions.get_mut(&id).and_then(|s| s.user.take()) else {
+            return;
+        };
+        if let Some(list) = self.by_user.get_mut(&user) {
+            list.retain(|s| *s != id);
+            if list.is_empty() {
+                self.by_user.remove(&user);
+                self.presence(user, false);
+            }
+        }
+    }
+
+    /// Tell a user's online friends that the user came or went.
+    fn presence(&mut self, user: Uid, online: bool) {
+        let Ok(edges) = self.store.edges(user) else {
+            return;
+        };
+        let friends: Vec<Uid> = edges
+            .into_iter()
+            .filter(|(f, e)| e.link == Link::Friends && self.by_user.contains_key(f))
+            .map(|(f, _)| f)
+            .collect();
+        if friends.is_empty() {
+            return;
+        }
+        let ev = Arc::new(Event::Presence {
+            user: self.user_ref(user),
+            online,
+        });
+        for f in friends {
+            self.push(f, &ev);
+        }
+    }
+
+    fn end_session(&mut self, id: SessionId) {
+        self.detach(id);
+        self.sessions.remove(&id);
+    }
+
+    /// Close a session now, saying why when there is room to.
+    fn kill(&mut self, id: SessionId, bye: Option<ErrorCode>) {
+        if let Some(s) = self.sessions.get(&id) {
+            let said = bye.is_some_and(|code| {
+                s.tx.try_send(Out {
+                    ticket: self.store.ticket(),
+                    item: OutItem::Bye(code),
+                })
+                .is_ok()
+            });
+            if !said {
+                s.link.kill.cancel();
+            }
+        }
+        self.end_session(id);
+    }
+
+    fn user_ref(&mut self, u: Uid) -> UserRef {
+        let name = self
+            .names
+            .get(&self.store, u)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        UserRef { id: u, name }
+    }
+
+    /// Queue a push to every session of a user on this node.
+    fn push(&mut self, user: Uid, ev: &Arc<Event>) {
+        if let Some(list) = self.by_user.get(&user) {
+            for sid in list {
+                self.out.push((*sid, OutItem::Event(ev.clone())));
+            }
+        }
+    }
+
+    fn group_members(&mut self, g: Gid) -> Arc<Vec<Uid>> {
+        if let Some(m) = self.members.get(&g) {
+            return m.clone();
+        }
+        let list: Vec<Uid> = match self.store.members(g) {
+            Ok(m) => m.into_iter().map(|(u, _)| u).collect(),
+            Err(e) => fatal(e),
+        };
+        let list = Arc::new(list);
+        if self.members.len() >= 10_000 {
+            self.members.clear();
+        }
+        self.members.insert(g, list.clone());
+        list
+    }
+
+    /// Turn what an operation changed into pushes to the users concerned.
+    fn route(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Message(m) => {
+                    let view = match self.names.view(&self.store, m.clone()) {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    };
+                    let ev = Arc::new(Event::Message(view));
+                    match m.to {
+                        Target::User(u) => self.push(u, &ev),
+                        Target::Group(g) => {
+                            for u in self.group_members(g).iter() {
+                                if *u != m.from {
+                                    self.push(*u, &ev);
+                                }
+                            }
+                        }
+                    }
+                }
+                Effect::Link {
+                    actor,
+                    other,
+                    before,
+                    after,
+                    note,
+                } => self.route_link(actor, other, before, after, note),
+                Effect::Member {
+                    group,
+                    user,
+                    actor,
+                    before,
+                    after,
+                } => {
+                    self.members.remove(&group);
+                    let change = match (before, after) {
+                        (None, Some(_)) if actor == user => GroupChange::Joined,
+                        (None, Some(_)) => GroupChange::Invited,
+                        (Some(_), None) if actor == user => GroupChange::Left,
+                        (Some(_), None) => GroupChange::Kicked,
+                        (Some(b), Some(a)) if a > b => GroupChange::Promoted,
+                        _ => GroupChange::Demoted,
+                    };
+                    // A group being created is news to nobody but its creator's reply.
+                    if after == Some(Role::Creator) {
+                        continue;
+                    }
+                    let ev = Arc::new(Event::Group {
+                        group,
+                        change,
+                        user,
+                        by: actor,
+                        name: None,
+                        desc: None,
+                    });
+                    let mut audience: Vec<Uid> = self.group_members(group).to_vec();
+                    if !audience.contains(&user) {
+                        audience.push(user);
+                    }
+                    for u in audience {
+                        self.push(u, &ev);
+                    }
+                }
+                Effect::GroupUpdated {
+                    group,
+                    actor,
+                    name,
+                    desc,
+                } => {
+                    let ev = Arc::new(Event::Group {
+                        group,
+                        change: GroupChange::Updated,
+                        user: actor,
+                        by: actor,
+                        name,
+                        desc,
+                    });
+                    for u in self.group_members(group).iter() {
+                        self.push(*u, &ev);
+                    }
+                }
+                Effect::GroupDissolved {
+                    group,
+                    actor,
+                    members,
+                } => {
+                    self.members.remove(&group);
+                    let ev = Arc::new(Event::Group {
+                        group,
+                        change: GroupChange::Dissolved,
+                        user: actor,
+                        by: actor,
+                        name: None,
+                        desc: None,
+                    });
+                    for u in members {
+                        self.push(u, &ev);
+                    }
+                }
+                Effect::Renamed { user, .. } => self.names.forget(user),
+                Effect::PasswordChanged { .. } => {}
+                Effect::Banned { user, banned } => {
+                    if banned {
+                        let sessions = self.by_user.get(&user).cloned().unwrap_or_default();
+                        for s in sessions {
+                            self.kill(s, Some(ErrorCode::Banned));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn route_link(&mut self, actor: Uid, other: Uid, before: Link, after: Link, note: String) {
+        let me = self.user_ref(actor);
+        match (before, after) {
+            (_, Link::Pending { from }) => {
+                let to = if from == actor { other } else { actor };
+                let from = self.user_ref(from);
+                self.push(to, &Arc::new(Event::FriendRequest { from, text: note }));
+            }
+            (_, Link::Friends) => {
+                let them = self.user_ref(other);
+                self.push(other, &Arc::new(Event::FriendAdded(me)));
+                self.push(actor, &Arc::new(Event::FriendAdded(them)));
+            }
+            (Link::Pending { from }, Link::None) if from != actor => {
+                self.push(from, &Arc::new(Event::FriendDeclined(me)));
+            }
+            (_, Link::None) => {
+                self.push(other, &Arc::new(Event::FriendRemoved(me)));
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+        tracing::info!(sessions = self.sessions.len(), "shutting down");
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get(&id) {
+                let sent =
+                    s.tx.try_send(Out {
+                        ticket: self.store.ticket(),
+                        item: OutItem::Bye(ErrorCode::ShuttingDown),
+                    })
+                    .is_ok();
+                if !sent {
+                    s.link.kill.cancel();
+                }
+            }
+        }
+        self.shutting_down = Some((Instant::now() + SHUTDOWN_GRACE, done));
+    }
+
+    /// Log this batch's operations as one segment, ask for a flush, and hand
+    /// everything out with the ticket that flush will reach.
+    fn finish_batch(&mut self) {
+        if !self.marks.is_empty() {
+            let marks = std::mem::take(&mut self.marks);
+            let stamp = self.clock.now();
+            self.commit(stamp, OpBody::Delivered { marks });
+        }
+        if !self.new_ops.is_empty() {
+            if let Err(e) = self.store.append_log(self.node, &self.new_ops) {
+                fatal(e);
+            }
+            self.new_ops.clear();
+        }
+        let ticket = self.store.commit();
+        for (id, after, reply) in std::mem::take(&mut self.replays) {
+            let page = self.replay_page(id, after);
+            let _ = reply.send((ticket, page));
+        }
+        while !self.out.is_empty() {
+            let mut overflow = Vec::new();
+            for (id, item) in std::mem::take(&mut self.out) {
+                let Some(s) = self.sessions.get(&id) else {
+                    continue;
+                };
+                match s.tx.try_send(Out { ticket, item }) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => overflow.push(id),
+                    Err(mpsc::error::TrySendError::Closed(_)) => overflow.push(id),
+                }
+            }
+            overflow.sort_unstable();
+            overflow.dedup();
+            for id in overflow {
+                if let Some(s) = self.sessions.get(&id) {
+                    tracing::info!(session = id, peer = %s.link.peer, "closing a session that does not keep up");
+                }
+                // Closing may tell friends the user went offline: another round.
+                self.kill(id, None);
+            }
+        }
+        if let Err(e) = self.store.maintain() {
+            fatal(e);
+        }
+    }
+
+    fn replay_page(&mut self, id: SessionId, after: Option<Stamp>) -> Vec<MsgView> {
+        let Some(user) = self.user_of(id) else {
+            return Vec::new();
+        };
+        match rules::pending(&self.store, user, after, REPLAY_PAGE) {
+            Ok(msgs) => msgs
+                .into_iter()
+                .filter_map(|m| self.names.view(&self.store, m).ok())
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending messages");
+                Vec::new()
+            }
+        }
+    }
+}

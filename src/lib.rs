@@ -1,0 +1,53 @@
+//! chatd: a self-contained chat server.
+//!
+//! One process keeps users, friends, groups and messages in an embedded sled
+//! database and serves clients JSON over TCP, in its own protocol and in the
+//! classic "msgid" dialect of the muduo course project's ChatClient.
+//!
+//! # How a request travels
+//!
+//! ```text
+//! TCP bytes -> session (framing, dialect) -> hub -> rules::decide -> apply -> store (layer)
+//!                                             |-> log segment + group commit (flush)
+//!                                             '-> routed effects -> sessions' queues -> writer waits
+//!                                                 for the flush, encodes, writes one value per write
+//! ```
+//!
+//! # Module map
+//!
+//! | module      | job                                                         | must not |
+//! |-------------|-------------------------------------------------------------|----------|
+//! | `server`    | start up, accept connections, shut down                     | know chat rules |
+//! | `session`   | one connection: read, throttle, decode; write, wait for durability, replay pending | touch the store |
+//! | `framing`   | split a byte stream into JSON values (seam for other framings) | parse JSON |
+//! | `dialect`   | translate wire JSON to/from `api` types: `native` (chatd's own), `classic` (msgid) | decide anything |
+//! | `api`       | the shared vocabulary: commands, replies, events, error codes | do I/O |
+//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes, presence | block on a client |
+//! | `rules`     | chat rules: permissions, validation, which ops a command makes, queries (friends, history, pending) | write, or do I/O |
+//! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
+//! | `model`     | durable records and the operation type                      | hold behaviour |
+//! | `store`     | every sled access: log, tables, layers, checkpoints, group commit | know chat rules |
+//! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
+//! | `ids`       | user/group id blocks, stamps and the hybrid logical clock   | |
+//! | `config`    | settings (flags and `CHATD_*` variables) and limits         | |
+//! | `os`        | file-descriptor limit, signals                              | |
+//!
+//! Where is a command handled? `dialect::native` (or `classic`) decodes it
+//! into an `api::Command`; `rules::decide` handles it. Where is it stored?
+//! `apply::apply` writes its effect through `store::schema`. How does it reach
+//! a user? `hub::Hub::route` queues a push for each of the user's sessions.
+
+pub mod api;
+pub mod apply;
+pub mod auth;
+pub mod config;
+pub mod dialect;
+pub mod framing;
+pub mod hub;
+pub mod ids;
+pub mod model;
+pub mod os;
+pub mod rules;
+pub mod server;
+pub mod session;
+pub mod store;

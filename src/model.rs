@@ -1,0 +1,223 @@
+//! The durable data model: records kept in the tables, and the operations
+//! that change them. Plain data, no behaviour beyond small helpers; the
+//! merge rules live in `apply.rs`, the permission rules in `rules.rs`.
+
+use crate::ids::{Gid, MsgId, NodeId, Stamp, Uid};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uid,
+    /// The name shown to others. Normally the registered name; a registration
+    /// that lost a cluster-wide name collision shows `name#id` instead.
+    pub name: String,
+    /// argon2id PHC string.
+    pub hash: String,
+    /// Stamp of the registration; the earlier registration keeps a contested name.
+    pub created: Stamp,
+    /// Stamp of the last password change (last writer wins).
+    pub pw_stamp: Stamp,
+    /// Banned users cannot log in (last writer wins on `ban_stamp`).
+    pub banned: bool,
+    pub ban_stamp: Stamp,
+}
+
+/// The state of the friendship between two users; the same value is kept
+/// under both (a, b) and (b, a).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Link {
+    None,
+    Pending { from: Uid },
+    Friends,
+}
+
+/// One user's view of another: the shared link plus private data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    pub link: Link,
+    pub stamp: Stamp,
+    /// Text attached to a pending request.
+    pub note: String,
+    /// Private alias the owner gave the other user.
+    pub remark: String,
+    pub remark_stamp: Stamp,
+}
+
+impl Edge {
+    pub fn empty() -> Edge {
+        Edge {
+            link: Link::None,
+            stamp: Stamp::ZERO,
+            note: String::new(),
+            remark: String::new(),
+            remark_stamp: Stamp::ZERO,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Member,
+    Admin,
+    Creator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Creator => "creator",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: Gid,
+    pub creator: Uid,
+    pub name: String,
+    pub desc: String,
+    pub created: Stamp,
+    pub name_stamp: Stamp,
+    pub desc_stamp: Stamp,
+    /// Dissolution is final: no later operation revives a group.
+    pub dissolved: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// `None` once the user left or was removed (kept as a tombstone so an
+    /// older "join" arriving late cannot resurrect the membership).
+    pub role: Option<Role>,
+    pub stamp: Stamp,
+    /// When the current membership began; members receive group messages
+    /// stamped after it.
+    pub since: Stamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    User(Uid),
+    Group(Gid),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MsgId,
+    pub from: Uid,
+    pub to: Target,
+    pub text: String,
+    /// The sender's own id for this message, used to drop resends.
+    pub cid: Option<String>,
+    /// Display time sent by a classic client ("YYYY-MM-DD HH:MM:SS").
+    pub time: Option<String>,
+}
+
+impl Message {
+    pub fn origin(&self) -> NodeId {
+        self.id.node()
+    }
+}
+
+/// One durable change. Operations are made by the node a client is connected
+/// to, applied there by `apply::apply`, written to the log, and (in a cluster)
+/// replicated to every other node, which applies them with the same function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub origin: NodeId,
+    /// Position in the origin's log: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+    pub stamp: Stamp,
+    pub body: OpBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpBody {
+    Register {
+        user: Uid,
+        name: String,
+        hash: String,
+    },
+    SetPassword {
+        user: Uid,
+        hash: String,
+    },
+    /// Set the friendship between `actor` and `other`.
+    Link {
+        actor: Uid,
+        other: Uid,
+        link: Link,
+        note: String,
+    },
+    Remark {
+        owner: Uid,
+        friend: Uid,
+        remark: String,
+    },
+    CreateGroup {
+        group: Gid,
+        creator: Uid,
+        name: String,
+        desc: String,
+    },
+    UpdateGroup {
+        group: Gid,
+        actor: Uid,
+        name: Option<String>,
+        desc: Option<String>,
+    },
+    DissolveGroup {
+        group: Gid,
+        actor: Uid,
+    },
+    /// Join, leave, invite, kick, promote and demote are all this one change.
+    /// `since` is when the membership began (this op's stamp for a join), so
+    /// the record is the same whatever order the ops arrive in.
+    SetRole {
+        group: Gid,
+        user: Uid,
+        role: Option<Role>,
+        actor: Uid,
+        since: Stamp,
+    },
+    Send {
+        from: Uid,
+        to: Target,
+        text: String,
+        cid: Option<String>,
+        time: Option<String>,
+    },
+    /// Users acknowledged these messages; each moves that user's delivery
+    /// cursor for the message's origin forward.
+    Delivered {
+        marks: Vec<(Uid, MsgId)>,
+    },
+    SetBanned {
+        user: Uid,
+        banned: bool,
+    },
+}
+
+impl Op {
+    /// The message an `OpBody::Send` creates; its id is the op's stamp.
+    pub fn message(&self) -> Option<Message> {
+        match &self.body {
+            OpBody::Send {
+                from,
+                to,
+                text,
+                cid,
+                time,
+            } => Some(Message {
+                id: self.stamp,
+                from: *from,
+                to: *to,
+                text: text.clone(),
+                cid: cid.clone(),
+                time: time.clone(),
+            }),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Starting and stopping chatd: open the store, start the hub, accept
+//! connections, and on shutdown say goodbye and write everything down.
+
+use crate::auth::Passwords;
+use crate::config::Settings;
+use crate::hub::{Hub, HubHandle};
+use crate::ids::NodeId;
+use crate::session::{self, Shared};
+use crate::store::{Store, StoreOptions};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running chatd.
+pub struct Server {
+    addr: SocketAddr,
+    hub: HubHandle,
+    stop_accepting: CancellationToken,
+    acceptor: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn err(e: impl std::fmt::Display) -> StartError {
+    StartError(e.to_string())
+}
+
+/// This node's id, chosen when its data directory was created.
+fn node_id(store: &Store) -> Result<NodeId, StartError> {
+    match store.meta_get("node").map_err(err)? {
+        Some(v) if v.len() == 2 => Ok(u16::from_be_bytes([v[0], v[1]])),
+        Some(_) => Err(StartError("corrupt node id in the data directory".into())),
+        None => {
+            let node: NodeId = 1;
+            store.meta_put("node", &node.to_be_bytes()).map_err(err)?;
+            Ok(node)
+        }
+    }
+}
+
+impl Server {
+    pub async fn start(settings: Settings) -> Result<Server, StartError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            StartError(format!(
+                "cannot create data directory {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?;
+        let mut opts = StoreOptions::at(settings.data_dir.join("db"));
+        opts.cache_bytes = settings.cache_mb.max(8) << 20;
+        opts.commit_delay = Duration::from_millis(settings.fault_commit_delay_ms);
+        let store = Store::open(opts).map_err(err)?;
+        let node = node_id(&store)?;
+        let limits = Arc::new(settings.limits());
+        let passwords = Passwords::new(settings.argon2_memory_kib, settings.argon2_iterations)
+            .map_err(StartError)?;
+        let hub = Hub::spawn(store, node, limits.clone()).map_err(err)?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartError(format!("cannot listen on {}: {e}", settings.listen)))?;
+        let addr = listener.local_addr().map_err(err)?;
+        let shared = Arc::new(Shared {
+            hub: hub.clone(),
+            limits,
+            passwords,
+        });
+        let stop_accepting = CancellationToken::new();
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            shared,
+            settings.max_connections.max(1),
+            stop_accepting.clone(),
+        ));
+        tracing::info!(
+            %addr,
+            node,
+            data_dir = %settings.data_dir.display(),
+            elapsed = ?started.elapsed(),
+            "chatd listening"
+        );
+        Ok(Server {
+            addr,
+            hub,
+            stop_accepting,
+            acceptor,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting, say goodbye to every client, write everything down.
+    pub async fn shutdown(self) {
+        self.stop_accepting.cancel();
+        let _ = self.acceptor.await;
+        self.hub.shutdown().await;
+        tracing::info!("chatd stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let next_id = AtomicU64::new(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, usually: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        tune(&stream);
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            session::serve(stream, peer, id, shared).await;
+            drop(slot);
+        });
+    }
+}
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream
+        .write_all(b"{\"type\":\"error\",\"code\":\"limit_reached\",\"message\":\"the server is full; try again later\"}\n")
+        .await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,354 @@
+//! Writing frozen layers to sled (checkpoints) and reading message chunks.
+//!
+//! A chunk is `FORMAT` followed by frames `[id u64 BE][len u32 BE][message]`,
+//! stored under `prefix ++ id of its last message`. Chunks of one prefix never
+//! overlap, so reading them in key order yields messages in id order. Most
+//! checkpoints only append chunks; a message older than the newest stored
+//! chunk (a late arrival from another node) makes the checkpoint merge it into
+//! the chunks it overlaps.
+
+use super::{decode, encode, Layer, LayerMap, Result, StoreError, Table, FORMAT};
+use crate::ids::Stamp;
+use crate::model::Message;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{mpsc, Arc};
+
+const CHUNK_MAX_MESSAGES: usize = 256;
+const CHUNK_MAX_BYTES: usize = 64 << 10;
+
+pub(crate) struct Checkpointer {
+    tx: mpsc::Sender<Arc<Layer>>,
+    done: mpsc::Receiver<Result<()>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(
+        db: sled::Db,
+        trees: Arc<Vec<sled::Tree>>,
+        meta: sled::Tree,
+    ) -> Result<Checkpointer> {
+        let (tx, rx) = mpsc::channel::<Arc<Layer>>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("chatd-checkpoint".into())
+            .spawn(move || {
+                for layer in rx {
+                    let r = write_layer(&db, &trees, &meta, &layer);
+                    if done_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start checkpoint thread: {e}")))?;
+        Ok(Checkpointer { tx, done })
+    }
+
+    pub(crate) fn submit(&self, layer: Arc<Layer>) {
+        let _ = self.tx.send(layer);
+    }
+
+    /// The result of the submitted layer's write, if finished (or, with
+    /// `wait`, once finished). Only call with a layer in flight.
+    pub(crate) fn poll(&self, wait: bool) -> Option<Result<()>> {
+        if wait {
+            self.done.recv().ok()
+        } else {
+            self.done.try_recv().ok()
+        }
+    }
+}
+
+fn write_layer(
+    db: &sled::Db,
+    trees: &[sled::Tree],
+    meta: &sled::Tree,
+    layer: &Layer,
+) -> Result<()> {
+    for t in Table::ALL {
+        let map = &layer.maps[t as usize];
+        if map.is_empty() {
+            continue;
+        }
+        let tree = &trees[t as usize];
+        match t.chunk_prefix_len() {
+            None => {
+                let mut b = sled::Batch::default();
+                for (k, v) in map {
+                    match v {
+                        Some(v) => b.insert(k.as_slice(), &v[..]),
+                        None => b.remove(k.as_slice()),
+                    }
+                }
+                tree.apply_batch(b)?;
+            }
+            Some(plen) => {
+                // Cursors were written above (they come first in Table::ALL),
+                // so acknowledged inbox entries can be left out.
+                let cursors = &trees[Table::Cursors as usize];
+                let skip = |prefix: &[u8], id: Stamp| -> Result<bool> {
+                    if t != Table::Inbox {
+                        return Ok(false);
+                    }
+                    Ok(id <= cursor(cursors, prefix, id.node())?)
+                };
+                write_chunks(tree, map, plen, &skip)?;
+            }
+        }
+    }
+    prune_inboxes(trees, &layer.maps[Table::Cursors as usize])?;
+    // The checkpoint must not reach the disk before the tables it vouches for.
+    db.flush()?;
+    meta.insert("checkpoint", encode(&layer.upto))?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Read a delivery cursor straight from sled (user prefix is 4 bytes).
+fn cursor(cursors: &sled::Tree, user: &[u8], origin: u16) -> Result<Stamp> {
+    let mut k = user.to_vec();
+    k.extend_from_slice(&origin.to_be_bytes());
+    Ok(match cursors.get(k)? {
+        Some(v) if v.len() == 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v);
+            Stamp(u64::from_be_bytes(b))
+        }
+        _ => Stamp::ZERO,
+    })
+}
+
+fn write_chunks(
+    tree: &sled::Tree,
+    map: &LayerMap,
+    plen: usize,
+    skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
+) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut i = map.iter().peekable();
+    while let Some((k, _)) = i.peek() {
+        let prefix = k[..plen].to_vec();
+        let mut fresh: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
+        while let Some((k, v)) = i.peek() {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id = id_suffix(k, plen)?;
+            if let Some(v) = v {
+                if !skip(&prefix, Stamp(id))? {
+                    fresh.insert(id, v.clone());
+                }
+            }
+            i.next();
+        }
+        let Some((&first_new, _)) = fresh.iter().next() else {
+            continue;
+        };
+        let newest_stored = tree
+            .range(key(&prefix, 0)..=key(&prefix, u64::MAX))
+            .next_back()
+            .transpose()?
+            .map(|(k, _)| id_suffix(&k, plen))
+            .transpose()?;
+        let mut all: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
+        if newest_stored.is_some_and(|n| first_new <= n) {
+            // Late arrivals: rewrite the chunks they fall among.
+            for r in tree.range(key(&prefix, first_new)..=key(&prefix, u64::MAX)) {
+                let (k, v) = r?;
+                for (id, bytes) in frames(&v)? {
+                    all.insert(id, bytes.into());
+                }
+                batch.remove(k);
+            }
+        }
+        all.extend(fresh);
+        for chunk in split(&all) {
+            let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
+            batch.insert(key(&prefix, last), encode_chunk(&chunk));
+        }
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Drop inbox chunks whose every message has been acknowledged.
+fn prune_inboxes(trees: &[sled::Tree], cursor_changes: &LayerMap) -> Result<()> {
+    let inbox = &trees[Table::Inbox as usize];
+    let cursors = &trees[Table::Cursors as usize];
+    let mut users: Vec<[u8; 4]> = cursor_changes
+        .keys()
+        .filter_map(|k| k.get(..4).and_then(|u| u.try_into().ok()))
+        .collect();
+    users.dedup();
+    let mut batch = sled::Batch::default();
+    for u in users {
+        let mut covered: HashMap<u16, Stamp> = HashMap::new();
+        for (n, r) in inbox.scan_prefix(u).enumerate() {
+            if n >= 64 {
+                break;
+            }
+            let (k, v) = r?;
+            let mut all = true;
+            for (id, _) in frames(&v)? {
+                let id = Stamp(id);
+                let c = match covered.get(&id.node()) {
+                    Some(c) => *c,
+                    None => {
+                        let c = cursor(cursors, &u, id.node())?;
+                        covered.insert(id.node(), c);
+                        c
+                    }
+                };
+                if id > c {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                batch.remove(k);
+            }
+        }
+    }
+    inbox.apply_batch(batch)?;
+    Ok(())
+}
+
+fn key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn id_suffix(k: &[u8], plen: usize) -> Result<u64> {
+    k.get(plen..plen + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("bad message key".into()))
+}
+
+fn split(all: &BTreeMap<u64, Arc<[u8]>>) -> Vec<Vec<(u64, Arc<[u8]>)>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<(u64, Arc<[u8]>)> = Vec::new();
+    let mut bytes = 0;
+    for (id, v) in all {
+        if !cur.is_empty() && (cur.len() >= CHUNK_MAX_MESSAGES || bytes + v.len() > CHUNK_MAX_BYTES)
+        {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += v.len() + 12;
+        cur.push((*id, v.clone()));
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + msgs.iter().map(|(_, v)| v.len() + 12).sum::<usize>());
+    out.push(FORMAT);
+    for (id, v) in msgs {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The (id, encoded message) frames of a chunk, in id order.
+fn frames(chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let bad = || StoreError::Corrupt("bad message chunk".into());
+    let mut rest = match chunk.split_first() {
+        Some((&FORMAT, rest)) => rest,
+        _ => return Err(bad()),
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 12 {
+            return Err(bad());
+        }
+        let id = u64::from_be_bytes(rest[..8].try_into().map_err(|_| bad())?);
+        let len = u32::from_be_bytes(rest[8..12].try_into().map_err(|_| bad())?) as usize;
+        let body = rest.get(12..12 + len).ok_or_else(bad)?;
+        out.push((id, body.to_vec()));
+        rest = &rest[12 + len..];
+    }
+    Ok(out)
+}
+
+type ChunkSource = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>;
+
+/// Messages of one prefix stored in sled chunks, in id order, starting after
+/// (or, descending, before) a given id.
+pub(crate) struct ChunkIter {
+    chunks: ChunkSource,
+    buf: VecDeque<Vec<u8>>,
+    from: Option<Stamp>,
+    descending: bool,
+}
+
+impl ChunkIter {
+    pub(crate) fn new(
+        tree: &sled::Tree,
+        prefix: &[u8],
+        from: Option<Stamp>,
+        descending: bool,
+    ) -> ChunkIter {
+        let all_hi = key(prefix, u64::MAX);
+        let chunks: ChunkSource = match (descending, from) {
+            (false, None) => Box::new(tree.range(key(prefix, 0)..=all_hi)),
+            (false, Some(a)) => match a.0.checked_add(1) {
+                Some(lo) => Box::new(tree.range(key(prefix, lo)..=all_hi)),
+                None => Box::new(std::iter::empty()),
+            },
+            (true, None) => Box::new(tree.range(key(prefix, 0)..=all_hi).rev()),
+            (true, Some(b)) => {
+                // The chunk ending at or after `b` may still hold smaller ids.
+                let straddling = tree.range(key(prefix, b.0)..=all_hi).next();
+                let older = tree.range(key(prefix, 0)..key(prefix, b.0)).rev();
+                Box::new(straddling.into_iter().chain(older))
+            }
+        };
+        ChunkIter {
+            chunks,
+            buf: VecDeque::new(),
+            from,
+            descending,
+        }
+    }
+
+    fn fill(&mut self) -> Result<bool> {
+        while self.buf.is_empty() {
+            let Some(r) = self.chunks.next() else {
+                return Ok(false);
+            };
+            let (_, v) = r?;
+            let mut fr = frames(&v)?;
+            fr.retain(|(id, _)| match (self.descending, self.from) {
+                (false, Some(a)) => *id > a.0,
+                (true, Some(b)) => *id < b.0,
+                (_, None) => true,
+            });
+            if self.descending {
+                fr.reverse();
+            }
+            self.buf.extend(fr.into_iter().map(|(_, b)| b));
+        }
+        Ok(true)
+    }
+}
+
+impl Iterator for ChunkIter {
+    type Item = Result<(Stamp, Message)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.fill() {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        let bytes = self.buf.pop_front()?;
+        Some(decode::<Message>(&bytes).map(|m| (m.id, m)))
+    }
+}

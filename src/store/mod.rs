@@ -1,0 +1,775 @@
+//! Storage: the only module that touches sled.
+//!
+//! Two kinds of data live in one sled database:
+//!
+//! * **The log** (`log` tree) is the durable truth: every operation, in
+//!   segments keyed by (origin node, first sequence number). The hub writes
+//!   one segment per iteration and acknowledges nothing before the
+//!   [`Durability`] thread has flushed it (group commit).
+//! * **The tables** (users, names, friends, groups, members, user_groups,
+//!   cursors, history, inbox) are derived from the log by `apply::apply`.
+//!   Changes go to an in-memory layer first; every second or so the layer is
+//!   frozen and written to the sled trees by a background thread, which then
+//!   records a checkpoint (the log position the trees now reflect). After a
+//!   crash, the log after the checkpoint is applied again; `apply` is
+//!   idempotent, so a half-written checkpoint does no harm.
+//!
+//! Reads see the newest layer first, then the frozen one, then sled.
+//!
+//! Why: a sled insert costs several microseconds, so one per message per
+//! index would cap the server far below its target. The log costs one
+//! insert per batch, and the message tables (`history`, `inbox`) are written
+//! in chunks of many messages per key, one chunk per conversation per
+//! checkpoint. Inbox entries already acknowledged by then are never written.
+//!
+//! This module must not know chat rules; it stores bytes under typed keys
+//! (`schema.rs`) and knows how to merge layers and chunks.
+
+mod flush;
+pub(crate) mod merge;
+pub mod schema;
+
+use crate::ids::{NodeId, Stamp};
+use crate::model::{Message, Op};
+use merge::{Merge, Source};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::{Bound, Deref};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Version byte in front of every stored value, so the format can evolve.
+pub const FORMAT: u8 = 1;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Sled(sled::Error),
+    Corrupt(String),
+    /// Another process holds the data directory.
+    Locked(PathBuf),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sled(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt(e) => write!(f, "corrupt stored data: {e}"),
+            StoreError::Locked(p) => write!(
+                f,
+                "data directory {} is in use by another process (is chatd running?)",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(FORMAT);
+    // Writing into a Vec cannot fail, and our types always serialize.
+    let _ = bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard());
+    out
+}
+
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    match b.split_first() {
+        Some((&FORMAT, rest)) => {
+            bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+        Some((v, _)) => Err(StoreError::Corrupt(format!("unknown format version {v}"))),
+        None => Err(StoreError::Corrupt("empty value".into())),
+    }
+}
+
+/// The derived tables. Each is its own sled tree.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Table {
+    Users,
+    Names,
+    Friends,
+    Groups,
+    Members,
+    UserGroups,
+    Cursors,
+    History,
+    Inbox,
+}
+
+const TABLES: usize = 9;
+
+impl Table {
+    pub const ALL: [Table; TABLES] = [
+        Table::Users,
+        Table::Names,
+        Table::Friends,
+        Table::Groups,
+        Table::Members,
+        Table::UserGroups,
+        Table::Cursors,
+        Table::History,
+        Table::Inbox,
+    ];
+
+    pub fn tree_name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::Names => "names",
+            Table::Friends => "friends",
+            Table::Groups => "groups",
+            Table::Members => "members",
+            Table::UserGroups => "user_groups",
+            Table::Cursors => "cursors",
+            Table::History => "history",
+            Table::Inbox => "inbox",
+        }
+    }
+
+    /// Message tables hold single messages (key `prefix ++ id`) in memory and
+    /// chunks of messages (key `prefix ++ id of the chunk's last message`) in
+    /// sled. The prefix names the conversation or the user.
+    fn chunk_prefix_len(self) -> Option<usize> {
+        match self {
+            Table::History => Some(schema::CONV_LEN),
+            Table::Inbox => Some(4),
+            _ => None,
+        }
+    }
+}
+
+/// A stored value, from memory or from sled.
+#[derive(Clone, Debug)]
+pub enum Val {
+    Mem(Arc<[u8]>),
+    Disk(sled::IVec),
+}
+
+impl Deref for Val {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Val::Mem(a) => a,
+            Val::Disk(v) => v,
+        }
+    }
+}
+
+/// How far each origin's log has been applied: origin -> last sequence number.
+pub type Position = BTreeMap<NodeId, u64>;
+
+type LayerMap = BTreeMap<Vec<u8>, Option<Arc<[u8]>>>;
+
+/// Changes to the tables not yet written to sled. `None` deletes.
+#[derive(Default)]
+pub(crate) struct Layer {
+    maps: [LayerMap; TABLES],
+    bytes: usize,
+    /// The log position this layer brings the tables up to.
+    upto: Position,
+}
+
+impl Layer {
+    fn is_empty(&self) -> bool {
+        self.maps.iter().all(BTreeMap::is_empty)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub path: Option<PathBuf>,
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+    /// Freeze and write the in-memory layer after this long...
+    pub checkpoint_interval: Duration,
+    /// ...or once it holds about this many bytes.
+    pub checkpoint_bytes: usize,
+    /// Fault injection: delay every commit flush (tests only).
+    pub commit_delay: Duration,
+}
+
+impl StoreOptions {
+    pub fn at(path: impl Into<PathBuf>) -> StoreOptions {
+        StoreOptions {
+            path: Some(path.into()),
+            cache_bytes: 128 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_bytes: 32 << 20,
+            commit_delay: Duration::ZERO,
+        }
+    }
+
+    /// A throwaway database, for tests of the rules.
+    pub fn temporary() -> StoreOptions {
+        StoreOptions {
+            path: None,
+            cache_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_bytes: 32 << 20,
+            commit_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Group commit. The hub asks for everything up to a ticket to be made
+/// durable; one thread flushes sled in a loop and publishes the highest
+/// ticket whose writes are on disk. Each flush covers every write made
+/// before it started, so many iterations share one fsync.
+pub struct Durability {
+    state: Mutex<(u64, bool)>,
+    wake: Condvar,
+    flushed: watch::Sender<u64>,
+    delay: Duration,
+}
+
+impl Durability {
+    fn run(self: Arc<Self>, db: sled::Db) {
+        let mut done = 0;
+        loop {
+            let target = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                while st.0 <= done && !st.1 {
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if st.0 <= done && st.1 {
+                    return;
+                }
+                st.0
+            };
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            if let Err(e) = db.flush() {
+                // Nothing more can be acknowledged; let the supervisor restart us.
+                tracing::error!(error = %e, "cannot flush the database; exiting");
+                std::process::exit(1);
+            }
+            done = target;
+            self.flushed.send_replace(done);
+        }
+    }
+
+    fn request(&self, ticket: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if ticket > st.0 {
+            st.0 = ticket;
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1 = true;
+        self.wake.notify_one();
+    }
+}
+
+/// The resend filter: each user's last few client message ids. Kept in
+/// memory only (rebuilt from the log tail after a restart); a resend comes
+/// within seconds of the original, not days.
+#[derive(Default)]
+pub struct RecentCids {
+    by_user: HashMap<u32, VecDeque<(Box<str>, Stamp)>>,
+}
+
+const CIDS_PER_USER: usize = 256;
+const CID_USERS_MAX: usize = 200_000;
+
+impl RecentCids {
+    pub fn get(&self, user: u32, cid: &str) -> Option<Stamp> {
+        self.by_user
+            .get(&user)?
+            .iter()
+            .rev()
+            .find(|(c, _)| &**c == cid)
+            .map(|(_, s)| *s)
+    }
+
+    pub fn insert(&mut self, user: u32, cid: &str, id: Stamp) {
+        if self.by_user.len() >= CID_USERS_MAX && !self.by_user.contains_key(&user) {
+            // Bounded memory: forget everyone's filters rather than grow.
+            self.by_user.clear();
+        }
+        let ring = self.by_user.entry(user).or_default();
+        if ring.len() == CIDS_PER_USER {
+            ring.pop_front();
+        }
+        ring.push_back((cid.into(), id));
+    }
+}
+
+pub struct Store {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    trees: Arc<Vec<sled::Tree>>,
+    active: Layer,
+    frozen: Option<Arc<Layer>>,
+    checkpointer: flush::Checkpointer,
+    durability: Arc<Durability>,
+    durable_rx: watch::Receiver<u64>,
+    ticket: u64,
+    applied: Position,
+    /// The highest stamp in the log, so the clock restarts above it.
+    last_stamp: Stamp,
+    opts: StoreOptions,
+    last_rotate: Instant,
+    pub recent_cids: RecentCids,
+}
+
+fn log_key(origin: NodeId, seq: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(&origin.to_be_bytes());
+    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn parse_log_key(k: &[u8]) -> Result<(NodeId, u64)> {
+    if k.len() != 10 {
+        return Err(StoreError::Corrupt("bad log key".into()));
+    }
+    let origin = u16::from_be_bytes([k[0], k[1]]);
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&k[2..]);
+    Ok((origin, u64::from_be_bytes(s)))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
+}
+
+impl Store {
+    pub fn open(opts: StoreOptions) -> Result<Store> {
+        let mut cfg = sled::Config::new()
+            .cache_capacity(opts.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None);
+        cfg = match &opts.path {
+            Some(p) => cfg.path(p),
+            None => cfg.temporary(true),
+        };
+        let db = match cfg.open() {
+            Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+                return Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let log = db.open_tree("log")?;
+        let meta = db.open_tree("meta")?;
+        let trees = Table::ALL
+            .iter()
+            .map(|t| db.open_tree(t.tree_name()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let trees = Arc::new(trees);
+
+        let (flushed_tx, durable_rx) = watch::channel(0u64);
+        let durability = Arc::new(Durability {
+            state: Mutex::new((0, false)),
+            wake: Condvar::new(),
+            flushed: flushed_tx,
+            delay: opts.commit_delay,
+        });
+        {
+            let d = durability.clone();
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("chatd-commit".into())
+                .spawn(move || d.run(db))
+                .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?;
+        }
+        let checkpointer = flush::Checkpointer::start(db.clone(), trees.clone(), meta.clone())?;
+
+        let mut store = Store {
+            db,
+            log,
+            meta,
+            trees,
+            active: Layer::default(),
+            frozen: None,
+            checkpointer,
+            durability,
+            durable_rx,
+            ticket: 0,
+            applied: Position::new(),
+            last_stamp: Stamp::ZERO,
+            opts,
+            last_rotate: Instant::now(),
+            recent_cids: RecentCids::default(),
+        };
+        let (applied, last_stamp) = store.log_end()?;
+        store.applied = applied;
+        store.last_stamp = last_stamp;
+        Ok(store)
+    }
+
+    /// The last sequence number in the log of every origin, and the highest stamp.
+    fn log_end(&self) -> Result<(Position, Stamp)> {
+        let mut pos = Position::new();
+        let mut high = Stamp::ZERO;
+        let mut origin: u32 = 0;
+        while origin <= u32::from(u16::MAX) {
+            let start = log_key(origin as NodeId, 0);
+            let Some(first) = self.log.range(start..).next() else {
+                break;
+            };
+            let (k, _) = first?;
+            let (o, _) = parse_log_key(&k)?;
+            let end = log_key(o, u64::MAX);
+            if let Some(last) = self.log.range(..=end).next_back() {
+                let (_, v) = last?;
+                let ops: Vec<Op> = decode(&v)?;
+                if let Some(op) = ops.last() {
+                    pos.insert(o, op.seq);
+                }
+                high = ops.iter().map(|op| op.stamp).fold(high, Stamp::max);
+            }
+            origin = u32::from(o) + 1;
+        }
+        Ok((pos, high))
+    }
+
+    pub fn last_stamp(&self) -> Stamp {
+        self.last_stamp
+    }
+
+    /// The tables were checkpointed at this log position.
+    pub fn checkpoint(&self) -> Result<Position> {
+        match self.meta.get("checkpoint")? {
+            Some(v) => decode(&v),
+            None => Ok(Position::new()),
+        }
+    }
+
+    /// Apply, through `f`, every logged op the tables may not yet reflect.
+    pub fn replay(&mut self, mut f: impl FnMut(&mut Store, &Op)) -> Result<usize> {
+        let from = self.checkpoint()?;
+        let end = self.applied.clone();
+        let mut n = 0;
+        for (&origin, &last) in &end {
+            let mut after = from.get(&origin).copied().unwrap_or(0);
+            while after < last {
+                let ops = self.read_log(origin, after, 4096)?;
+                if ops.is_empty() {
+                    break;
+                }
+                for op in &ops {
+                    f(self, op);
+                    n += 1;
+                }
+                after = ops.last().map(|o| o.seq).unwrap_or(last);
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn applied(&self) -> &Position {
+        &self.applied
+    }
+
+    /// Ops of `origin` with sequence numbers after `after`, oldest first.
+    pub fn read_log(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
+        let mut out = Vec::new();
+        // Start with the segment holding `after + 1`.
+        let start = match self
+            .log
+            .range(log_key(origin, 0)..=log_key(origin, after.saturating_add(1)))
+            .next_back()
+        {
+            Some(r) => r?.0.to_vec(),
+            None => log_key(origin, 0).to_vec(),
+        };
+        for r in self.log.range(start..=log_key(origin, u64::MAX).to_vec()) {
+            let (_, v) = r?;
+            let ops: Vec<Op> = decode(&v)?;
+            out.extend(ops.into_iter().filter(|o| o.seq > after));
+            if out.len() >= max {
+                out.truncate(max);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Append a run of ops of one origin to the log; they must continue the
+    /// origin's sequence without a gap. Not durable until [`Store::commit`]'s
+    /// ticket has been flushed.
+    pub fn append_log(&mut self, origin: NodeId, ops: &[Op]) -> Result<()> {
+        let Some(first) = ops.first() else {
+            return Ok(());
+        };
+        let expected = self.applied.get(&origin).copied().unwrap_or(0) + 1;
+        if first.seq != expected {
+            return Err(StoreError::Corrupt(format!(
+                "log of node {origin}: got seq {}, expected {expected}",
+                first.seq
+            )));
+        }
+        self.log
+            .insert(log_key(origin, first.seq), encode(&ops.to_vec()))?;
+        if let Some(last) = ops.last() {
+            self.applied.insert(origin, last.seq);
+        }
+        self.last_stamp = ops
+            .iter()
+            .map(|op| op.stamp)
+            .fold(self.last_stamp, Stamp::max);
+        self.ticket += 1;
+        Ok(())
+    }
+
+    /// The ticket of the last log write.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// Ask for everything logged so far to be made durable; returns the ticket
+    /// to wait for (see [`Store::durable`]).
+    pub fn commit(&mut self) -> u64 {
+        self.durability.request(self.ticket);
+        self.ticket
+    }
+
+    /// Watch the highest ticket known to be on disk.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable_rx.clone()
+    }
+
+    // ---- reads -----------------------------------------------------------
+
+    fn layers(&self) -> impl Iterator<Item = &Layer> {
+        std::iter::once(&self.active).chain(self.frozen.as_deref())
+    }
+
+    pub fn get(&self, t: Table, key: &[u8]) -> Result<Option<Val>> {
+        for layer in self.layers() {
+            if let Some(v) = layer.maps[t as usize].get(key) {
+                return Ok(v.clone().map(Val::Mem));
+            }
+        }
+        Ok(self.trees[t as usize].get(key)?.map(Val::Disk))
+    }
+
+    /// Key-ordered entries of a plain table within bounds.
+    pub fn scan(
+        &self,
+        t: Table,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        descending: bool,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Val)>> + '_ {
+        debug_assert!(t.chunk_prefix_len().is_none());
+        let mut sources: Vec<Source<'_, Vec<u8>, Option<Val>, StoreError>> = Vec::new();
+        for layer in self.layers() {
+            let r = layer.maps[t as usize].range::<[u8], _>((as_ref(&lo), as_ref(&hi)));
+            let it = r.map(|(k, v)| Ok((k.clone(), v.clone().map(Val::Mem))));
+            if descending {
+                sources.push(Box::new(it.rev()));
+            } else {
+                sources.push(Box::new(it));
+            }
+        }
+        let r = self.trees[t as usize].range((lo, hi));
+        let it = r.map(|r| {
+            r.map(|(k, v)| (k.to_vec(), Some(Val::Disk(v))))
+                .map_err(StoreError::from)
+        });
+        if descending {
+            sources.push(Box::new(it.rev()));
+        } else {
+            sources.push(Box::new(it));
+        }
+        Merge::new(sources, descending).filter_map(|r| match r {
+            Ok((k, Some(v))) => Some(Ok((k, v))),
+            Ok((_, None)) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    pub fn scan_prefix(
+        &self,
+        t: Table,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Val)>> + '_ {
+        self.scan(
+            t,
+            Bound::Included(prefix.to_vec()),
+            prefix_end(prefix),
+            false,
+        )
+    }
+
+    /// Messages of a message table under `prefix`, by id: ascending from just
+    /// after `from` (exclusive), or descending from just before it.
+    pub fn messages(
+        &self,
+        t: Table,
+        prefix: &[u8],
+        from: Option<Stamp>,
+        descending: bool,
+    ) -> impl Iterator<Item = Result<Message>> + '_ {
+        let plen = t.chunk_prefix_len().unwrap_or(0);
+        debug_assert_eq!(plen, prefix.len());
+        let key = |id: u64| {
+            let mut k = prefix.to_vec();
+            k.extend_from_slice(&id.to_be_bytes());
+            k
+        };
+        let (lo, hi) = match (descending, from) {
+            (false, Some(a)) => (Bound::Excluded(key(a.0)), Bound::Included(key(u64::MAX))),
+            (true, Some(b)) => (Bound::Included(key(0)), Bound::Excluded(key(b.0))),
+            (_, None) => (Bound::Included(key(0)), Bound::Included(key(u64::MAX))),
+        };
+        let mut sources: Vec<Source<'_, Stamp, Message, StoreError>> = Vec::new();
+        for layer in self.layers() {
+            let r = layer.maps[t as usize].range::<[u8], _>((as_ref(&lo), as_ref(&hi)));
+            let it = r.filter_map(|(_, v)| v.as_ref()).map(|v| {
+                let m: Message = decode(v)?;
+                Ok((m.id, m))
+            });
+            if descending {
+                sources.push(Box::new(it.rev()));
+            } else {
+                sources.push(Box::new(it));
+            }
+        }
+        sources.push(Box::new(flush::ChunkIter::new(
+            &self.trees[t as usize],
+            prefix,
+            from,
+            descending,
+        )));
+        Merge::new(sources, descending).map(|r| r.map(|(_, m)| m))
+    }
+
+    // ---- writes (into the active layer) ------------------------------------
+
+    pub fn put(&mut self, t: Table, key: Vec<u8>, val: Vec<u8>) {
+        self.active.bytes += key.len() + val.len() + 64;
+        self.active.maps[t as usize].insert(key, Some(val.into()));
+    }
+
+    pub fn del(&mut self, t: Table, key: Vec<u8>) {
+        self.active.bytes += key.len() + 64;
+        self.active.maps[t as usize].insert(key, None);
+    }
+
+    /// Add one message (already encoded) to a message table.
+    pub fn put_message(&mut self, t: Table, prefix: &[u8], id: Stamp, encoded: Arc<[u8]>) {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(&id.0.to_be_bytes());
+        self.active.bytes += key.len() + 64;
+        self.active.maps[t as usize].insert(key, Some(encoded));
+    }
+
+    // ---- checkpoints -------------------------------------------------------
+
+    /// Called by the hub between iterations: retire a written layer, and
+    /// freeze the active one when it is old or big enough. Waits for the
+    /// writer only when memory would otherwise grow without bound.
+    pub fn maintain(&mut self) -> Result<()> {
+        if self.frozen.is_some() {
+            let hard_limit = self.active.bytes > 4 * self.opts.checkpoint_bytes;
+            if let Some(done) = self.checkpointer.poll(hard_limit) {
+                done?;
+                self.frozen = None;
+            }
+        }
+        let due = self.last_rotate.elapsed() >= self.opts.checkpoint_interval
+            || self.active.bytes >= self.opts.checkpoint_bytes;
+        if self.frozen.is_none() && due {
+            self.rotate();
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) {
+        self.last_rotate = Instant::now();
+        if self.active.is_empty() && self.applied == self.checkpoint().unwrap_or_default() {
+            return;
+        }
+        let mut layer = std::mem::take(&mut self.active);
+        layer.upto = self.applied.clone();
+        let layer = Arc::new(layer);
+        self.frozen = Some(layer.clone());
+        self.checkpointer.submit(layer);
+    }
+
+    /// Wait for the frozen layer, if any, to be written.
+    fn settle(&mut self) -> Result<()> {
+        if self.frozen.is_some() {
+            if let Some(done) = self.checkpointer.poll(true) {
+                done?;
+            }
+            self.frozen = None;
+        }
+        Ok(())
+    }
+
+    /// Write every table change to sled and record the checkpoint, now.
+    pub fn checkpoint_now(&mut self) -> Result<()> {
+        self.settle()?;
+        self.rotate();
+        self.settle()
+    }
+
+    /// Write everything to sled and stop the background threads.
+    pub fn close(mut self) -> Result<()> {
+        self.checkpoint_now()?;
+        self.durability.stop();
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---- metadata ------------------------------------------------------------
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Small, rare, durable settings (node id, peers): written and flushed at once.
+    pub fn meta_put(&self, key: &str, val: &[u8]) -> Result<()> {
+        self.meta.insert(key, val)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.opts.path.as_deref()
+    }
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}

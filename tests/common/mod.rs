@@ -1,0 +1,323 @@
+//! Test harness: a real chatd on 127.0.0.1 with an ephemeral port and a
+//! temporary data directory, and a client that talks to it over TCP.
+#![allow(dead_code)]
+
+use chatd::config::Settings;
+use chatd::server::Server;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test listens to make sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Settings for a test server: ephemeral port, cheap password hashing.
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut s = Settings::with_data_dir(dir);
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.argon2_memory_kib = 64;
+    s.argon2_iterations = 1;
+    s.classic_push_gap_ms = 5;
+    s
+}
+
+pub struct TestServer {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Settings)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        TestServer::start_in(dir, f).await
+    }
+
+    pub async fn start_in(dir: TempDir, f: impl FnOnce(&mut Settings)) -> TestServer {
+        let mut s = test_settings(dir.path());
+        f(&mut s);
+        let server = Server::start(s).await.expect("chatd starts");
+        TestServer {
+            addr: server.local_addr(),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Shut down cleanly and hand back the data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// A connected, registered and logged-in native client.
+    pub async fn user(&self, name: &str) -> (Client, u32) {
+        let mut c = self.client().await;
+        let id = c.register(name, "pw").await;
+        c.login(name, "pw").await;
+        (c, id)
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+    pushes: VecDeque<Value>,
+    next_req: i64,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            chunk: vec![0; 65536],
+            pushes: VecDeque::new(),
+            next_req: 1,
+        }
+    }
+
+    /// The socket itself, for tests that look at raw reads.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub async fn send(&mut self, v: &Value) {
+        let mut b = serde_json::to_vec(v).unwrap();
+        b.push(b'\n');
+        self.send_raw(&b).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next value from the socket (newline or NUL terminated), or None
+    /// after `wait` or at end of stream.
+    pub async fn read_value(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == 0) {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                let text = &line[..line.len() - 1];
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(serde_json::from_slice(text).unwrap_or_else(|e| {
+                    panic!(
+                        "server sent invalid JSON {:?}: {e}",
+                        String::from_utf8_lossy(text)
+                    )
+                }));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&self.chunk[..n]),
+            }
+        }
+    }
+
+    /// The next value, pushes included, in arrival order.
+    pub async fn next(&mut self) -> Value {
+        if let Some(v) = self.pushes.pop_front() {
+            return v;
+        }
+        self.read_value(WAIT)
+            .await
+            .expect("a value from the server")
+    }
+
+    /// Send a request with a fresh "req" and return its reply; pushes that
+    /// arrive meanwhile are kept for `push`.
+    pub async fn call(&mut self, mut v: Value) -> Value {
+        let req = self.next_req;
+        self.next_req += 1;
+        v["req"] = json!(req);
+        self.send(&v).await;
+        loop {
+            let got = self
+                .read_value(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no reply to {v}"));
+            if got.get("req") == Some(&json!(req)) {
+                return got;
+            }
+            self.pushes.push_back(got);
+        }
+    }
+
+    /// Like `call`, asserting success, returning the reply.
+    pub async fn ok(&mut self, v: Value) -> Value {
+        let r = self.call(v.clone()).await;
+        if r["type"] == "error" {
+            let mut shown = v.to_string();
+            shown.truncate(300);
+            panic!("request {shown} failed: {r}");
+        }
+        r
+    }
+
+    /// Like `call`, asserting an error with this code.
+    pub async fn err(&mut self, v: Value, code: &str) -> Value {
+        let r = self.call(v.clone()).await;
+        assert_eq!(
+            r["type"], "error",
+            "request {v} should fail with {code}: {r}"
+        );
+        assert_eq!(r["code"], code, "request {v}: {r}");
+        assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()));
+        r
+    }
+
+    /// Whether a push matching `pred` has arrived (and is waiting in the queue).
+    pub fn saw_push(&self, pred: impl Fn(&Value) -> bool) -> bool {
+        self.pushes.iter().any(pred)
+    }
+
+    /// The next push (a value not answering one of our requests).
+    pub async fn push(&mut self) -> Value {
+        if let Some(v) = self.pushes.pop_front() {
+            return v;
+        }
+        self.read_value(WAIT).await.expect("a push from the server")
+    }
+
+    /// The next push of a type, failing on anything else first.
+    pub async fn push_of(&mut self, ty: &str) -> Value {
+        let p = self.push().await;
+        assert_eq!(p["type"], ty, "expected a {ty} push, got {p}");
+        p
+    }
+
+    /// Assert nothing arrives for a little while.
+    pub async fn quiet(&mut self) {
+        assert!(
+            self.pushes.is_empty(),
+            "unexpected pushes: {:?}",
+            self.pushes
+        );
+        if let Some(v) = self.read_value(QUIET).await {
+            panic!("unexpected value from the server: {v}");
+        }
+    }
+
+    /// Wait for the server to close the connection; true if it did.
+    pub async fn closed(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&self.chunk[..n]),
+            }
+        }
+    }
+
+    pub async fn register(&mut self, name: &str, pw: &str) -> u32 {
+        let r = self
+            .ok(json!({"type": "register", "name": name, "password": pw}))
+            .await;
+        assert_eq!(r["type"], "registered");
+        assert_eq!(r["user"]["name"], name);
+        r["user"]["id"].as_u64().unwrap() as u32
+    }
+
+    pub async fn login(&mut self, name: &str, pw: &str) -> Value {
+        let r = self
+            .ok(json!({"type": "login", "name": name, "password": pw}))
+            .await;
+        assert_eq!(r["type"], "logged_in");
+        r
+    }
+
+    pub async fn send_text(&mut self, to: u32, text: &str) -> Value {
+        let r = self
+            .ok(json!({"type": "send", "to": to, "text": text}))
+            .await;
+        assert_eq!(r["type"], "sent");
+        r
+    }
+
+    /// Receive `n` message pushes, acknowledge them, return them.
+    pub async fn take_messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let p = self.push().await;
+            if p["type"] == "message" {
+                out.push(p);
+            }
+        }
+        let ids: Vec<Value> = out.iter().map(|m| m["id"].clone()).collect();
+        let r = self.ok(json!({"type": "ack", "ids": ids})).await;
+        assert_eq!(r["type"], "acked");
+        out
+    }
+}
+
+// ---- chatd as a separate process ------------------------------------------------
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// Start the chatd binary; wait for its "listening" log line.
+pub fn spawn_chatd(data_dir: &Path, extra: &[&str]) -> Proc {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--argon2-memory-kib",
+            "64",
+            "--argon2-iterations",
+            "1",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn chatd");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("chatd exited before listening")
+            .expect("read chatd log");
+        if line.contains("chatd listening") {
+            let at = line.find("addr=").expect("addr in log") + 5;
+            let rest = &line[at..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            break rest[..end].parse().expect("listen address");
+        }
+    };
+    // Keep draining the log so chatd never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, addr }
+}

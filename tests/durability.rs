@@ -1,0 +1,280 @@
+//! Crashes and restarts of a real chatd process: what was acknowledged
+//! survives `kill -9`, and shutdown on SIGTERM is clean.
+//!
+//! The crash tests slow every commit flush down (`--fault-commit-delay-ms`):
+//! a reply or push sent before its flush would then be lost by the kill,
+//! every time, instead of once in a while.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+const SLOW_COMMIT: [&str; 2] = ["--fault-commit-delay-ms", "30"];
+
+/// Send all requests in one write, then collect their replies in order.
+async fn pipeline(c: &mut Client, reqs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut bytes = Vec::new();
+    for r in reqs {
+        bytes.extend(serde_json::to_vec(r).unwrap());
+        bytes.push(b'\n');
+    }
+    c.send_raw(&bytes).await;
+    let mut replies = Vec::new();
+    while replies.len() < reqs.len() {
+        let r = c.next().await;
+        match r["type"].as_str() {
+            Some("sent") => replies.push(r),
+            Some("error") => panic!("{r}"),
+            _ => {} // a push
+        }
+    }
+    replies
+}
+
+#[tokio::test]
+async fn kill_9_right_after_acknowledgements_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_chatd(dir.path(), &SLOW_COMMIT);
+    let mut alice = Client::connect(p.addr).await;
+    alice.register("alice", "pw").await;
+    alice.login("alice", "pw").await;
+    let mut bob = Client::connect(p.addr).await;
+    let bob_id = bob.register("bob", "pw").await;
+    bob.login("bob", "pw").await;
+    let gid = alice
+        .ok(json!({"type": "group_create", "name": "survivors"}))
+        .await["group"]["id"]
+        .clone();
+    bob.ok(json!({"type": "group_join", "group": gid})).await;
+
+    // 100 messages bob receives and acknowledges (and sees the ack confirmed).
+    let early: Vec<_> = (0..100)
+        .map(|i| json!({"type": "send", "to": bob_id, "text": format!("early {i}")}))
+        .collect();
+    pipeline(&mut alice, &early).await;
+    let mut acked = HashSet::new();
+    for m in bob.take_messages(100).await {
+        acked.insert(m["id"].as_u64().unwrap());
+    }
+    // 200 more that bob receives but does not acknowledge, direct and group.
+    let late: Vec<_> = (0..200)
+        .map(|i| {
+            let text = format!("late {i}");
+            if i % 4 == 0 {
+                json!({"type": "send", "group": gid, "text": text})
+            } else {
+                json!({"type": "send", "to": bob_id, "text": text})
+            }
+        })
+        .collect();
+    let replies = pipeline(&mut alice, &late).await;
+    let expected: HashMap<u64, String> = replies
+        .iter()
+        .zip(&late)
+        .map(|(r, req)| {
+            (
+                r["id"].as_u64().unwrap(),
+                req["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // The last "sent" is in: pull the plug at once.
+    let mut child = p.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let p = spawn_chatd(dir.path(), &[]);
+    let mut bob = Client::connect(p.addr).await;
+    bob.login("bob", "pw").await;
+    let mut got: HashMap<u64, String> = HashMap::new();
+    while got.len() < expected.len() {
+        let m = bob.push_of("message").await;
+        let id = m["id"].as_u64().unwrap();
+        assert!(
+            !acked.contains(&id),
+            "an acknowledged message came again: {m}"
+        );
+        assert!(
+            got.insert(id, m["text"].as_str().unwrap().to_string())
+                .is_none(),
+            "delivered twice: {m}"
+        );
+    }
+    assert_eq!(got, expected);
+    let ids: Vec<u64> = got.keys().copied().collect();
+    bob.ok(json!({"type": "ack", "ids": ids})).await;
+    bob.quiet().await;
+    // Accounts, the group and its members survived too.
+    let members = bob.ok(json!({"type": "group_members", "group": gid})).await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 2);
+    let mut alice = Client::connect(p.addr).await;
+    alice.login("alice", "pw").await;
+    let h = alice
+        .ok(json!({"type": "history", "with": bob_id, "limit": 200}))
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 200);
+
+    // And after the acks, another crash: nothing comes again.
+    let mut child = p.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let p = spawn_chatd(dir.path(), &[]);
+    let mut bob = Client::connect(p.addr).await;
+    bob.login("bob", "pw").await;
+    bob.quiet().await;
+    let mut child = p.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn kill_9_under_load_keeps_every_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = [
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--fault-commit-delay-ms",
+        "30",
+    ];
+    let p = spawn_chatd(dir.path(), &fast);
+    let mut bob = Client::connect(p.addr).await;
+    let bob_id = bob.register("bob", "pw").await;
+    drop(bob);
+    let mut alice = Client::connect(p.addr).await;
+    alice.register("alice", "pw").await;
+    alice.login("alice", "pw").await;
+    // Pipeline sends without waiting; read "sent" replies as they come.
+    let mut burst = Vec::new();
+    for i in 0..2000 {
+        burst.extend(
+            format!("{{\"type\":\"send\",\"to\":{bob_id},\"text\":\"m{i}\",\"cid\":\"c{i}\"}}\n")
+                .into_bytes(),
+        );
+    }
+    alice.send_raw(&burst).await;
+    let mut acked = HashSet::new();
+    while acked.len() < 700 {
+        let r = alice.next().await;
+        assert_eq!(r["type"], "sent", "{r}");
+        acked.insert(r["id"].as_u64().unwrap());
+    }
+    // Mid-stream: kill.
+    let mut child = p.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Replies already on the wire still count as acknowledged.
+    while let Some(r) = alice.read_value(Duration::from_millis(200)).await {
+        if r["type"] == "sent" {
+            acked.insert(r["id"].as_u64().unwrap());
+        }
+    }
+    let p = spawn_chatd(dir.path(), &fast);
+    let mut bob = Client::connect(p.addr).await;
+    bob.login("bob", "pw").await;
+    let mut seen = HashSet::new();
+    let mut texts = HashSet::new();
+    // Everything acknowledged arrives; possibly a few more that were stored
+    // but not yet acknowledged when the process died; nothing twice.
+    loop {
+        let Some(m) = bob.read_value(Duration::from_secs(2)).await else {
+            break;
+        };
+        if m["type"] != "message" {
+            continue;
+        }
+        assert!(seen.insert(m["id"].as_u64().unwrap()), "twice: {m}");
+        assert!(
+            texts.insert(m["text"].as_str().unwrap().to_string()),
+            "stored twice: {m}"
+        );
+    }
+    let missing: Vec<_> = acked.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost",
+        missing.len()
+    );
+    let mut child = p.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_says_goodbye_exits_0_and_nobody_is_online_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_chatd(dir.path(), &[]);
+    let mut alice = Client::connect(p.addr).await;
+    let a_id = alice.register("alice", "pw").await;
+    alice.login("alice", "pw").await;
+    let mut bob = Client::connect(p.addr).await;
+    let b_id = bob.register("bob", "pw").await;
+    bob.login("bob", "pw").await;
+    alice
+        .ok(json!({"type": "friend_request", "user": b_id}))
+        .await;
+    bob.push_of("friend_request").await;
+    bob.ok(json!({"type": "friend_accept", "user": a_id})).await;
+    alice.push_of("friend_added").await;
+    let mut classic = Client::connect(p.addr).await;
+    classic
+        .send_raw(format!("{{\"id\":{b_id},\"msgid\":1,\"password\":\"pw\"}}\0").as_bytes())
+        .await;
+    assert_eq!(classic.next().await["errno"], 0);
+
+    let mut child = p.child;
+    let started = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let bye = alice.push_of("bye").await;
+    assert_eq!(bye["reason"], "shutting_down");
+    assert!(alice.closed().await);
+    // The classic client is told in a way it can show.
+    let notice = classic.next().await;
+    assert_eq!(notice["msgid"], 6);
+    assert_eq!(notice["id"], 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let p = spawn_chatd(dir.path(), &[]);
+    let mut alice = Client::connect(p.addr).await;
+    alice.login("alice", "pw").await;
+    let f = alice.ok(json!({"type": "friends"})).await;
+    assert_eq!(f["friends"][0]["id"], b_id);
+    assert_eq!(
+        f["friends"][0]["online"], false,
+        "nobody is online who is not connected"
+    );
+    let mut child = p.child;
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_second_chatd_on_the_same_data_dir_is_refused_clearly() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_chatd(dir.path(), &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    let mut child = p.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
