@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "chatd",
-    version,
-    about = "A self-contained chat server: users, friends, groups and messages in an embedded database, JSON over TCP."
-)]
+#[command(name = "chatd", version, about = Settings::ABOUT)]
 pub struct Settings {
     /// Where the database lives; created if missing.
     #[arg(long, env = "CHATD_DATA_DIR", default_value = "./chatd-data")]
@@ -59,7 +55,8 @@ pub struct Settings {
 
     /// Replies and pushes waiting for one session; a session that falls this
     /// far behind is closed (its undelivered messages wait for its next login).
-    #[arg(long, env = "CHATD_SESSION_QUEUE", default_value_t = 1024)]
+    /// Costs memory only when used.
+    #[arg(long, env = "CHATD_SESSION_QUEUE", default_value_t = 4096)]
     pub session_queue: usize,
 
     /// Close a native-protocol session that sends nothing for this long
@@ -88,6 +85,35 @@ pub struct Settings {
     #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 128)]
     pub cache_mb: u64,
 
+    /// UDP address for the cluster mesh (QUIC). Without it (and without
+    /// --join) chatd runs alone. Default with --join: the client address's
+    /// IP, any free port.
+    #[arg(long, env = "CHATD_MESH_LISTEN")]
+    pub mesh_listen: Option<SocketAddr>,
+
+    /// The mesh address other nodes dial, if not --mesh-listen's
+    /// (needed when listening on 0.0.0.0).
+    #[arg(long, env = "CHATD_MESH_ADVERTISE")]
+    pub mesh_advertise: Option<String>,
+
+    /// A cluster member's mesh address (HOST:PORT) to join through;
+    /// repeatable, or comma-separated in CHATD_JOIN.
+    #[arg(long = "join", env = "CHATD_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+
+    /// The cluster CA file made by `chatd init-cluster`. Needed at a node's
+    /// first start; the node then keeps its own certificate in its data dir.
+    #[arg(long, env = "CHATD_CLUSTER_KEY")]
+    pub cluster_key: Option<PathBuf>,
+
+    /// This node's id (1-1000); chosen automatically when not given.
+    #[arg(long, env = "CHATD_NODE_ID")]
+    pub node_id: Option<u16>,
+
+    /// A peer silent for this long is considered down (its users offline).
+    #[arg(long, env = "CHATD_PEER_TIMEOUT_MS", default_value_t = 3000)]
+    pub peer_timeout_ms: u64,
+
     /// Fault injection for tests: wait this long before every commit flush,
     /// so anything that does not wait for durability shows up in a crash test.
     #[arg(
@@ -100,6 +126,33 @@ pub struct Settings {
 }
 
 impl Settings {
+    pub const ABOUT: &'static str = "A self-contained chat server: users, friends, groups and messages in an embedded database, JSON over TCP, nodes meshed over QUIC.";
+
+    /// The mesh settings, if this node is part of a cluster: it was given
+    /// --mesh-listen or --join, or its data directory belongs to a cluster.
+    pub fn mesh(&self) -> Option<crate::mesh::MeshSettings> {
+        let remembered = crate::mesh::remembered(&self.data_dir);
+        if self.mesh_listen.is_none() && self.join.is_empty() && remembered.is_none() {
+            return None;
+        }
+        let (listen, advertise) = match (self.mesh_listen, &remembered) {
+            (Some(l), _) => (l, self.mesh_advertise.clone()),
+            (None, Some((l, a))) => (*l, self.mesh_advertise.clone().or(a.clone())),
+            (None, None) => (
+                SocketAddr::new(self.listen.ip(), 0),
+                self.mesh_advertise.clone(),
+            ),
+        };
+        Some(crate::mesh::MeshSettings {
+            listen,
+            advertise,
+            join: self.join.clone(),
+            cluster_key: self.cluster_key.clone(),
+            peer_timeout: Duration::from_millis(self.peer_timeout_ms.max(200)),
+            node_id: self.node_id,
+        })
+    }
+
     /// Defaults, with the data directory given: for tests and embedding.
     pub fn with_data_dir(dir: impl Into<PathBuf>) -> Settings {
         let mut s = Settings::parse_from(["chatd"]);
@@ -177,7 +230,7 @@ impl Default for Limits {
             search_scan: 200_000,
             rate_limit: 500.0,
             rate_burst: 1000.0,
-            session_queue: 1024,
+            session_queue: 4096,
             idle_timeout: Some(Duration::from_secs(90)),
             classic_gap: Duration::from_millis(20),
             welcome: None,

@@ -22,8 +22,8 @@ use crate::dialect::{ReqCtx, Who};
 use crate::ids::{Clock, Gid, NodeId, Stamp, Uid};
 use crate::model::{Link, Op, OpBody, Role, Target};
 use crate::rules::{self, Ctx, IdAlloc, NameCache};
-use crate::store::{Store, StoreError};
-use std::collections::HashMap;
+use crate::store::{LogReader, Position, Store, StoreError};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -140,13 +140,48 @@ pub enum HubMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// A run of another node's operations (from any peer that has them).
+    PeerOps {
+        origin: NodeId,
+        ops: Vec<Op>,
+    },
+    /// Users with sessions on another node: all of them (`full`) or changes.
+    PeerPresence {
+        node: NodeId,
+        full: bool,
+        online: Vec<Uid>,
+        offline: Vec<Uid>,
+    },
+    /// A node is unreachable: its users are no longer online through it.
+    PeerDown {
+        node: NodeId,
+    },
+    /// The users with a session on this node, for a new peer link.
+    LocalPresence {
+        reply: oneshot::Sender<Vec<Uid>>,
+    },
+    /// A fingerprint of the replicated state.
+    Digest {
+        reply: oneshot::Sender<Result<crate::store::Digest, String>>,
+    },
 }
 
-/// The sessions' way to reach the hub.
+/// A user got their first, or lost their last, session on this node.
+#[derive(Clone, Copy, Debug)]
+pub struct PresenceChange {
+    pub user: Uid,
+    pub online: bool,
+}
+
+/// The sessions' (and the mesh's) way to reach the hub.
 #[derive(Clone)]
 pub struct HubHandle {
     tx: mpsc::Sender<HubMsg>,
-    durable: watch::Receiver<u64>,
+    durable: watch::Receiver<crate::store::Durable>,
+    applied: watch::Receiver<Position>,
+    presence: tokio::sync::broadcast::Sender<PresenceChange>,
+    logs: LogReader,
+    node: NodeId,
 }
 
 impl HubHandle {
@@ -155,8 +190,26 @@ impl HubHandle {
         self.tx.send(msg).await.is_ok()
     }
 
-    pub fn durable(&self) -> watch::Receiver<u64> {
+    pub fn durable(&self) -> watch::Receiver<crate::store::Durable> {
         self.durable.clone()
+    }
+
+    /// How far each origin's log has been applied here (durable or not).
+    pub fn applied(&self) -> watch::Receiver<Position> {
+        self.applied.clone()
+    }
+
+    /// Local presence changes, for peers.
+    pub fn presence_changes(&self) -> tokio::sync::broadcast::Receiver<PresenceChange> {
+        self.presence.subscribe()
+    }
+
+    pub fn logs(&self) -> &LogReader {
+        &self.logs
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
     }
 
     /// Say goodbye to every session, write everything down, stop.
@@ -172,6 +225,14 @@ struct Session {
     link: Arc<SessionLink>,
     tx: mpsc::Sender<Out>,
     user: Option<Uid>,
+    replay: Option<ReplayState>,
+}
+
+/// A login replay in progress: each origin's newest op when it began, and
+/// the origins that had something pending.
+struct ReplayState {
+    start: BTreeMap<NodeId, Stamp>,
+    seen: HashSet<NodeId>,
 }
 
 pub struct Hub {
@@ -184,10 +245,16 @@ pub struct Hub {
     next_seq: u64,
     sessions: HashMap<SessionId, Session>,
     by_user: HashMap<Uid, Vec<SessionId>>,
+    /// Users with sessions on other nodes, by node.
+    remote: HashMap<NodeId, HashSet<Uid>>,
     /// Members of groups that recently had messages, for fan-out.
     members: HashMap<Gid, Arc<Vec<Uid>>>,
     /// This batch's operations, logged together at its end.
     new_ops: Vec<Op>,
+    /// Other nodes' operations applied in this batch, by origin.
+    peer_ops: BTreeMap<NodeId, Vec<Op>>,
+    applied_tx: watch::Sender<Position>,
+    presence_tx: tokio::sync::broadcast::Sender<PresenceChange>,
     /// This batch's classic deliveries, logged as one operation.
     marks: Vec<(Uid, Stamp)>,
     /// Replay pages asked for in this batch, answered after it is logged.
@@ -225,6 +292,10 @@ impl Hub {
         let ids = IdAlloc::new(&store, node)?;
         let next_seq = store.applied().get(&node).copied().unwrap_or(0) + 1;
         let durable = store.durable();
+        let (applied_tx, applied) = watch::channel(store.applied().clone());
+        let (presence_tx, _) = tokio::sync::broadcast::channel(4096);
+        let logs = store.log_reader();
+        let handle_parts = (applied, presence_tx.clone(), logs);
         let hub = Hub {
             store,
             clock,
@@ -235,8 +306,12 @@ impl Hub {
             next_seq,
             sessions: HashMap::new(),
             by_user: HashMap::new(),
+            remote: HashMap::new(),
             members: HashMap::new(),
             new_ops: Vec::new(),
+            peer_ops: BTreeMap::new(),
+            applied_tx,
+            presence_tx,
             marks: Vec::new(),
             replays: Vec::new(),
             out: Vec::new(),
@@ -256,7 +331,15 @@ impl Hub {
                 }
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the hub thread: {e}")))?;
-        Ok(HubHandle { tx, durable })
+        let (applied, presence, logs) = handle_parts;
+        Ok(HubHandle {
+            tx,
+            durable,
+            applied,
+            presence,
+            logs,
+            node,
+        })
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
@@ -303,6 +386,7 @@ impl Hub {
                             link,
                             tx,
                             user: None,
+                            replay: None,
                         },
                     );
                 }
@@ -324,6 +408,81 @@ impl Hub {
             HubMsg::Replay { id, after, reply } => self.replays.push((id, after, reply)),
             HubMsg::Close { id } => self.end_session(id),
             HubMsg::Shutdown { done } => self.begin_shutdown(done),
+            HubMsg::PeerOps { origin, ops } => self.peer_ops(origin, ops),
+            HubMsg::PeerPresence {
+                node,
+                full,
+                online,
+                offline,
+            } => self.peer_presence(node, full, online, offline),
+            HubMsg::PeerDown { node } => self.peer_presence(node, true, Vec::new(), Vec::new()),
+            HubMsg::LocalPresence { reply } => {
+                let _ = reply.send(self.by_user.keys().copied().collect());
+            }
+            HubMsg::Digest { reply } => {
+                let _ = reply.send(self.store.digest().map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    /// Whether a user has a session on any node.
+    fn online(&self, u: Uid) -> bool {
+        self.by_user.contains_key(&u) || self.remote.values().any(|s| s.contains(&u))
+    }
+
+    /// Apply another node's operations in order: skip what we have, stop at
+    /// a gap (the sender will send again from what we report having).
+    fn peer_ops(&mut self, origin: NodeId, ops: Vec<Op>) {
+        if origin == self.node {
+            return;
+        }
+        let mut expected = match self.peer_ops.get(&origin).and_then(|v| v.last()) {
+            Some(op) => op.seq + 1,
+            None => self.store.applied().get(&origin).copied().unwrap_or(0) + 1,
+        };
+        for op in ops {
+            if op.origin != origin || op.seq > expected {
+                break;
+            }
+            if op.seq < expected {
+                continue;
+            }
+            self.clock.observe(op.stamp);
+            match apply(&mut self.store, &op) {
+                Ok(effects) => self.route(effects),
+                Err(e) => fatal(e),
+            }
+            self.peer_ops.entry(origin).or_default().push(op);
+            expected += 1;
+        }
+    }
+
+    /// Update what we know of another node's sessions; tell local friends of
+    /// every user whose cluster-wide presence changed.
+    fn peer_presence(&mut self, node: NodeId, full: bool, online: Vec<Uid>, offline: Vec<Uid>) {
+        let mut touched: Vec<Uid> = online.iter().chain(&offline).copied().collect();
+        if full {
+            touched.extend(self.remote.get(&node).into_iter().flatten().copied());
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let before: Vec<bool> = touched.iter().map(|u| self.online(*u)).collect();
+        let set = self.remote.entry(node).or_default();
+        if full {
+            set.clear();
+        }
+        for u in offline {
+            set.remove(&u);
+        }
+        set.extend(online);
+        if set.is_empty() {
+            self.remote.remove(&node);
+        }
+        for (u, was) in touched.into_iter().zip(before) {
+            let now = self.online(u);
+            if now != was {
+                self.presence(u, now);
+            }
         }
     }
 
@@ -344,8 +503,8 @@ impl Hub {
             self.detach(id);
             return self.reply(id, ctx, Ok(Reply::LoggedOut));
         }
-        let by_user = &self.by_user;
-        let online = |u: Uid| by_user.contains_key(&u);
+        let (by_user, remote) = (&self.by_user, &self.remote);
+        let online = |u: Uid| by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u));
         let mut cx = Ctx {
             clock: &mut self.clock,
             ids: &mut self.ids,
@@ -433,8 +592,9 @@ impl Hub {
         self.attach(id, user);
         let roster = match ctx {
             ReqCtx::Classic { .. } => {
-                let by_user = &self.by_user;
-                let online = |u: Uid| by_user.contains_key(&u);
+                let (by_user, remote) = (&self.by_user, &self.remote);
+                let online =
+                    |u: Uid| by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u));
                 let mut cx = Ctx {
                     clock: &mut self.clock,
                     ids: &mut self.ids,
@@ -470,10 +630,14 @@ impl Hub {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.user = Some(user);
         }
+        let was_online = self.online(user);
         let list = self.by_user.entry(user).or_default();
         list.push(id);
         if list.len() == 1 {
-            self.presence(user, true);
+            let _ = self.presence_tx.send(PresenceChange { user, online: true });
+            if !was_online {
+                self.presence(user, true);
+            }
         }
     }
 
@@ -485,7 +649,13 @@ impl Hub {
             list.retain(|s| *s != id);
             if list.is_empty() {
                 self.by_user.remove(&user);
-                self.presence(user, false);
+                let _ = self.presence_tx.send(PresenceChange {
+                    user,
+                    online: false,
+                });
+                if !self.online(user) {
+                    self.presence(user, false);
+                }
             }
         }
     }
@@ -495,6 +665,7 @@ impl Hub {
         let Ok(edges) = self.store.edges(user) else {
             return;
         };
+        // Only local sessions can be told; each node tells its own.
         let friends: Vec<Uid> = edges
             .into_iter()
             .filter(|(f, e)| e.link == Link::Friends && self.by_user.contains_key(f))
@@ -737,6 +908,14 @@ impl Hub {
             }
             self.new_ops.clear();
         }
+        for (origin, ops) in std::mem::take(&mut self.peer_ops) {
+            if let Err(e) = self.store.append_log(origin, &ops) {
+                fatal(e);
+            }
+        }
+        if *self.applied_tx.borrow() != *self.store.applied() {
+            self.applied_tx.send_replace(self.store.applied().clone());
+        }
         let ticket = self.store.commit();
         for (id, after, reply) in std::mem::take(&mut self.replays) {
             let page = self.replay_page(id, after);
@@ -773,14 +952,51 @@ impl Hub {
         let Some(user) = self.user_of(id) else {
             return Vec::new();
         };
-        match rules::pending(&self.store, user, after, REPLAY_PAGE) {
-            Ok(msgs) => msgs
-                .into_iter()
-                .filter_map(|m| self.names.view(&self.store, m).ok())
-                .collect(),
+        if after.is_none() {
+            let start = self.store.last_stamps().clone();
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.replay = Some(ReplayState {
+                    start,
+                    seen: HashSet::new(),
+                });
+            }
+        }
+        let msgs = match rules::pending(&self.store, user, after, REPLAY_PAGE) {
+            Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pending messages");
-                Vec::new()
+                return Vec::new();
+            }
+        };
+        let done = msgs.len() < REPLAY_PAGE;
+        if let Some(r) = self.sessions.get_mut(&id).and_then(|s| s.replay.as_mut()) {
+            r.seen.extend(msgs.iter().map(|m| m.origin()));
+        }
+        if done {
+            self.raise_floors(id, user);
+        }
+        msgs.into_iter()
+            .filter_map(|m| self.names.view(&self.store, m).ok())
+            .collect()
+    }
+
+    /// After a complete replay: an origin that had nothing pending for the
+    /// user has delivered everything it had made when the replay began, so
+    /// the user's cursor for it can move up to there. Without this, a node
+    /// that never wrote to the user would keep every later login scanning
+    /// group histories from the beginning.
+    fn raise_floors(&mut self, id: SessionId, user: Uid) {
+        let Some(r) = self.sessions.get_mut(&id).and_then(|s| s.replay.take()) else {
+            return;
+        };
+        for (origin, stamp) in r.start {
+            if r.seen.contains(&origin) {
+                continue;
+            }
+            match self.store.cursor(user, origin) {
+                Ok(c) if c < stamp => self.marks.push((user, stamp)),
+                Ok(_) => {}
+                Err(e) => fatal(e),
             }
         }
     }

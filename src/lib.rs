@@ -27,6 +27,8 @@
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
 //! | `store`     | every sled access: log, tables, layers, checkpoints, group commit | know chat rules |
+//! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip | apply operations (the hub does) |
+//! | `admin`     | the local admin socket (`chatd.sock`): cluster status, digest | hold state |
 //! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
 //! | `ids`       | user/group id blocks, stamps and the hybrid logical clock   | |
 //! | `config`    | settings (flags and `CHATD_*` variables) and limits         | |
@@ -36,7 +38,10 @@
 //! into an `api::Command`; `rules::decide` handles it. Where is it stored?
 //! `apply::apply` writes its effect through `store::schema`. How does it reach
 //! a user? `hub::Hub::route` queues a push for each of the user's sessions.
+//! How does it reach another node? `mesh` streams the durable operation to
+//! every member, whose hub applies it (`HubMsg::PeerOps`) and routes it too.
 
+pub mod admin;
 pub mod api;
 pub mod apply;
 pub mod auth;
@@ -45,6 +50,7 @@ pub mod dialect;
 pub mod framing;
 pub mod hub;
 pub mod ids;
+pub mod mesh;
 pub mod model;
 pub mod os;
 pub mod rules;

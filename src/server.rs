@@ -1,10 +1,11 @@
 //! Starting and stopping chatd: open the store, start the hub, accept
 //! connections, and on shutdown say goodbye and write everything down.
 
+use crate::admin;
 use crate::auth::Passwords;
 use crate::config::Settings;
 use crate::hub::{Hub, HubHandle};
-use crate::ids::NodeId;
+use crate::mesh::{self, Mesh};
 use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Server {
     addr: SocketAddr,
     hub: HubHandle,
+    mesh: Option<Mesh>,
     stop_accepting: CancellationToken,
     acceptor: JoinHandle<()>,
 }
@@ -39,19 +41,6 @@ fn err(e: impl std::fmt::Display) -> StartError {
     StartError(e.to_string())
 }
 
-/// This node's id, chosen when its data directory was created.
-fn node_id(store: &Store) -> Result<NodeId, StartError> {
-    match store.meta_get("node").map_err(err)? {
-        Some(v) if v.len() == 2 => Ok(u16::from_be_bytes([v[0], v[1]])),
-        Some(_) => Err(StartError("corrupt node id in the data directory".into())),
-        None => {
-            let node: NodeId = 1;
-            store.meta_put("node", &node.to_be_bytes()).map_err(err)?;
-            Ok(node)
-        }
-    }
-}
-
 impl Server {
     pub async fn start(settings: Settings) -> Result<Server, StartError> {
         let started = Instant::now();
@@ -65,11 +54,29 @@ impl Server {
         opts.cache_bytes = settings.cache_mb.max(8) << 20;
         opts.commit_delay = Duration::from_millis(settings.fault_commit_delay_ms);
         let store = Store::open(opts).map_err(err)?;
-        let node = node_id(&store)?;
+        let prepared = match settings.mesh() {
+            Some(m) => Some(
+                mesh::prepare(&store, &settings.data_dir, m)
+                    .await
+                    .map_err(StartError)?,
+            ),
+            None => None,
+        };
+        let node = match &prepared {
+            Some(p) => p.node,
+            None => match mesh::stored_node(&store).map_err(StartError)? {
+                Some(n) => n,
+                None => {
+                    mesh::store_node(&store, 1).map_err(StartError)?;
+                    1
+                }
+            },
+        };
         let limits = Arc::new(settings.limits());
         let passwords = Passwords::new(settings.argon2_memory_kib, settings.argon2_iterations)
             .map_err(StartError)?;
         let hub = Hub::spawn(store, node, limits.clone()).map_err(err)?;
+        let mesh = prepared.map(|p| Mesh::start(p, hub.clone()));
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", settings.listen)))?;
@@ -80,6 +87,18 @@ impl Server {
             passwords,
         });
         let stop_accepting = CancellationToken::new();
+        admin::serve(
+            &settings.data_dir,
+            hub.clone(),
+            mesh.clone(),
+            stop_accepting.clone(),
+        )
+        .map_err(|e| {
+            StartError(format!(
+                "cannot open the admin socket {}: {e}",
+                admin::socket_path(&settings.data_dir).display()
+            ))
+        })?;
         let acceptor = tokio::spawn(accept_loop(
             listener,
             shared,
@@ -96,6 +115,7 @@ impl Server {
         Ok(Server {
             addr,
             hub,
+            mesh,
             stop_accepting,
             acceptor,
         })
@@ -105,10 +125,17 @@ impl Server {
         self.addr
     }
 
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
     /// Stop accepting, say goodbye to every client, write everything down.
     pub async fn shutdown(self) {
         self.stop_accepting.cancel();
         let _ = self.acceptor.await;
+        if let Some(m) = &self.mesh {
+            m.shutdown();
+        }
         self.hub.shutdown().await;
         tracing::info!("chatd stopped");
     }

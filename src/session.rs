@@ -339,7 +339,7 @@ struct Writer {
     wr: OwnedWriteHalf,
     link: Arc<SessionLink>,
     shared: Arc<Shared>,
-    durable: watch::Receiver<u64>,
+    durable: watch::Receiver<crate::store::Durable>,
     frames: Frames,
     last_write: Option<Instant>,
     /// Newest message id replayed, per origin: live copies of these are skipped.
@@ -397,7 +397,7 @@ async fn write_loop(
 
 impl Writer {
     async fn wait_durable(&mut self, ticket: u64) -> Result<(), Stop> {
-        while *self.durable.borrow() < ticket {
+        while self.durable.borrow().ticket < ticket {
             tokio::select! {
                 _ = self.link.kill.cancelled() => return Err(Stop::Gone),
                 r = self.durable.changed() => if r.is_err() { return Err(Stop::Gone) },

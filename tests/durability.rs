@@ -82,9 +82,7 @@ async fn kill_9_right_after_acknowledgements_loses_nothing() {
         })
         .collect();
     // The last "sent" is in: pull the plug at once.
-    let mut child = p.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    p.kill9();
 
     let p = spawn_chatd(dir.path(), &[]);
     let mut bob = Client::connect(p.addr).await;
@@ -118,16 +116,11 @@ async fn kill_9_right_after_acknowledgements_loses_nothing() {
     assert_eq!(h["messages"].as_array().unwrap().len(), 200);
 
     // And after the acks, another crash: nothing comes again.
-    let mut child = p.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    p.kill9();
     let p = spawn_chatd(dir.path(), &[]);
     let mut bob = Client::connect(p.addr).await;
     bob.login("bob", "pw").await;
     bob.quiet().await;
-    let mut child = p.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test]
@@ -164,9 +157,7 @@ async fn kill_9_under_load_keeps_every_acknowledged_message() {
         acked.insert(r["id"].as_u64().unwrap());
     }
     // Mid-stream: kill.
-    let mut child = p.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    p.kill9();
     // Replies already on the wire still count as acknowledged.
     while let Some(r) = alice.read_value(Duration::from_millis(200)).await {
         if r["type"] == "sent" {
@@ -199,9 +190,7 @@ async fn kill_9_under_load_keeps_every_acknowledged_message() {
         "{} acknowledged messages lost",
         missing.len()
     );
-    let mut child = p.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(p);
 }
 
 #[tokio::test]
@@ -226,12 +215,8 @@ async fn sigterm_says_goodbye_exits_0_and_nobody_is_online_after_restart() {
         .await;
     assert_eq!(classic.next().await["errno"], 0);
 
-    let mut child = p.child;
     let started = Instant::now();
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    let stopping = std::thread::spawn(move || p.terminate());
     let bye = alice.push_of("bye").await;
     assert_eq!(bye["reason"], "shutting_down");
     assert!(alice.closed().await);
@@ -239,7 +224,7 @@ async fn sigterm_says_goodbye_exits_0_and_nobody_is_online_after_restart() {
     let notice = classic.next().await;
     assert_eq!(notice["msgid"], 6);
     assert_eq!(notice["id"], 0);
-    let status = child.wait().unwrap();
+    let status = stopping.join().unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
@@ -252,11 +237,7 @@ async fn sigterm_says_goodbye_exits_0_and_nobody_is_online_after_restart() {
         f["friends"][0]["online"], false,
         "nobody is online who is not connected"
     );
-    let mut child = p.child;
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
+    assert!(p.terminate().success());
 }
 
 #[tokio::test]
@@ -274,7 +255,5 @@ async fn a_second_chatd_on_the_same_data_dir_is_refused_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use"), "{err}");
-    let mut child = p.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(p);
 }

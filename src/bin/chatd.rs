@@ -4,10 +4,40 @@ use chatd::config::Settings;
 use chatd::server::Server;
 use clap::Parser;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[derive(Parser)]
+#[command(name = "chatd", version, about = Settings::ABOUT, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Create the cluster credentials (a CA certificate and key) in FILE.
+    /// Give FILE to each node's first start with --cluster-key.
+    InitCluster { file: PathBuf },
+}
+
 fn main() -> ExitCode {
-    let settings = Settings::parse();
+    let cli = Cli::parse();
+    if let Some(Command::InitCluster { file }) = cli.command {
+        return match chatd::mesh::tls::init_cluster(&file) {
+            Ok(()) => {
+                println!("cluster credentials written to {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chatd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let settings = cli.settings;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -17,8 +17,9 @@ const CHUNK_MAX_MESSAGES: usize = 256;
 const CHUNK_MAX_BYTES: usize = 64 << 10;
 
 pub(crate) struct Checkpointer {
-    tx: mpsc::Sender<Arc<Layer>>,
+    tx: Option<mpsc::Sender<Arc<Layer>>>,
     done: mpsc::Receiver<Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
@@ -29,7 +30,7 @@ impl Checkpointer {
     ) -> Result<Checkpointer> {
         let (tx, rx) = mpsc::channel::<Arc<Layer>>();
         let (done_tx, done) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("chatd-checkpoint".into())
             .spawn(move || {
                 for layer in rx {
@@ -40,11 +41,25 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start checkpoint thread: {e}")))?;
-        Ok(Checkpointer { tx, done })
+        Ok(Checkpointer {
+            tx: Some(tx),
+            done,
+            thread: Some(thread),
+        })
     }
 
     pub(crate) fn submit(&self, layer: Arc<Layer>) {
-        let _ = self.tx.send(layer);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(layer);
+        }
+    }
+
+    /// Stop the thread and wait for it (it holds the database open).
+    pub(crate) fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The result of the submitted layer's write, if finished (or, with
@@ -257,7 +272,7 @@ fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
 }
 
 /// The (id, encoded message) frames of a chunk, in id order.
-fn frames(chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+pub(super) fn frames(chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
     let bad = || StoreError::Corrupt("bad message chunk".into());
     let mut rest = match chunk.split_first() {
         Some((&FORMAT, rest)) => rest,

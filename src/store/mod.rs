@@ -223,14 +223,23 @@ impl StoreOptions {
     }
 }
 
+/// What is known to be on disk: every log write up to `ticket`, which
+/// brought each origin's log up to `position`.
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    pub ticket: u64,
+    pub position: Arc<Position>,
+}
+
 /// Group commit. The hub asks for everything up to a ticket to be made
 /// durable; one thread flushes sled in a loop and publishes the highest
 /// ticket whose writes are on disk. Each flush covers every write made
 /// before it started, so many iterations share one fsync.
 pub struct Durability {
-    state: Mutex<(u64, bool)>,
+    /// Requested ticket and position, and whether to stop.
+    state: Mutex<(Durable, bool)>,
     wake: Condvar,
-    flushed: watch::Sender<u64>,
+    flushed: watch::Sender<Durable>,
     delay: Duration,
 }
 
@@ -240,13 +249,13 @@ impl Durability {
         loop {
             let target = {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                while st.0 <= done && !st.1 {
+                while st.0.ticket <= done && !st.1 {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
-                if st.0 <= done && st.1 {
+                if st.0.ticket <= done && st.1 {
                     return;
                 }
-                st.0
+                st.0.clone()
             };
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);
@@ -256,15 +265,18 @@ impl Durability {
                 tracing::error!(error = %e, "cannot flush the database; exiting");
                 std::process::exit(1);
             }
-            done = target;
-            self.flushed.send_replace(done);
+            done = target.ticket;
+            self.flushed.send_replace(target);
         }
     }
 
-    fn request(&self, ticket: u64) {
+    fn request(&self, ticket: u64, position: &Position) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if ticket > st.0 {
-            st.0 = ticket;
+        if ticket > st.0.ticket {
+            st.0 = Durable {
+                ticket,
+                position: Arc::new(position.clone()),
+            };
             self.wake.notify_one();
         }
     }
@@ -319,14 +331,57 @@ pub struct Store {
     frozen: Option<Arc<Layer>>,
     checkpointer: flush::Checkpointer,
     durability: Arc<Durability>,
-    durable_rx: watch::Receiver<u64>,
+    /// The commit thread, joined on close.
+    commit_thread: Option<std::thread::JoinHandle<()>>,
+    reader: LogReader,
+    durable_rx: watch::Receiver<Durable>,
     ticket: u64,
     applied: Position,
     /// The highest stamp in the log, so the clock restarts above it.
     last_stamp: Stamp,
+    /// The stamp of the last op of each origin in the log.
+    last_stamps: BTreeMap<NodeId, Stamp>,
     opts: StoreOptions,
     last_rotate: Instant,
     pub recent_cids: RecentCids,
+}
+
+/// Reads the log; cheap to clone and safe to use from any thread. Closing
+/// the store revokes every reader, so none keeps the database open.
+#[derive(Clone)]
+pub struct LogReader {
+    log: Arc<Mutex<Option<sled::Tree>>>,
+}
+
+impl LogReader {
+    /// Ops of `origin` with sequence numbers after `after`, oldest first.
+    pub fn read(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
+        let log = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))?;
+        let mut out = Vec::new();
+        // Start with the segment holding `after + 1`.
+        let start = match log
+            .range(log_key(origin, 0)..=log_key(origin, after.saturating_add(1)))
+            .next_back()
+        {
+            Some(r) => r?.0.to_vec(),
+            None => log_key(origin, 0).to_vec(),
+        };
+        for r in log.range(start..=log_key(origin, u64::MAX).to_vec()) {
+            let (_, v) = r?;
+            let ops: Vec<Op> = decode(&v)?;
+            out.extend(ops.into_iter().filter(|o| o.seq > after));
+            if out.len() >= max {
+                out.truncate(max);
+                break;
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn log_key(origin: NodeId, seq: u64) -> [u8; 10] {
@@ -386,21 +441,24 @@ impl Store {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let trees = Arc::new(trees);
 
-        let (flushed_tx, durable_rx) = watch::channel(0u64);
+        let (flushed_tx, durable_rx) = watch::channel(Durable::default());
         let durability = Arc::new(Durability {
-            state: Mutex::new((0, false)),
+            state: Mutex::new((Durable::default(), false)),
             wake: Condvar::new(),
             flushed: flushed_tx,
             delay: opts.commit_delay,
         });
-        {
+        let commit_thread = {
             let d = durability.clone();
             let db = db.clone();
             std::thread::Builder::new()
                 .name("chatd-commit".into())
                 .spawn(move || d.run(db))
-                .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?;
-        }
+                .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?
+        };
+        let reader = LogReader {
+            log: Arc::new(Mutex::new(Some(log.clone()))),
+        };
         let checkpointer = flush::Checkpointer::start(db.clone(), trees.clone(), meta.clone())?;
 
         let mut store = Store {
@@ -412,24 +470,28 @@ impl Store {
             frozen: None,
             checkpointer,
             durability,
+            commit_thread: Some(commit_thread),
+            reader,
             durable_rx,
             ticket: 0,
             applied: Position::new(),
             last_stamp: Stamp::ZERO,
+            last_stamps: BTreeMap::new(),
             opts,
             last_rotate: Instant::now(),
             recent_cids: RecentCids::default(),
         };
-        let (applied, last_stamp) = store.log_end()?;
+        let (applied, last_stamps) = store.log_end()?;
         store.applied = applied;
-        store.last_stamp = last_stamp;
+        store.last_stamp = last_stamps.values().copied().max().unwrap_or_default();
+        store.last_stamps = last_stamps;
         Ok(store)
     }
 
-    /// The last sequence number in the log of every origin, and the highest stamp.
-    fn log_end(&self) -> Result<(Position, Stamp)> {
+    /// The last sequence number in the log of every origin, and its stamp.
+    fn log_end(&self) -> Result<(Position, BTreeMap<NodeId, Stamp>)> {
         let mut pos = Position::new();
-        let mut high = Stamp::ZERO;
+        let mut stamps = BTreeMap::new();
         let mut origin: u32 = 0;
         while origin <= u32::from(u16::MAX) {
             let start = log_key(origin as NodeId, 0);
@@ -444,12 +506,17 @@ impl Store {
                 let ops: Vec<Op> = decode(&v)?;
                 if let Some(op) = ops.last() {
                     pos.insert(o, op.seq);
+                    stamps.insert(o, op.stamp);
                 }
-                high = ops.iter().map(|op| op.stamp).fold(high, Stamp::max);
             }
             origin = u32::from(o) + 1;
         }
-        Ok((pos, high))
+        Ok((pos, stamps))
+    }
+
+    /// The stamp of the newest op of each origin this node has.
+    pub fn last_stamps(&self) -> &BTreeMap<NodeId, Stamp> {
+        &self.last_stamps
     }
 
     pub fn last_stamp(&self) -> Stamp {
@@ -492,26 +559,7 @@ impl Store {
 
     /// Ops of `origin` with sequence numbers after `after`, oldest first.
     pub fn read_log(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
-        let mut out = Vec::new();
-        // Start with the segment holding `after + 1`.
-        let start = match self
-            .log
-            .range(log_key(origin, 0)..=log_key(origin, after.saturating_add(1)))
-            .next_back()
-        {
-            Some(r) => r?.0.to_vec(),
-            None => log_key(origin, 0).to_vec(),
-        };
-        for r in self.log.range(start..=log_key(origin, u64::MAX).to_vec()) {
-            let (_, v) = r?;
-            let ops: Vec<Op> = decode(&v)?;
-            out.extend(ops.into_iter().filter(|o| o.seq > after));
-            if out.len() >= max {
-                out.truncate(max);
-                break;
-            }
-        }
-        Ok(out)
+        self.log_reader().read(origin, after, max)
     }
 
     /// Append a run of ops of one origin to the log; they must continue the
@@ -549,13 +597,18 @@ impl Store {
     /// Ask for everything logged so far to be made durable; returns the ticket
     /// to wait for (see [`Store::durable`]).
     pub fn commit(&mut self) -> u64 {
-        self.durability.request(self.ticket);
+        self.durability.request(self.ticket, &self.applied);
         self.ticket
     }
 
-    /// Watch the highest ticket known to be on disk.
-    pub fn durable(&self) -> watch::Receiver<u64> {
+    /// Watch what is known to be on disk.
+    pub fn durable(&self) -> watch::Receiver<Durable> {
         self.durable_rx.clone()
+    }
+
+    /// A handle that reads the log from other threads (peer replication).
+    pub fn log_reader(&self) -> LogReader {
+        self.reader.clone()
     }
 
     // ---- reads -----------------------------------------------------------
@@ -736,11 +789,17 @@ impl Store {
         self.settle()
     }
 
-    /// Write everything to sled and stop the background threads.
+    /// Write everything to sled and stop the background threads. When this
+    /// returns, nothing holds the database open any more.
     pub fn close(mut self) -> Result<()> {
         self.checkpoint_now()?;
         self.durability.stop();
+        if let Some(t) = self.commit_thread.take() {
+            let _ = t.join();
+        }
+        *self.reader.log.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.db.flush()?;
+        self.checkpointer.stop();
         Ok(())
     }
 
@@ -771,5 +830,77 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
         Bound::Included(v) => Bound::Included(v.as_slice()),
         Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
         Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// A fingerprint of the replicated state, equal on nodes that hold the same
+/// state. Inboxes are left out (they are derived from history and cursors,
+/// and where they are chunked depends on timing); history is hashed message
+/// by message for the same reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub hash: String,
+    pub users: u64,
+    pub groups: u64,
+    pub messages: u64,
+}
+
+/// FNV-1a: stable across builds and machines, unlike `DefaultHasher`.
+struct Fnv(u64);
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Length separates adjacent fields.
+        for b in (bytes.len() as u64).to_le_bytes() {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl Store {
+    pub fn digest(&mut self) -> Result<Digest> {
+        self.checkpoint_now()?;
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        let mut d = Digest {
+            hash: String::new(),
+            users: 0,
+            groups: 0,
+            messages: 0,
+        };
+        for t in Table::ALL {
+            if t == Table::Inbox {
+                continue;
+            }
+            h.write(t.tree_name().as_bytes());
+            for r in self.trees[t as usize].iter() {
+                let (k, v) = r?;
+                match t {
+                    Table::History => {
+                        for (id, body) in flush::frames(&v)? {
+                            h.write(&k[..schema::CONV_LEN]);
+                            h.write(&id.to_be_bytes());
+                            h.write(&body);
+                            d.messages += 1;
+                        }
+                    }
+                    _ => {
+                        h.write(&k);
+                        h.write(&v);
+                        match t {
+                            Table::Users => d.users += 1,
+                            Table::Groups => d.groups += 1,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        d.hash = format!("{:016x}", h.0);
+        Ok(d)
     }
 }

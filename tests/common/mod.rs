@@ -2,6 +2,8 @@
 //! temporary data directory, and a client that talks to it over TCP.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use chatd::config::Settings;
 use chatd::server::Server;
 use serde_json::{json, Value};
@@ -278,9 +280,43 @@ impl Client {
 
 // ---- chatd as a separate process ------------------------------------------------
 
+/// A chatd process; killed when dropped, so a failing test leaves none behind.
 pub struct Proc {
-    pub child: Child,
+    child: Child,
     pub addr: SocketAddr,
+    /// The mesh (UDP) address, when the node is in a cluster.
+    pub mesh: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait for chatd")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_addr(line: &str) -> Option<SocketAddr> {
+    let at = line.find("addr=")? + 5;
+    let rest = &line[at..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// Start the chatd binary; wait for its "listening" log line.
@@ -305,19 +341,20 @@ pub fn spawn_chatd(data_dir: &Path, extra: &[&str]) -> Proc {
         .expect("spawn chatd");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let mut mesh = None;
     let addr = loop {
         let line = lines
             .next()
             .expect("chatd exited before listening")
             .expect("read chatd log");
+        if line.contains("mesh listening") {
+            mesh = log_addr(&line);
+        }
         if line.contains("chatd listening") {
-            let at = line.find("addr=").expect("addr in log") + 5;
-            let rest = &line[at..];
-            let end = rest.find(' ').unwrap_or(rest.len());
-            break rest[..end].parse().expect("listen address");
+            break log_addr(&line).expect("listen address");
         }
     };
     // Keep draining the log so chatd never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Proc { child, addr }
+    Proc { child, addr, mesh }
 }
