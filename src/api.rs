@@ -281,6 +281,7 @@ pub enum ErrorCode {
     IdleTimeout,
     SlowConsumer,
     Kicked,
+    AccountDeleted,
     ShuttingDown,
     Internal,
 }
@@ -318,6 +319,7 @@ impl ErrorCode {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Kicked => "kicked",
+            ErrorCode::AccountDeleted => "account_deleted",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }

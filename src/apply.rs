@@ -62,6 +62,14 @@ pub enum Effect {
         user: Uid,
         banned: bool,
     },
+    Deleted {
+        user: Uid,
+    },
+    /// An operator's notice, made at `stamp`.
+    Notice {
+        text: String,
+        stamp: Stamp,
+    },
 }
 
 fn placeholder_user(id: Uid) -> User {
@@ -73,6 +81,7 @@ fn placeholder_user(id: Uid) -> User {
         pw_stamp: Stamp::ZERO,
         banned: false,
         ban_stamp: Stamp::ZERO,
+        deleted: false,
     }
 }
 
@@ -89,9 +98,10 @@ fn placeholder_group(id: Gid) -> Group {
     }
 }
 
-/// Whether a user record is real (its registration has been applied).
+/// Whether a user record is a live account: its registration has been
+/// applied and the operator has not deleted it.
 pub fn is_registered(u: &User) -> bool {
-    u.created != Stamp::ZERO
+    u.created != Stamp::ZERO && !u.deleted
 }
 
 pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
@@ -123,6 +133,18 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
                 }
             }
         }
+        OpBody::DeleteUser { user } => {
+            let mut u = s.user(*user)?.unwrap_or_else(|| placeholder_user(*user));
+            if !u.deleted {
+                u.deleted = true;
+                s.put_user(&u);
+                fx.push(Effect::Deleted { user: *user });
+            }
+        }
+        OpBody::Notice { text } => fx.push(Effect::Notice {
+            text: text.clone(),
+            stamp: st,
+        }),
         OpBody::Link {
             actor,
             other,
@@ -286,7 +308,7 @@ fn register(
     fx: &mut Vec<Effect>,
 ) -> Result<()> {
     let mut u = s.user(id)?.unwrap_or_else(|| placeholder_user(id));
-    if is_registered(&u) {
+    if u.created != Stamp::ZERO {
         return Ok(());
     }
     u.created = st;
@@ -296,8 +318,10 @@ fn register(
         u.pw_stamp = st;
     }
     match s.name_owner(name)? {
+        // A deleted account keeps its name reserved (so the outcome does not
+        // depend on whether the deletion arrived first).
         Some(holder) if holder != id => match s.user(holder)? {
-            Some(mut h) if is_registered(&h) => {
+            Some(mut h) if h.created != Stamp::ZERO => {
                 if h.created < st {
                     u.name = collision_name(name, id);
                 } else {

@@ -1,14 +1,40 @@
-//! Settings of the `chatd` daemon. Every setting is a command-line flag and a
-//! `CHATD_<NAME>` environment variable; the flag wins over the variable.
+//! Settings of the `chatd` daemon. Every setting is a command-line flag, a
+//! `CHATD_<NAME>` environment variable, and a key of the TOML file given with
+//! `--config` (the flag's name with `_` for `-`). A flag wins over the
+//! variable, the variable over the file, the file over the built-in default.
+//! How: the file's values become clap's defaults before the command line is
+//! parsed, so clap applies the precedence itself.
 
 use clap::Parser;
+use serde::Serialize;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, Serialize)]
 #[command(name = "chatd", version, about = Settings::ABOUT)]
 pub struct Settings {
+    /// TOML file with settings (keys are the flag names with `_` for `-`).
+    #[arg(long, env = "CHATD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings, print the effective ones, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+
+    /// Log filter (`error`, `warn`, `info`, `debug`, or per module:
+    /// `info,chatd::mesh=debug`). RUST_LOG, when set, wins.
+    #[arg(long, env = "CHATD_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Serve Prometheus metrics (`/metrics`) and health (`/health`) over
+    /// HTTP on this address.
+    #[arg(long, env = "CHATD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Where the database lives; created if missing.
     #[arg(long, env = "CHATD_DATA_DIR", default_value = "./chatd-data")]
     pub data_dir: PathBuf,
@@ -122,7 +148,113 @@ pub struct Settings {
         default_value_t = 0,
         hide = true
     )]
+    #[serde(skip)]
     pub fault_commit_delay_ms: u64,
+}
+
+/// Settings that must not come from the config file.
+const NOT_IN_FILE: &[&str] = &["config", "check_config", "help", "version"];
+
+/// The value of a TOML key as clap default strings.
+fn toml_values(v: &toml::Value) -> Option<Vec<String>> {
+    match v {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Integer(i) => Some(vec![i.to_string()]),
+        toml::Value::Float(f) => Some(vec![f.to_string()]),
+        toml::Value::Boolean(b) => Some(vec![b.to_string()]),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| toml_values(x).and_then(|v| v.into_iter().next()))
+            .collect(),
+        _ => None,
+    }
+}
+
+fn as_defaults(values: &[String]) -> Vec<clap::builder::OsStr> {
+    values.iter().map(clap::builder::OsStr::from).collect()
+}
+
+/// Check a file value with its argument's own parser: parse an empty command
+/// line where that value is the default and nothing comes from the
+/// environment.
+fn check_value(cmd: &clap::Command, key: &str, values: &[String]) -> Result<(), String> {
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let mut probe = cmd.clone();
+    for id in &ids {
+        probe = probe.mut_arg(id, |a| a.env(clap::builder::Resettable::Reset));
+    }
+    probe = probe.mut_arg(key, |a| a.default_values(as_defaults(values)));
+    let name = probe.get_name().to_string();
+    probe.try_get_matches_from([name]).map(|_| ()).map_err(|e| {
+        let msg = e.to_string();
+        msg.lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_string()
+    })
+}
+
+/// Make every key of the config file the default of its argument. Errors
+/// name the file and the key.
+fn apply_file(mut cmd: clap::Command, path: &Path) -> Result<clap::Command, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    for (key, value) in &table {
+        let bad = |what: String| format!("config file {}: key `{key}`: {what}", path.display());
+        let known = cmd.get_arguments().any(|a| a.get_id() == key.as_str());
+        if !known || NOT_IN_FILE.contains(&key.as_str()) {
+            return Err(bad("no such setting".into()));
+        }
+        let values = toml_values(value).ok_or_else(|| bad("unsupported value".into()))?;
+        check_value(&cmd, key, &values).map_err(bad)?;
+        cmd = cmd.mut_arg(key.as_str(), |a| a.default_values(as_defaults(&values)));
+    }
+    Ok(cmd)
+}
+
+/// Parse a command line made of `C` (which holds the settings), with the
+/// config file named in it (or in CHATD_CONFIG) layered under the flags and
+/// variables.
+pub fn parse<C>(
+    args: &[OsString],
+    config_of: impl Fn(&C) -> Option<PathBuf>,
+) -> Result<C, clap::Error>
+where
+    C: Parser,
+{
+    let first = C::try_parse_from(args)?;
+    let Some(path) = config_of(&first) else {
+        return Ok(first);
+    };
+    let cmd = apply_file(C::command(), &path)
+        .map_err(|e| C::command().error(clap::error::ErrorKind::InvalidValue, e))?;
+    let matches = cmd.try_get_matches_from(args)?;
+    C::from_arg_matches(&matches)
+}
+
+/// A value the whole server reads and SIGHUP may replace.
+#[derive(Clone, Debug)]
+pub struct Live<T>(Arc<RwLock<Arc<T>>>);
+
+impl<T> Live<T> {
+    pub fn new(v: T) -> Live<T> {
+        Live(Arc::new(RwLock::new(Arc::new(v))))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, v: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v);
+    }
 }
 
 impl Settings {
@@ -151,6 +283,33 @@ impl Settings {
             peer_timeout: Duration::from_millis(self.peer_timeout_ms.max(200)),
             node_id: self.node_id,
         })
+    }
+
+    /// The settings as a TOML document (what `--check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Settings a running chatd cannot change without a restart, by name,
+    /// where they differ.
+    pub fn restart_needed(&self, new: &Settings) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.data_dir != new.data_dir {
+            out.push("data_dir");
+        }
+        if self.listen != new.listen {
+            out.push("listen");
+        }
+        if self.mesh_listen != new.mesh_listen || self.join != new.join {
+            out.push("mesh_listen/join");
+        }
+        if self.metrics_listen != new.metrics_listen {
+            out.push("metrics_listen");
+        }
+        if self.cache_mb != new.cache_mb {
+            out.push("cache_mb");
+        }
+        out
     }
 
     /// Defaults, with the data directory given: for tests and embedding.

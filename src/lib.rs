@@ -28,10 +28,12 @@
 //! | `model`     | durable records and the operation type                      | hold behaviour |
 //! | `store`     | every sled access: log, tables, layers, checkpoints, group commit | know chat rules |
 //! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip | apply operations (the hub does) |
-//! | `admin`     | the local admin socket (`chatd.sock`): cluster status, digest | hold state |
+//! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to | hold state |
+//! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
+//! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |
 //! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
 //! | `ids`       | user/group id blocks, stamps and the hybrid logical clock   | |
-//! | `config`    | settings (flags and `CHATD_*` variables) and limits         | |
+//! | `config`    | settings (flags, `CHATD_*` variables, TOML file) and limits | |
 //! | `os`        | file-descriptor limit, signals                              | |
 //!
 //! Where is a command handled? `dialect::native` (or `classic`) decodes it
@@ -45,6 +47,7 @@ pub mod admin;
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod dialect;
 pub mod framing;
@@ -57,3 +60,4 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod telemetry;

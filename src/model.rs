@@ -20,6 +20,8 @@ pub struct User {
     /// Banned users cannot log in (last writer wins on `ban_stamp`).
     pub banned: bool,
     pub ban_stamp: Stamp,
+    /// Deleted by the operator: final. The name stays reserved.
+    pub deleted: bool,
 }
 
 /// The state of the friendship between two users; the same value is kept
@@ -196,6 +198,14 @@ pub enum OpBody {
     SetBanned {
         user: Uid,
         banned: bool,
+    },
+    /// The operator deleted the account (final).
+    DeleteUser {
+        user: Uid,
+    },
+    /// An operator's notice to everyone online, on every node.
+    Notice {
+        text: String,
     },
 }
 

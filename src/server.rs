@@ -3,11 +3,12 @@
 
 use crate::admin;
 use crate::auth::Passwords;
-use crate::config::Settings;
+use crate::config::{Limits, Live, Settings};
 use crate::hub::{Hub, HubHandle};
 use crate::mesh::{self, Mesh};
 use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
+use crate::telemetry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 /// A running chatd.
 pub struct Server {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     hub: HubHandle,
     mesh: Option<Mesh>,
+    limits: Live<Limits>,
+    settings: Settings,
     stop_accepting: CancellationToken,
     acceptor: JoinHandle<()>,
 }
@@ -72,7 +76,7 @@ impl Server {
                 }
             },
         };
-        let limits = Arc::new(settings.limits());
+        let limits = Live::new(settings.limits());
         let passwords = Passwords::new(settings.argon2_memory_kib, settings.argon2_iterations)
             .map_err(StartError)?;
         let hub = Hub::spawn(store, node, limits.clone()).map_err(err)?;
@@ -83,14 +87,16 @@ impl Server {
         let addr = listener.local_addr().map_err(err)?;
         let shared = Arc::new(Shared {
             hub: hub.clone(),
-            limits,
-            passwords,
+            limits: limits.clone(),
+            passwords: passwords.clone(),
         });
         let stop_accepting = CancellationToken::new();
         admin::serve(
             &settings.data_dir,
             hub.clone(),
             mesh.clone(),
+            passwords,
+            limits.clone(),
             stop_accepting.clone(),
         )
         .map_err(|e| {
@@ -99,6 +105,14 @@ impl Server {
                 admin::socket_path(&settings.data_dir).display()
             ))
         })?;
+        let metrics_addr = match settings.metrics_listen {
+            Some(a) => Some(
+                telemetry::serve(a, hub.clone(), mesh.clone(), stop_accepting.clone())
+                    .await
+                    .map_err(|e| StartError(format!("cannot serve metrics on {a}: {e}")))?,
+            ),
+            None => None,
+        };
         let acceptor = tokio::spawn(accept_loop(
             listener,
             shared,
@@ -114,8 +128,11 @@ impl Server {
         );
         Ok(Server {
             addr,
+            metrics_addr,
             hub,
             mesh,
+            limits,
+            settings,
             stop_accepting,
             acceptor,
         })
@@ -127,6 +144,27 @@ impl Server {
 
     pub fn mesh(&self) -> Option<&Mesh> {
         self.mesh.as_ref()
+    }
+
+    /// Where metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Whether the hub answers (for the watchdog).
+    pub async fn alive(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.hub.send(crate::hub::HubMsg::Ping { reply: tx }).await
+            && tokio::time::timeout(Duration::from_secs(2), rx)
+                .await
+                .is_ok()
+    }
+
+    /// Take new settings where that makes sense without a restart (limits,
+    /// the welcome notice); returns the changed settings that need one.
+    pub fn reload(&self, new: &Settings) -> Vec<&'static str> {
+        self.limits.set(new.limits());
+        self.settings.restart_needed(new)
     }
 
     /// Stop accepting, say goodbye to every client, write everything down.
@@ -172,7 +210,9 @@ async fn accept_loop(
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         tokio::spawn(async move {
+            metrics::gauge!("chatd_connections").increment(1.0);
             session::serve(stream, peer, id, shared).await;
+            metrics::gauge!("chatd_connections").decrement(1.0);
             drop(slot);
         });
     }

@@ -15,7 +15,7 @@
 
 use crate::api::{ChatError, Command, ErrorCode, Event, Reply};
 use crate::auth::Passwords;
-use crate::config::Limits;
+use crate::config::{Limits, Live};
 use crate::dialect::{self, Dialect, Frames, Incoming, ReqCtx};
 use crate::framing::{FrameError, JsonStream};
 use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, REPLAY_PAGE};
@@ -33,19 +33,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// What every session needs from the server.
 pub struct Shared {
     pub hub: HubHandle,
-    pub limits: Arc<Limits>,
+    pub limits: Live<Limits>,
     pub passwords: Passwords,
 }
 
 /// Serve one connection until either side closes it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(shared.limits.session_queue);
+    let limits = shared.limits.get();
+    let (tx, rx) = mpsc::channel(limits.session_queue);
     // Half the queue for replies to this session's own requests, half for pushes.
     let link = Arc::new(SessionLink::new(
         id,
         peer,
-        (shared.limits.session_queue / 2).max(8),
+        (limits.session_queue / 2).max(8),
     ));
     if !shared
         .hub
@@ -124,13 +125,17 @@ async fn read_loop(
     tx: &mpsc::Sender<Out>,
     shared: &Shared,
 ) {
-    let limits = &shared.limits;
+    let mut limits = shared.limits.get();
     let mut framer = JsonStream::new(limits.max_frame);
     let mut bucket = Bucket::new(limits.rate_limit, limits.rate_burst);
     let mut last = Dialect::Native;
     let mut spoke_classic = false;
     let mut warned_at: Option<Instant> = None;
     loop {
+        // Settings may have been reloaded (SIGHUP).
+        limits = shared.limits.get();
+        bucket.rate = limits.rate_limit;
+        bucket.burst = limits.rate_burst;
         // The classic client never pings, so only native sessions time out;
         // TCP keepalive finds dead classic peers.
         let idle = limits.idle_timeout.filter(|_| !spoke_classic);
@@ -254,8 +259,9 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
             name,
             password,
         } => {
-            let checked = check_user_name(&name, &shared.limits)
-                .and_then(|_| check_password(&password, &shared.limits));
+            let limits = shared.limits.get();
+            let checked =
+                check_user_name(&name, &limits).and_then(|_| check_password(&password, &limits));
             match checked {
                 Err(e) => echo(ctx, e),
                 Ok(()) => match shared.passwords.hash(password).await {
@@ -273,7 +279,7 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
                 return false;
             };
             let hash = cred.as_ref().map(|(_, h)| h.clone());
-            let ok = password.len() <= shared.limits.max_password_bytes
+            let ok = password.len() <= shared.limits.get().max_password_bytes
                 && shared.passwords.verify(password, hash).await;
             match cred {
                 Some((user, hash)) if ok => HubMsg::Login {
@@ -295,7 +301,7 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
             match cred {
                 None => echo(ctx, ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
                 Some((_, old_hash)) => {
-                    if let Err(e) = check_password(&new, &shared.limits) {
+                    if let Err(e) = check_password(&new, &shared.limits.get()) {
                         echo(ctx, e)
                     } else if !shared.passwords.verify(old, Some(old_hash.clone())).await {
                         echo(
@@ -348,6 +354,8 @@ struct Writer {
     written: Vec<Stamp>,
     /// Who is logged in, as the replies we wrote said; written messages are theirs.
     user: Option<Uid>,
+    messages_out: metrics::Counter,
+    latency: metrics::Histogram,
 }
 
 /// Why writing stopped.
@@ -374,7 +382,10 @@ async fn write_loop(
         replayed: HashMap::new(),
         written: Vec::new(),
         user: None,
+        messages_out: metrics::counter!("chatd_messages_out_total"),
+        latency: metrics::histogram!("chatd_delivery_latency_seconds"),
     };
+    let queue_depth = metrics::histogram!("chatd_session_queue_depth");
     loop {
         let out = tokio::select! {
             _ = w.link.kill.cancelled() => break,
@@ -383,6 +394,7 @@ async fn write_loop(
                 None => break,
             },
         };
+        queue_depth.record(rx.len() as f64);
         if w.handle(out).await.is_err() {
             break;
         }
@@ -446,8 +458,13 @@ impl Writer {
         self.frames.clear();
         dialect::encode_event(dialect, ev, &mut self.frames);
         self.write_frames().await?;
-        if let (Event::Message(v), Dialect::Classic(_)) = (ev, dialect) {
-            self.written.push(v.msg.id);
+        if let Event::Message(v) = ev {
+            self.messages_out.increment(1);
+            let age = crate::ids::wall_millis().saturating_sub(v.msg.id.millis());
+            self.latency.record(age as f64 / 1000.0);
+            if matches!(dialect, Dialect::Classic(_)) {
+                self.written.push(v.msg.id);
+            }
         }
         Ok(())
     }
@@ -497,7 +514,7 @@ impl Writer {
             if classic {
                 // The classic client reads one value per read: leave it time.
                 if let Some(last) = self.last_write {
-                    let next = last + self.shared.limits.classic_gap;
+                    let next = last + self.shared.limits.get().classic_gap;
                     if next > Instant::now() {
                         tokio::select! {
                             _ = self.link.kill.cancelled() => { result = Err(Stop::Gone); break; }

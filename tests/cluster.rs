@@ -395,3 +395,33 @@ async fn a_node_without_the_cluster_credentials_is_refused() {
     .await;
     intruder.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_and_a_broadcast_reach_every_node() {
+    let c = Cluster::start(2).await;
+    let mut a = c.nodes[0].client().await;
+    a.register("alice", "pw").await;
+    a.login("alice", "pw").await;
+    let mut b = login_when_replicated(&c.nodes[1], "alice").await;
+    // A notice from node 0's operator reaches the session on node 1.
+    let r = c.nodes[0]
+        .admin(json!({"cmd": "broadcast", "text": "to the whole cluster"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(a.push_of("notice").await["text"], "to the whole cluster");
+    assert_eq!(b.push_of("notice").await["text"], "to the whole cluster");
+    // A ban on node 0 closes the session on node 1 and refuses logins there.
+    let r = c.nodes[0]
+        .admin(json!({"cmd": "user_ban", "user": "alice"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(b.push_of("bye").await["reason"], "banned");
+    assert!(b.closed().await);
+    let mut again = c.nodes[1].client().await;
+    again
+        .err(
+            json!({"type": "login", "name": "alice", "password": "pw"}),
+            "banned",
+        )
+        .await;
+}

@@ -1,11 +1,19 @@
-//! The chatd daemon: parse settings, serve until SIGINT or SIGTERM.
+//! The chatd daemon: read the settings (flags, CHATD_* variables, config
+//! file), serve until SIGINT or SIGTERM, reload settings on SIGHUP, and keep
+//! systemd informed (READY, watchdog, STOPPING) when it runs under it.
 
-use chatd::config::Settings;
+use chatd::config::{self, Settings};
 use chatd::server::Server;
 use clap::Parser;
+use sd_notify::NotifyState;
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
 
 #[derive(Parser)]
 #[command(name = "chatd", version, about = Settings::ABOUT, args_conflicts_with_subcommands = true)]
@@ -23,8 +31,24 @@ enum Command {
     InitCluster { file: PathBuf },
 }
 
+fn load(args: &[OsString]) -> Result<Cli, clap::Error> {
+    config::parse::<Cli>(args, |c| c.settings.config.clone())
+}
+
+/// RUST_LOG wins over the `log` setting.
+fn log_filter(settings: &Settings) -> Result<EnvFilter, String> {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG: {e}")),
+        _ => EnvFilter::try_new(&settings.log).map_err(|e| format!("log: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match load(&args) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     if let Some(Command::InitCluster { file }) = cli.command {
         return match chatd::mesh::tls::init_cluster(&file) {
             Ok(()) => {
@@ -38,13 +62,25 @@ fn main() -> ExitCode {
         };
     }
     let settings = cli.settings;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    let filter = match log_filter(&settings) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("chatd: invalid log filter, {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if settings.check_config {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let (filter, filter_handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .init();
     chatd::os::raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -57,7 +93,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
+    rt.block_on(async move {
         let server = match Server::start(settings).await {
             Ok(s) => s,
             Err(e) => {
@@ -65,7 +101,54 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        chatd::os::shutdown_signal().await;
+        let _ = sd_notify::notify(
+            false,
+            &[NotifyState::Ready, NotifyState::Status("serving")],
+        );
+        let mut watchdog_usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+            .then(|| Duration::from_micros(watchdog_usec / 2));
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let stop = chatd::os::shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = async { hup.as_mut().expect("checked").recv().await }, if hup.is_some() => {
+                    let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
+                    match load(&args) {
+                        Ok(cli) => {
+                            let new = cli.settings;
+                            let restart = server.reload(&new);
+                            if std::env::var("RUST_LOG").is_err() {
+                                match EnvFilter::try_new(&new.log) {
+                                    Ok(f) => {
+                                        let _ = filter_handle.reload(f);
+                                    }
+                                    Err(e) => tracing::warn!("log: {e}"),
+                                }
+                            }
+                            if restart.is_empty() {
+                                tracing::info!("settings reloaded");
+                            } else {
+                                tracing::warn!(settings = ?restart, "settings reloaded; these change only after a restart");
+                            }
+                        }
+                        Err(e) => tracing::error!("settings not reloaded: {}", e.to_string().trim()),
+                    }
+                    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+                }
+                _ = tokio::time::sleep(watchdog.unwrap_or(Duration::from_secs(3600))), if watchdog.is_some() => {
+                    // Only a hub that answers keeps the watchdog quiet.
+                    if server.alive().await {
+                        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                    } else {
+                        tracing::error!("the hub does not answer; not telling the watchdog");
+                    }
+                }
+            }
+        }
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
         server.shutdown().await;
         ExitCode::SUCCESS
     })

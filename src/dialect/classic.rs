@@ -414,6 +414,7 @@ pub fn encode_event(n: Numbering, event: &Event, out: &mut Frames) {
                 ErrorCode::ShuttingDown => "the server is shutting down",
                 ErrorCode::Kicked => "you were disconnected by the operator",
                 ErrorCode::Banned => "this account is banned",
+                ErrorCode::AccountDeleted => "this account was deleted",
                 _ => "disconnected",
             };
             notice(n, text, out)

@@ -278,6 +278,43 @@ impl Client {
     }
 }
 
+// ---- chatctl ----------------------------------------------------------------------
+
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run chatctl against the chatd whose data directory is `dir`.
+pub fn chatctl(dir: &Path, args: &[&str]) -> CtlOutput {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatctl"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chatctl");
+    CtlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// chatctl --json ...; must succeed.
+pub fn chatctl_json(dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = chatctl(dir, &all);
+    assert_eq!(
+        out.code, 0,
+        "chatctl {args:?} failed: {}{}",
+        out.stdout, out.stderr
+    );
+    serde_json::from_str(out.stdout.trim()).expect("chatctl prints JSON")
+}
+
 // ---- chatd as a separate process ------------------------------------------------
 
 /// A chatd process; killed when dropped, so a failing test leaves none behind.
@@ -286,9 +323,22 @@ pub struct Proc {
     pub addr: SocketAddr,
     /// The mesh (UDP) address, when the node is in a cluster.
     pub mesh: Option<SocketAddr>,
+    /// The metrics (HTTP) address, when served.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
     /// SIGKILL, and wait for it to be gone.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -321,6 +371,11 @@ fn log_addr(line: &str) -> Option<SocketAddr> {
 
 /// Start the chatd binary; wait for its "listening" log line.
 pub fn spawn_chatd(data_dir: &Path, extra: &[&str]) -> Proc {
+    spawn_chatd_env(data_dir, extra, &[])
+}
+
+/// Like `spawn_chatd`, with extra environment variables.
+pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
         .arg("--data-dir")
@@ -335,6 +390,7 @@ pub fn spawn_chatd(data_dir: &Path, extra: &[&str]) -> Proc {
         ])
         .args(extra)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -342,6 +398,7 @@ pub fn spawn_chatd(data_dir: &Path, extra: &[&str]) -> Proc {
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let mut mesh = None;
+    let mut metrics = None;
     let addr = loop {
         let line = lines
             .next()
@@ -350,11 +407,19 @@ pub fn spawn_chatd(data_dir: &Path, extra: &[&str]) -> Proc {
         if line.contains("mesh listening") {
             mesh = log_addr(&line);
         }
+        if line.contains("metrics listening") {
+            metrics = log_addr(&line);
+        }
         if line.contains("chatd listening") {
             break log_addr(&line).expect("listen address");
         }
     };
     // Keep draining the log so chatd never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Proc { child, addr, mesh }
+    Proc {
+        child,
+        addr,
+        mesh,
+        metrics,
+    }
 }

@@ -15,9 +15,12 @@
 //! The hub must not block on a client: it hands items over with `try_send`
 //! and closes a session whose queue is full (its messages stay pending).
 
+mod admin;
+pub use admin::AdminReq;
+
 use crate::api::{ChatError, Command, ErrorCode, Event, GroupChange, MsgView, Reply, UserRef};
 use crate::apply::{apply, is_registered, Effect};
-use crate::config::Limits;
+use crate::config::{Limits, Live};
 use crate::dialect::{ReqCtx, Who};
 use crate::ids::{Clock, Gid, NodeId, Stamp, Uid};
 use crate::model::{Link, Op, OpBody, Role, Target};
@@ -35,6 +38,9 @@ pub type SessionId = u64;
 
 /// Messages a session's writer asks for at a time when replaying.
 pub const REPLAY_PAGE: usize = 512;
+
+/// Operator notices older than this when they arrive are not shown.
+const NOTICE_FRESH_MS: u64 = 60_000;
 
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -164,6 +170,15 @@ pub enum HubMsg {
     Digest {
         reply: oneshot::Sender<Result<crate::store::Digest, String>>,
     },
+    /// An operator's request from the admin socket.
+    Admin {
+        req: AdminReq,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+    /// Answered at once: proves the hub is alive (watchdog, health).
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A user got their first, or lost their last, session on this node.
@@ -226,6 +241,8 @@ struct Session {
     tx: mpsc::Sender<Out>,
     user: Option<Uid>,
     replay: Option<ReplayState>,
+    /// The dialect this session is counted under in `chatd_sessions`.
+    counted: Option<&'static str>,
 }
 
 /// A login replay in progress: each origin's newest op when it began, and
@@ -240,7 +257,10 @@ pub struct Hub {
     clock: Clock,
     ids: IdAlloc,
     names: NameCache,
-    limits: Arc<Limits>,
+    /// The current limits (SIGHUP may replace them); `batch_limits` is the
+    /// snapshot the current batch uses.
+    limits: Live<Limits>,
+    batch_limits: Arc<Limits>,
     node: NodeId,
     next_seq: u64,
     sessions: HashMap<SessionId, Session>,
@@ -276,7 +296,7 @@ impl Hub {
     pub fn spawn(
         mut store: Store,
         node: NodeId,
-        limits: Arc<Limits>,
+        limits: Live<Limits>,
     ) -> Result<HubHandle, StoreError> {
         let started = Instant::now();
         let mut clock = Clock::new(node);
@@ -301,6 +321,7 @@ impl Hub {
             clock,
             ids,
             names: NameCache::default(),
+            batch_limits: limits.get(),
             limits,
             node,
             next_seq,
@@ -352,6 +373,8 @@ impl Hub {
                 n = rx.recv_many(&mut batch, 512) => if n == 0 { break },
                 _ = tick.tick() => {}
             }
+            self.batch_limits = self.limits.get();
+            metrics::gauge!("chatd_hub_queue_depth").set(rx.len() as f64);
             for msg in batch.drain(..) {
                 self.handle(msg);
             }
@@ -387,6 +410,7 @@ impl Hub {
                             tx,
                             user: None,
                             replay: None,
+                            counted: None,
                         },
                     );
                 }
@@ -421,6 +445,12 @@ impl Hub {
             }
             HubMsg::Digest { reply } => {
                 let _ = reply.send(self.store.digest().map_err(|e| e.to_string()));
+            }
+            HubMsg::Admin { req, reply } => {
+                let _ = reply.send(self.admin(req));
+            }
+            HubMsg::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }
@@ -509,7 +539,7 @@ impl Hub {
             clock: &mut self.clock,
             ids: &mut self.ids,
             names: &mut self.names,
-            limits: &self.limits,
+            limits: &self.batch_limits,
             online: &online,
         };
         match rules::decide(&self.store, &mut cx, who, cmd) {
@@ -533,6 +563,9 @@ impl Hub {
             body,
         };
         self.next_seq += 1;
+        if matches!(op.body, OpBody::Send { .. }) {
+            metrics::counter!("chatd_messages_in_total").increment(1);
+        }
         match apply(&mut self.store, &op) {
             Ok(effects) => {
                 self.new_ops.push(op);
@@ -571,7 +604,7 @@ impl Hub {
         let again = session.user == Some(user);
         let checked = rules::check_login(&self.store, user, hash).and_then(|u| {
             let n = self.by_user.get(&user).map_or(0, Vec::len);
-            if !again && n >= self.limits.max_sessions_per_user {
+            if !again && n >= self.batch_limits.max_sessions_per_user {
                 return crate::api::fail(
                     ErrorCode::TooManySessions,
                     format!("{n} sessions are open for this account already"),
@@ -599,7 +632,7 @@ impl Hub {
                     clock: &mut self.clock,
                     ids: &mut self.ids,
                     names: &mut self.names,
-                    limits: &self.limits,
+                    limits: &self.batch_limits,
                     online: &online,
                 };
                 rules::roster(&self.store, &mut cx, user).ok()
@@ -619,7 +652,7 @@ impl Hub {
                 roster,
             }),
         );
-        if let Some(text) = self.limits.welcome.clone() {
+        if let Some(text) = self.batch_limits.welcome.clone() {
             self.out
                 .push((id, OutItem::Event(Arc::new(Event::Notice { text }))));
         }
@@ -629,6 +662,9 @@ impl Hub {
     fn attach(&mut self, id: SessionId, user: Uid) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.user = Some(user);
+            let dialect = s.link.dialect().name();
+            s.counted = Some(dialect);
+            metrics::gauge!("chatd_sessions", "dialect" => dialect).increment(1.0);
         }
         let was_online = self.online(user);
         let list = self.by_user.entry(user).or_default();
@@ -642,7 +678,13 @@ impl Hub {
     }
 
     fn detach(&mut self, id: SessionId) {
-        let Some(user) = self.sessions.get_mut(&id).and_then(|s| s.user.take()) else {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(dialect) = s.counted.take() {
+            metrics::gauge!("chatd_sessions", "dialect" => dialect).decrement(1.0);
+        }
+        let Some(user) = s.user.take() else {
             return;
         };
         if let Some(list) = self.by_user.get_mut(&user) {
@@ -681,6 +723,15 @@ impl Hub {
         for f in friends {
             self.push(f, &ev);
         }
+    }
+
+    /// Close every local session of a user, saying why.
+    fn kick_user(&mut self, user: Uid, why: ErrorCode) -> usize {
+        let sessions = self.by_user.get(&user).cloned().unwrap_or_default();
+        for s in &sessions {
+            self.kill(*s, Some(why));
+        }
+        sessions.len()
     }
 
     fn end_session(&mut self, id: SessionId) {
@@ -843,9 +894,20 @@ impl Hub {
                 Effect::PasswordChanged { .. } => {}
                 Effect::Banned { user, banned } => {
                     if banned {
-                        let sessions = self.by_user.get(&user).cloned().unwrap_or_default();
-                        for s in sessions {
-                            self.kill(s, Some(ErrorCode::Banned));
+                        self.kick_user(user, ErrorCode::Banned);
+                    }
+                }
+                Effect::Deleted { user } => {
+                    self.names.forget(user);
+                    self.kick_user(user, ErrorCode::AccountDeleted);
+                }
+                Effect::Notice { text, stamp } => {
+                    // A notice that arrives late (a node catching up) is news no more.
+                    if stamp.millis() + NOTICE_FRESH_MS >= crate::ids::wall_millis() {
+                        let ev = Arc::new(Event::Notice { text });
+                        let users: Vec<Uid> = self.by_user.keys().copied().collect();
+                        for u in users {
+                            self.push(u, &ev);
                         }
                     }
                 }

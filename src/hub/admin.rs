@@ -1,0 +1,364 @@
+//! The operator's requests (from the admin socket), answered by the hub.
+//! Changes go through operations like everything else, so a ban, a deletion
+//! or a broadcast reaches every node of a cluster.
+
+use super::{Hub, SessionId};
+use crate::api::{Command, ErrorCode, Reply};
+use crate::apply::is_registered;
+use crate::dialect::Who;
+use crate::ids::{Gid, Uid};
+use crate::model::{OpBody, User};
+use crate::rules::{self, Ctx};
+use serde_json::{json, Value};
+
+pub enum AdminReq {
+    Status,
+    /// Users in id order, or those matching `query`.
+    Users {
+        query: Option<String>,
+        offset: usize,
+        limit: usize,
+    },
+    User {
+        who: Who,
+    },
+    CreateUser {
+        name: String,
+        hash: String,
+    },
+    SetPassword {
+        who: Who,
+        hash: String,
+    },
+    Ban {
+        who: Who,
+        banned: bool,
+    },
+    DeleteUser {
+        who: Who,
+    },
+    Sessions,
+    Kick {
+        session: Option<SessionId>,
+        user: Option<Who>,
+    },
+    Groups {
+        offset: usize,
+        limit: usize,
+    },
+    Group {
+        group: Gid,
+    },
+    Dissolve {
+        group: Gid,
+    },
+    Broadcast {
+        text: String,
+    },
+    /// Where a backup should stop: the durable log position.
+    BackupPoint,
+}
+
+type Res = Result<Value, String>;
+
+/// The operator acts as user 0.
+const OPERATOR: Uid = Uid(0);
+
+impl Hub {
+    pub(super) fn admin(&mut self, req: AdminReq) -> Res {
+        match req {
+            AdminReq::Status => self.admin_status(),
+            AdminReq::Users {
+                query,
+                offset,
+                limit,
+            } => self.admin_users(query, offset, limit),
+            AdminReq::User { who } => {
+                let u = self.admin_user(&who)?;
+                let groups: Vec<u32> = self
+                    .store
+                    .groups_of(u.id)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|g| g.0)
+                    .collect();
+                let friends = self
+                    .store
+                    .edges(u.id)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|(_, e)| e.link == crate::model::Link::Friends)
+                    .count();
+                Ok(json!({
+                    "user": self.user_json(&u),
+                    "created_ms": u.created.millis(),
+                    "sessions_here": self.by_user.get(&u.id).map_or(0, Vec::len),
+                    "friends": friends,
+                    "groups": groups,
+                }))
+            }
+            AdminReq::CreateUser { name, hash } => {
+                match self.admin_decide(Command::Register { name, hash })? {
+                    Reply::Registered(u) => Ok(json!({"user": {"id": u.id, "name": u.name}})),
+                    other => Err(format!("unexpected reply {other:?}")),
+                }
+            }
+            AdminReq::SetPassword { who, hash } => {
+                let u = self.admin_user(&who)?;
+                self.admin_op(OpBody::SetPassword { user: u.id, hash });
+                Ok(json!({"user": u.id}))
+            }
+            AdminReq::Ban { who, banned } => {
+                let u = self.admin_user(&who)?;
+                self.admin_op(OpBody::SetBanned { user: u.id, banned });
+                Ok(json!({"user": u.id, "banned": banned}))
+            }
+            AdminReq::DeleteUser { who } => {
+                let u = self.admin_user(&who)?;
+                if u.deleted {
+                    return Err(format!("user {} is already deleted", u.id));
+                }
+                self.admin_op(OpBody::DeleteUser { user: u.id });
+                Ok(json!({"user": u.id, "deleted": true}))
+            }
+            AdminReq::Sessions => Ok(self.admin_sessions()),
+            AdminReq::Kick { session, user } => {
+                let kicked = match (session, user) {
+                    (Some(id), None) => {
+                        if !self.sessions.contains_key(&id) {
+                            return Err(format!("no session {id} on this node"));
+                        }
+                        self.kill(id, Some(ErrorCode::Kicked));
+                        1
+                    }
+                    (None, Some(who)) => {
+                        let u = self.admin_user(&who)?;
+                        self.kick_user(u.id, ErrorCode::Kicked)
+                    }
+                    _ => return Err("give a session id or a user".into()),
+                };
+                Ok(json!({"kicked": kicked}))
+            }
+            AdminReq::Groups { offset, limit } => {
+                let mut groups = Vec::new();
+                for g in self.store.groups().skip(offset).take(limit) {
+                    let g = g.map_err(|e| e.to_string())?;
+                    if g.created == crate::ids::Stamp::ZERO {
+                        continue;
+                    }
+                    let members = self.store.members(g.id).map_err(|e| e.to_string())?.len();
+                    groups.push(json!({
+                        "id": g.id, "name": g.name, "desc": g.desc, "creator": g.creator,
+                        "members": members, "dissolved": g.dissolved,
+                    }));
+                }
+                Ok(json!({ "groups": groups }))
+            }
+            AdminReq::Group { group } => {
+                let g = self
+                    .store
+                    .group(group)
+                    .map_err(|e| e.to_string())?
+                    .filter(|g| g.created != crate::ids::Stamp::ZERO)
+                    .ok_or_else(|| format!("no group {group}"))?;
+                let mut members = Vec::new();
+                for (u, m) in self.store.members(group).map_err(|e| e.to_string())? {
+                    let name = self.names.get(&self.store, u).map_err(|e| e.message)?;
+                    members.push(json!({
+                        "id": u, "name": &*name,
+                        "role": m.role.map(|r| r.as_str()),
+                        "online": self.online(u),
+                    }));
+                }
+                Ok(json!({
+                    "group": {"id": g.id, "name": g.name, "desc": g.desc, "creator": g.creator, "dissolved": g.dissolved},
+                    "members": members,
+                }))
+            }
+            AdminReq::Dissolve { group } => {
+                let g = self
+                    .store
+                    .group(group)
+                    .map_err(|e| e.to_string())?
+                    .filter(|g| g.created != crate::ids::Stamp::ZERO && !g.dissolved)
+                    .ok_or_else(|| format!("no group {group}"))?;
+                self.admin_op(OpBody::DissolveGroup {
+                    group: g.id,
+                    actor: OPERATOR,
+                });
+                Ok(json!({"group": g.id, "dissolved": true}))
+            }
+            AdminReq::Broadcast { text } => {
+                if text.trim().is_empty() {
+                    return Err("the notice is empty".into());
+                }
+                let online = self.by_user.len();
+                self.admin_op(OpBody::Notice { text });
+                Ok(json!({"online_here": online}))
+            }
+            AdminReq::BackupPoint => {
+                let uuid = self
+                    .store
+                    .meta_get("uuid")
+                    .map_err(|e| e.to_string())?
+                    .and_then(|v| String::from_utf8(v).ok());
+                Ok(json!({
+                    "node": self.node,
+                    "uuid": uuid,
+                    "position": self.store.applied(),
+                }))
+            }
+        }
+    }
+
+    fn admin_op(&mut self, body: OpBody) {
+        let stamp = self.clock.now();
+        self.commit(stamp, body);
+    }
+
+    /// Run a command through the rules as the operator (no session).
+    fn admin_decide(&mut self, cmd: Command) -> Result<Reply, String> {
+        let (by_user, remote) = (&self.by_user, &self.remote);
+        let online = |u: Uid| by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u));
+        let mut cx = Ctx {
+            clock: &mut self.clock,
+            ids: &mut self.ids,
+            names: &mut self.names,
+            limits: &self.batch_limits,
+            online: &online,
+        };
+        let d = rules::decide(&self.store, &mut cx, None, cmd).map_err(|e| e.message)?;
+        for (stamp, body) in d.ops {
+            self.commit(stamp, body);
+        }
+        Ok(d.reply)
+    }
+
+    /// A user by id or name, deleted ones included.
+    fn admin_user(&self, who: &Who) -> Result<User, String> {
+        let id = match who {
+            Who::Id(u) => *u,
+            Who::Name(n) => self
+                .store
+                .name_owner(n)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no user named {n:?}"))?,
+        };
+        self.store
+            .user(id)
+            .map_err(|e| e.to_string())?
+            .filter(|u| u.created != crate::ids::Stamp::ZERO)
+            .ok_or_else(|| format!("no user {id}"))
+    }
+
+    fn user_json(&self, u: &User) -> Value {
+        json!({
+            "id": u.id, "name": u.name, "banned": u.banned, "deleted": u.deleted,
+            "online": self.online(u.id),
+        })
+    }
+
+    fn admin_users(&mut self, query: Option<String>, offset: usize, limit: usize) -> Res {
+        let mut users = Vec::new();
+        match query {
+            Some(q) => {
+                let needle = q.to_lowercase();
+                let by_id = q.parse::<u32>().ok();
+                for r in self.store.users() {
+                    let u = r.map_err(|e| e.to_string())?;
+                    if u.created == crate::ids::Stamp::ZERO {
+                        continue;
+                    }
+                    if Some(u.id.0) == by_id || u.name.to_lowercase().contains(&needle) {
+                        users.push(self.user_json(&u));
+                        if users.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {
+                for r in self.store.users().skip(offset) {
+                    let u = r.map_err(|e| e.to_string())?;
+                    if u.created != crate::ids::Stamp::ZERO {
+                        users.push(self.user_json(&u));
+                    }
+                    if users.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(json!({ "users": users }))
+    }
+
+    fn admin_sessions(&mut self) -> Value {
+        let mut rows = Vec::new();
+        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        ids.sort();
+        for id in ids {
+            let s = &self.sessions[id];
+            let name = s
+                .user
+                .and_then(|u| self.names.get(&self.store, u).ok())
+                .map(|n| n.to_string());
+            let since = s
+                .link
+                .opened
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            rows.push(json!({
+                "session": id, "user": s.user, "name": name,
+                "dialect": s.link.dialect().name(), "remote": s.link.peer.to_string(),
+                "node": self.node, "since_ms": since,
+            }));
+        }
+        let mut elsewhere = Vec::new();
+        for (node, users) in &self.remote {
+            let mut users: Vec<&Uid> = users.iter().collect();
+            users.sort();
+            for u in users {
+                let name = self.names.get(&self.store, *u).ok().map(|n| n.to_string());
+                elsewhere.push(json!({"node": node, "user": u, "name": name}));
+            }
+        }
+        json!({ "sessions": rows, "elsewhere": elsewhere })
+    }
+
+    fn admin_status(&mut self) -> Res {
+        let err = |e: crate::store::StoreError| e.to_string();
+        let mut users = 0u64;
+        for u in self.store.users() {
+            if is_registered(&u.map_err(err)?) {
+                users += 1;
+            }
+        }
+        let mut groups = 0u64;
+        for g in self.store.groups() {
+            let g = g.map_err(err)?;
+            if g.created != crate::ids::Stamp::ZERO && !g.dissolved {
+                groups += 1;
+            }
+        }
+        let messages = self.store.count_messages().map_err(err)?;
+        let sessions = self.sessions.values().filter(|s| s.user.is_some()).count();
+        let online: std::collections::HashSet<Uid> = self
+            .by_user
+            .keys()
+            .chain(self.remote.values().flatten())
+            .copied()
+            .collect();
+        Ok(json!({
+            "node": self.node,
+            "connections": self.sessions.len(),
+            "sessions": sessions,
+            "online_users": online.len(),
+            "users": users,
+            "groups": groups,
+            "messages": messages,
+            "storage_bytes": self.store.size_on_disk(),
+            "log": self.store.applied(),
+        }))
+    }
+}
