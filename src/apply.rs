@@ -50,7 +50,8 @@ pub enum Effect {
         actor: Uid,
         members: Vec<Uid>,
     },
-    /// The user's display name changed (lost a name collision).
+    /// The user's display name changed (lost a name collision, or was
+    /// just registered).
     Renamed {
         user: Uid,
         name: String,
@@ -339,6 +340,11 @@ fn register(
         },
         _ => s.set_name_owner(name, id),
     }
+    // Whoever remembered this id as nobody (a placeholder) must look again.
+    fx.push(Effect::Renamed {
+        user: id,
+        name: u.name.clone(),
+    });
     s.put_user(&u);
     Ok(())
 }

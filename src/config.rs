@@ -47,8 +47,10 @@ pub struct Settings {
     #[arg(long, env = "CHATD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
 
-    /// Longest message text, in bytes (UTF-8).
-    #[arg(long, env = "CHATD_MAX_TEXT_BYTES", default_value_t = 4096)]
+    /// Longest message text, in bytes (UTF-8); at most 4096, which keeps
+    /// every stored record small enough to be written and synced inline.
+    #[arg(long, env = "CHATD_MAX_TEXT_BYTES", default_value_t = 4096,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub max_text_bytes: usize,
 
     /// Sessions one user may have open at once (devices).
@@ -139,6 +141,13 @@ pub struct Settings {
     /// A peer silent for this long is considered down (its users offline).
     #[arg(long, env = "CHATD_PEER_TIMEOUT_MS", default_value_t = 3000)]
     pub peer_timeout_ms: u64,
+
+    /// UNSAFE: acknowledge and deliver without waiting for the disk. Writes
+    /// still reach the disk within about a second (the checkpoint flushes),
+    /// but a crash of chatd or of the machine loses what was acknowledged
+    /// since. For measuring what durability costs, and for throwaway data.
+    #[arg(long, env = "CHATD_UNSAFE_NO_FLUSH")]
+    pub unsafe_no_flush: bool,
 
     /// Fault injection for tests: wait this long before every commit flush,
     /// so anything that does not wait for durability shows up in a crash test.

@@ -48,6 +48,7 @@ pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod backup;
+pub mod bench;
 pub mod config;
 pub mod dialect;
 pub mod framing;

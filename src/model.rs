@@ -134,6 +134,25 @@ pub struct Op {
     pub body: OpBody,
 }
 
+/// Marks per `Delivered` op at most, so that every op stays small (the
+/// store keeps each record well under what it can write inline).
+pub const MARKS_PER_OP: usize = 256;
+
+/// `Delivered` ops for these marks: only the newest id per user and origin
+/// node counts (a cursor covers everything before it), in ops of at most
+/// [`MARKS_PER_OP`].
+pub fn delivered_ops(marks: impl IntoIterator<Item = (Uid, MsgId)>) -> Vec<OpBody> {
+    let mut newest: std::collections::BTreeMap<(Uid, NodeId), MsgId> = Default::default();
+    for (u, id) in marks {
+        let e = newest.entry((u, id.node())).or_insert(id);
+        *e = (*e).max(id);
+    }
+    let all: Vec<(Uid, MsgId)> = newest.into_iter().map(|((u, _), id)| (u, id)).collect();
+    all.chunks(MARKS_PER_OP)
+        .map(|c| OpBody::Delivered { marks: c.to_vec() })
+        .collect()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpBody {
     Register {
@@ -229,5 +248,43 @@ impl Op {
             }),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_ops_keep_the_newest_id_per_user_and_origin_in_small_ops() {
+        let id = |ms: u64, node: u64| Stamp(ms << 22 | node);
+        let marks = vec![
+            (Uid(1), id(10, 1)),
+            (Uid(1), id(30, 1)),
+            (Uid(1), id(20, 1)),
+            (Uid(1), id(5, 2)),
+            (Uid(2), id(7, 1)),
+        ];
+        let ops = delivered_ops(marks);
+        assert_eq!(
+            ops,
+            vec![OpBody::Delivered {
+                marks: vec![(Uid(1), id(30, 1)), (Uid(1), id(5, 2)), (Uid(2), id(7, 1))]
+            }]
+        );
+        let many = (0..1000u32).map(|u| (Uid(u + 1), id(1, 1)));
+        let ops = delivered_ops(many);
+        assert_eq!(ops.len(), 1000usize.div_ceil(MARKS_PER_OP));
+        let total: usize = ops
+            .iter()
+            .map(|o| match o {
+                OpBody::Delivered { marks } => {
+                    assert!(marks.len() <= MARKS_PER_OP);
+                    marks.len()
+                }
+                _ => panic!("not a Delivered op"),
+            })
+            .sum();
+        assert_eq!(total, 1000);
     }
 }

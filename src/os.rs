@@ -34,3 +34,15 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Make the calling thread yield the CPU to the others (nice 10). For
+/// background work that must not add to the latency of requests on a busy
+/// machine; lowering one's own priority needs no privilege.
+pub fn background_thread() {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        // SAFETY: plain system calls on the calling thread, no memory passed.
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}

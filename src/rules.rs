@@ -13,7 +13,7 @@ use crate::api::{
 use crate::apply::is_registered;
 use crate::config::{Limits, MAX_ACK_IDS};
 use crate::ids::{id_block, Clock, Gid, NodeId, Stamp, Uid};
-use crate::model::{Group, Link, Message, OpBody, Role, Target, User};
+use crate::model::{delivered_ops, Group, Link, Message, OpBody, Role, Target, User};
 use crate::store::schema::{conv_direct, conv_group};
 use crate::store::{merge::Merge, Store};
 use std::collections::HashMap;
@@ -279,10 +279,14 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
                 .map(|id| (me, id))
                 .collect();
             let count = marks.len();
-            if marks.is_empty() {
-                return Decision::reply(Reply::Acked { count });
-            }
-            Decision::op(cx, OpBody::Delivered { marks }, Reply::Acked { count })
+            let ops = delivered_ops(marks)
+                .into_iter()
+                .map(|body| (cx.clock.now(), body))
+                .collect();
+            Ok(Decision {
+                ops,
+                reply: Reply::Acked { count },
+            })
         }
         Command::History {
             with,
@@ -617,7 +621,11 @@ fn send(
             if u == me {
                 return fail(ErrorCode::SelfTarget, "you cannot message yourself");
             }
-            registered(s, u)?;
+            // The name cache knows (an empty name: no such user) without
+            // decoding the recipient's record for every message.
+            if cx.names.get(s, u)?.is_empty() {
+                return fail(ErrorCode::UnknownUser, format!("no user with id {u}"));
+            }
         }
         Target::Group(g) => {
             active_group(s, g)?;

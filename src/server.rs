@@ -57,6 +57,13 @@ impl Server {
         let mut opts = StoreOptions::at(settings.data_dir.join("db"));
         opts.cache_bytes = settings.cache_mb.max(8) << 20;
         opts.commit_delay = Duration::from_millis(settings.fault_commit_delay_ms);
+        opts.no_flush = settings.unsafe_no_flush;
+        if opts.no_flush {
+            tracing::warn!(
+                "--unsafe-no-flush: replies and deliveries do not wait for the disk; \
+                 a crash loses what was acknowledged in the last second or so"
+            );
+        }
         let store = Store::open(opts).map_err(err)?;
         let prepared = match settings.mesh() {
             Some(m) => Some(
@@ -85,17 +92,12 @@ impl Server {
             .await
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", settings.listen)))?;
         let addr = listener.local_addr().map_err(err)?;
-        let shared = Arc::new(Shared {
-            hub: hub.clone(),
-            limits: limits.clone(),
-            passwords: passwords.clone(),
-        });
         let stop_accepting = CancellationToken::new();
         admin::serve(
             &settings.data_dir,
             hub.clone(),
             mesh.clone(),
-            passwords,
+            passwords.clone(),
             limits.clone(),
             stop_accepting.clone(),
         )
@@ -113,6 +115,9 @@ impl Server {
             ),
             None => None,
         };
+        // After the metrics recorder is in place: sessions' metric handles
+        // are made here, once.
+        let shared = Arc::new(Shared::new(hub.clone(), limits.clone(), passwords));
         let acceptor = tokio::spawn(accept_loop(
             listener,
             shared,

@@ -7,9 +7,12 @@
 //! its rate limit by reading more slowly.
 //!
 //! The writer takes the items the hub queues for the session, waits until
-//! each is durable, encodes it in the session's dialect and writes it: one
-//! JSON value per write. On login it replays the user's pending messages
-//! page by page before anything newer.
+//! each is durable, encodes it in the session's dialect and writes it. For
+//! chatd's protocol it gathers everything already queued into one write (a
+//! syscall per value is what a loaded server spends its time on); the
+//! classic client reads one value per read, so it gets one value per write,
+//! paced. On login the writer replays the user's pending messages page by
+//! page before anything newer.
 //!
 //! A session never touches the store; everything goes through the hub.
 
@@ -18,49 +21,65 @@ use crate::auth::Passwords;
 use crate::config::{Limits, Live};
 use crate::dialect::{self, Dialect, Frames, Incoming, ReqCtx};
 use crate::framing::{FrameError, JsonStream};
-use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, REPLAY_PAGE};
+use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, TrySend, REPLAY_PAGE};
 use crate::ids::{NodeId, Stamp, Uid};
 use crate::rules::{check_password, check_user_name};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
+
+/// Bytes gathered for one write before it is made.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// What every session needs from the server.
 pub struct Shared {
     pub hub: HubHandle,
     pub limits: Live<Limits>,
     pub passwords: Passwords,
+    messages_out: metrics::Counter,
+    latency: metrics::Histogram,
+    queue_depth: metrics::Histogram,
+}
+
+impl Shared {
+    pub fn new(hub: HubHandle, limits: Live<Limits>, passwords: Passwords) -> Shared {
+        Shared {
+            hub,
+            limits,
+            passwords,
+            messages_out: metrics::counter!("chatd_messages_out_total"),
+            latency: metrics::histogram!("chatd_delivery_latency_seconds"),
+            queue_depth: metrics::histogram!("chatd_session_queue_depth"),
+        }
+    }
 }
 
 /// Serve one connection until either side closes it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
     let (rd, wr) = stream.into_split();
     let limits = shared.limits.get();
-    let (tx, rx) = mpsc::channel(limits.session_queue);
     // Half the queue for replies to this session's own requests, half for pushes.
     let link = Arc::new(SessionLink::new(
         id,
         peer,
         (limits.session_queue / 2).max(8),
+        limits.session_queue,
     ));
-    if !shared
-        .hub
-        .send(HubMsg::Open(link.clone(), tx.clone()))
-        .await
-    {
+    if !shared.hub.send(HubMsg::Open(link.clone())).await {
         return;
     }
-    let writer = tokio::spawn(write_loop(wr, rx, link.clone(), shared.clone()));
-    read_loop(rd, &link, &tx, &shared).await;
-    // The hub stops routing to us; the writer finishes what is queued and,
-    // once the hub and we have dropped our senders, stops.
-    shared.hub.send(HubMsg::Close { id }).await;
-    drop(tx);
+    let writer = spawn_writer(wr, link.clone(), shared.clone());
+    read_loop(rd, &link, &shared).await;
+    // The hub stops routing to us and closes the outbox after our last
+    // request's reply; the writer finishes what is queued, then stops.
+    if !shared.hub.send(HubMsg::Close { id }).await {
+        link.outbox.close();
+    }
     let kill = link.kill.clone();
     drop(link);
     let mut writer = writer;
@@ -71,6 +90,16 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: A
             let _ = writer.await;
         }
     }
+}
+
+/// Not async, so the writer's future is never part of the reader's: every
+/// byte of a session's futures is paid for by every idle connection.
+fn spawn_writer(
+    wr: OwnedWriteHalf,
+    link: Arc<SessionLink>,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(write_loop(wr, link, shared))
 }
 
 /// Token bucket: `rate` requests a second, bursts up to `burst`.
@@ -108,61 +137,35 @@ impl Bucket {
 
 /// Queue an item on our own writer, bypassing the hub (stream-level errors,
 /// written just before we close).
-fn say(tx: &mpsc::Sender<Out>, event: Event) {
-    let _ = tx.try_send(Out {
+fn say(link: &SessionLink, event: Event) {
+    let _ = link.outbox.push(Out {
         ticket: 0,
         item: OutItem::Event(Arc::new(event)),
     });
 }
 
-fn stream_error(tx: &mpsc::Sender<Out>, code: ErrorCode, message: String) {
-    say(tx, Event::Error(ChatError::new(code, message)));
+fn stream_error(link: &SessionLink, code: ErrorCode, message: String) {
+    say(link, Event::Error(ChatError::new(code, message)));
 }
 
-async fn read_loop(
-    rd: OwnedReadHalf,
-    link: &Arc<SessionLink>,
-    tx: &mpsc::Sender<Out>,
-    shared: &Shared,
-) {
+async fn read_loop(mut rd: OwnedReadHalf, link: &Arc<SessionLink>, shared: &Shared) {
     let mut limits = shared.limits.get();
     let mut framer = JsonStream::new(limits.max_frame);
     let mut bucket = Bucket::new(limits.rate_limit, limits.rate_burst);
     let mut last = Dialect::Native;
-    let mut spoke_classic = false;
     let mut warned_at: Option<Instant> = None;
     loop {
         // Settings may have been reloaded (SIGHUP).
         limits = shared.limits.get();
         bucket.rate = limits.rate_limit;
         bucket.burst = limits.rate_burst;
-        // The classic client never pings, so only native sessions time out;
-        // TCP keepalive finds dead classic peers.
-        let idle = limits.idle_timeout.filter(|_| !spoke_classic);
-        let ready = tokio::select! {
+        let read = tokio::select! {
             _ = link.kill.cancelled() => return,
-            r = readable(&rd, idle) => r,
+            r = read_some(&mut rd, &mut framer) => r,
         };
-        match ready {
-            Ok(true) => {}
-            Ok(false) => {
-                stream_error(
-                    tx,
-                    ErrorCode::IdleTimeout,
-                    "nothing received for too long; send \"ping\" to stay connected".into(),
-                );
-                return;
-            }
-            Err(_) => return,
-        }
-        {
-            let mut buf = [0u8; 8192];
-            match rd.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => framer.push(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            }
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => link.heard(),
         }
         loop {
             let incoming = match framer.next_value() {
@@ -170,7 +173,7 @@ async fn read_loop(
                 Ok(Some(v)) => dialect::decode(v, last),
                 Err(FrameError::TooLarge) => {
                     stream_error(
-                        tx,
+                        link,
                         ErrorCode::TooLarge,
                         format!("a request may be at most {} bytes", limits.max_frame),
                     );
@@ -181,7 +184,7 @@ async fn read_loop(
                 Ok(i) => i,
                 Err(e) => {
                     // We no longer know where the next value starts.
-                    say(tx, Event::Error(e));
+                    say(link, Event::Error(e));
                     return;
                 }
             };
@@ -189,26 +192,33 @@ async fn read_loop(
                 if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     warned_at = Some(Instant::now());
                     stream_error(
-                        tx,
+                        link,
                         ErrorCode::RateLimited,
                         "too many requests; the server is reading more slowly".into(),
                     );
                 }
+                let throttle = Box::pin(tokio::time::sleep(wait));
                 tokio::select! {
                     _ = link.kill.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = throttle => {}
                 }
                 bucket.take();
             }
             let d = incoming_dialect(&incoming);
             if d != last || matches!(d, Dialect::Classic(_)) {
                 last = d;
-                spoke_classic |= matches!(d, Dialect::Classic(_));
                 if link.dialect() != d {
                     link.set_dialect(d);
                 }
             }
-            if !dispatch(incoming, link, shared).await {
+            let sent = match try_dispatch(incoming, link, shared) {
+                Dispatch::Done(sent) => sent,
+                // Boxed: waiting is rare, and every byte of this loop's
+                // future is paid for by every idle connection.
+                Dispatch::Wait(incoming) => Box::pin(dispatch(incoming, link, shared)).await,
+                Dispatch::Send(msg) => Box::pin(shared.hub.send(msg)).await,
+            };
+            if !sent {
                 return;
             }
         }
@@ -216,15 +226,26 @@ async fn read_loop(
     }
 }
 
-/// Wait until the socket has data; Ok(false) on idle timeout.
-async fn readable(rd: &OwnedReadHalf, idle: Option<Duration>) -> std::io::Result<bool> {
-    match idle {
-        Some(t) => match tokio::time::timeout(t, rd.readable()).await {
-            Ok(r) => r.map(|_| true),
-            Err(_) => Ok(false),
-        },
-        None => rd.readable().await.map(|_| true),
-    }
+/// Read what has arrived into `framer`: the byte count (0: the peer
+/// closed). The buffer lives on the stack only while a read is made, so a
+/// waiting connection holds none; and a short read tells tokio the socket
+/// is drained, which saves the read that would only find it empty. (Silent
+/// sessions are closed by the hub, which sweeps them all at once.)
+async fn read_some(rd: &mut OwnedReadHalf, framer: &mut JsonStream) -> std::io::Result<usize> {
+    use tokio::io::{AsyncRead, ReadBuf};
+    std::future::poll_fn(|cx| {
+        let mut buf = [0u8; 8192];
+        let mut rb = ReadBuf::new(&mut buf);
+        match std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => {
+                framer.push(rb.filled());
+                std::task::Poll::Ready(Ok(rb.filled().len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 fn incoming_dialect(i: &Incoming) -> Dialect {
@@ -238,14 +259,70 @@ fn incoming_dialect(i: &Incoming) -> Dialect {
 }
 
 /// Hand one decoded value to the hub. False when the hub is gone.
+enum Dispatch {
+    /// Handed over (or the hub is gone: false).
+    Done(bool),
+    /// Needs to wait for room in the window, or for password hashing.
+    Wait(Incoming),
+    /// Has its room; needs to wait for room in the hub's queue.
+    Send(HubMsg),
+}
+
+/// Hand one decoded value to the hub if that needs no waiting: the common
+/// case, with no future to keep.
+fn try_dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> Dispatch {
+    if !matches!(incoming, Incoming::Command(..) | Incoming::Invalid(..)) {
+        return Dispatch::Wait(incoming);
+    }
+    // Every value gets exactly one reply item; it needs room.
+    match link.window.try_acquire() {
+        Ok(permit) => permit.forget(),
+        Err(tokio::sync::TryAcquireError::Closed) => return Dispatch::Done(false),
+        Err(tokio::sync::TryAcquireError::NoPermits) => return Dispatch::Wait(incoming),
+    }
+    let msg = match plain(incoming, link.id) {
+        Ok(msg) => msg,
+        Err(_) => return Dispatch::Done(false),
+    };
+    match shared.hub.try_send(msg) {
+        TrySend::Sent => Dispatch::Done(true),
+        TrySend::Closed => Dispatch::Done(false),
+        TrySend::Full(msg) => Dispatch::Send(msg),
+    }
+}
+
+/// The hub message for a request that needs no password work.
+fn plain(incoming: Incoming, id: SessionId) -> Result<HubMsg, Incoming> {
+    match incoming {
+        Incoming::Command(ctx, cmd) => Ok(HubMsg::Request { id, ctx, cmd }),
+        Incoming::Invalid(ctx, e) => Ok(HubMsg::Echo {
+            id,
+            ctx,
+            result: Err(e),
+        }),
+        other => Err(other),
+    }
+}
+
+/// Hand one decoded value to the hub, waiting for room as needed. False
+/// when the hub is gone.
 async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bool {
-    // Every value gets exactly one reply item; wait for room for it.
     match link.window.acquire().await {
         Ok(permit) => permit.forget(),
         Err(_) => return false,
     }
+    let msg = match plain(incoming, link.id) {
+        Ok(msg) => msg,
+        Err(other) => match with_password(other, link.id, shared).await {
+            Some(msg) => msg,
+            None => return false,
+        },
+    };
+    shared.hub.send(msg).await
+}
+
+async fn with_password(incoming: Incoming, id: SessionId, shared: &Shared) -> Option<HubMsg> {
     let hub = &shared.hub;
-    let id = link.id;
     let echo = |ctx: ReqCtx, e: ChatError| HubMsg::Echo {
         id,
         ctx,
@@ -275,9 +352,7 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
             }
         }
         Incoming::Login { ctx, who, password } => {
-            let Some(cred) = credentials(hub, id, Some(who)).await else {
-                return false;
-            };
+            let cred = credentials(hub, id, Some(who)).await?;
             let hash = cred.as_ref().map(|(_, h)| h.clone());
             let ok = password.len() <= shared.limits.get().max_password_bytes
                 && shared.passwords.verify(password, hash).await;
@@ -295,9 +370,7 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
             }
         }
         Incoming::Passwd { ctx, old, new } => {
-            let Some(cred) = credentials(hub, id, None).await else {
-                return false;
-            };
+            let cred = credentials(hub, id, None).await?;
             match cred {
                 None => echo(ctx, ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
                 Some((_, old_hash)) => {
@@ -325,7 +398,7 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
             }
         }
     };
-    hub.send(msg).await
+    Some(msg)
 }
 
 /// Ask the hub for a login candidate's id and hash. None: the hub is gone.
@@ -346,16 +419,16 @@ struct Writer {
     link: Arc<SessionLink>,
     shared: Arc<Shared>,
     durable: watch::Receiver<crate::store::Durable>,
+    /// Encoded values not written yet.
     frames: Frames,
     last_write: Option<Instant>,
-    /// Newest message id replayed, per origin: live copies of these are skipped.
-    replayed: HashMap<NodeId, Stamp>,
+    /// Newest message id replayed, per origin: live copies of these are
+    /// skipped. (A few origins at most: a list is smaller than a map.)
+    replayed: Vec<(NodeId, Stamp)>,
     /// Messages written to a classic client; they count as delivered.
     written: Vec<Stamp>,
     /// Who is logged in, as the replies we wrote said; written messages are theirs.
     user: Option<Uid>,
-    messages_out: metrics::Counter,
-    latency: metrics::Histogram,
 }
 
 /// Why writing stopped.
@@ -366,12 +439,7 @@ enum Stop {
     Bye,
 }
 
-async fn write_loop(
-    wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Out>,
-    link: Arc<SessionLink>,
-    shared: Arc<Shared>,
-) {
+async fn write_loop(wr: OwnedWriteHalf, link: Arc<SessionLink>, shared: Arc<Shared>) {
     let mut w = Writer {
         wr,
         durable: shared.hub.durable(),
@@ -379,29 +447,42 @@ async fn write_loop(
         shared,
         frames: Frames::default(),
         last_write: None,
-        replayed: HashMap::new(),
+        replayed: Vec::new(),
         written: Vec::new(),
         user: None,
-        messages_out: metrics::counter!("chatd_messages_out_total"),
-        latency: metrics::histogram!("chatd_delivery_latency_seconds"),
     };
-    let queue_depth = metrics::histogram!("chatd_session_queue_depth");
-    loop {
-        let out = tokio::select! {
+    // Everything queued is taken at once and goes out in as few writes as
+    // the batch allows.
+    let mut batch = VecDeque::new();
+    'run: loop {
+        let more = tokio::select! {
             _ = w.link.kill.cancelled() => break,
-            o = rx.recv() => match o {
-                Some(o) => o,
-                None => break,
-            },
+            more = w.link.outbox.take_all(&mut batch) => more,
         };
-        queue_depth.record(rx.len() as f64);
-        if w.handle(out).await.is_err() {
+        if !more {
             break;
         }
-        if !w.written.is_empty() && (rx.is_empty() || w.written.len() >= 256) {
+        w.shared.queue_depth.record(batch.len() as f64);
+        while let Some(out) = batch.pop_front() {
+            if w.handle(out).await.is_err() {
+                break 'run;
+            }
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+        if !w.written.is_empty() && (w.link.outbox.is_empty() || w.written.len() >= 256) {
             w.report_written().await;
         }
+        if w.link.outbox.is_empty() {
+            // Most connections are idle most of the time: hold no buffers
+            // while waiting. Allocating them again costs far less than the
+            // write that needs them.
+            batch = VecDeque::new();
+            w.frames = Frames::default();
+        }
     }
+    let _ = w.flush().await;
     w.report_written().await;
     let _ = w.wr.shutdown().await;
     w.link.kill.cancel();
@@ -409,13 +490,23 @@ async fn write_loop(
 
 impl Writer {
     async fn wait_durable(&mut self, ticket: u64) -> Result<(), Stop> {
-        while self.durable.borrow().ticket < ticket {
-            tokio::select! {
-                _ = self.link.kill.cancelled() => return Err(Stop::Gone),
-                r = self.durable.changed() => if r.is_err() { return Err(Stop::Gone) },
-            }
+        if self.durable.borrow().ticket >= ticket {
+            return Ok(());
         }
-        Ok(())
+        // What is ready should not wait for what is not.
+        self.flush().await?;
+        // Boxed, like every wait that is not the common case: the writer's
+        // future is paid for by every idle connection.
+        Box::pin(async {
+            while self.durable.borrow().ticket < ticket {
+                tokio::select! {
+                    _ = self.link.kill.cancelled() => return Err(Stop::Gone),
+                    r = self.durable.changed() => if r.is_err() { return Err(Stop::Gone) },
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn handle(&mut self, out: Out) -> Result<(), Stop> {
@@ -423,29 +514,33 @@ impl Writer {
         match out.item {
             OutItem::Reply(b) => {
                 self.link.window.add_permits(1);
-                let (ctx, result) = *b;
-                match &result {
-                    Ok(Reply::LoggedIn { user, .. }) => self.switch_user(Some(user.id)).await,
-                    Ok(Reply::LoggedOut) => self.switch_user(None).await,
-                    _ => {}
+                let switch = match &b.1 {
+                    Ok(Reply::LoggedIn { user, .. }) => Some(Some(user.id)),
+                    Ok(Reply::LoggedOut) => Some(None),
+                    _ => None,
+                };
+                dialect::encode_reply(&b.0, &b.1, &mut self.frames);
+                drop(b);
+                if let Some(user) = switch {
+                    self.switch_user(user).await;
                 }
-                self.frames.clear();
-                dialect::encode_reply(&ctx, &result, &mut self.frames);
                 self.write_frames().await
             }
             OutItem::Event(ev) => {
                 if let Event::Message(v) = &*ev {
+                    let origin = v.msg.origin();
                     if self
                         .replayed
-                        .get(&v.msg.origin())
-                        .is_some_and(|seen| v.msg.id <= *seen)
+                        .iter()
+                        .any(|(o, seen)| *o == origin && v.msg.id <= *seen)
                     {
                         return Ok(());
                     }
                 }
                 self.event(&ev).await
             }
-            OutItem::Replay => self.replay().await,
+            // Boxed to keep every connection's writer small (see dispatch).
+            OutItem::Replay => Box::pin(self.replay()).await,
             OutItem::Bye(code) => {
                 self.event(&Event::Bye { reason: code }).await?;
                 Err(Stop::Bye)
@@ -455,13 +550,12 @@ impl Writer {
 
     async fn event(&mut self, ev: &Event) -> Result<(), Stop> {
         let dialect = self.link.dialect();
-        self.frames.clear();
         dialect::encode_event(dialect, ev, &mut self.frames);
         self.write_frames().await?;
         if let Event::Message(v) = ev {
-            self.messages_out.increment(1);
+            self.shared.messages_out.increment(1);
             let age = crate::ids::wall_millis().saturating_sub(v.msg.id.millis());
-            self.latency.record(age as f64 / 1000.0);
+            self.shared.latency.record(age as f64 / 1000.0);
             if matches!(dialect, Dialect::Classic(_)) {
                 self.written.push(v.msg.id);
             }
@@ -473,6 +567,7 @@ impl Writer {
     async fn replay(&mut self) -> Result<(), Stop> {
         let mut after = None;
         loop {
+            self.flush().await?;
             let (tx, rx) = oneshot::channel();
             let asked = self
                 .shared
@@ -493,8 +588,11 @@ impl Writer {
             let full = page.len() == REPLAY_PAGE;
             for v in page {
                 after = Some(v.msg.id);
-                let seen = self.replayed.entry(v.msg.origin()).or_default();
-                *seen = (*seen).max(v.msg.id);
+                let origin = v.msg.origin();
+                match self.replayed.iter_mut().find(|(o, _)| *o == origin) {
+                    Some((_, seen)) => *seen = (*seen).max(v.msg.id),
+                    None => self.replayed.push((origin, v.msg.id)),
+                }
                 self.event(&Event::Message(v)).await?;
                 if self.written.len() >= 256 {
                     self.report_written().await;
@@ -506,36 +604,76 @@ impl Writer {
         }
     }
 
+    /// Write what was encoded: for chatd's protocol once enough has
+    /// gathered (or at `flush`); for the classic client now, one value per
+    /// write, paced.
     async fn write_frames(&mut self) -> Result<(), Stop> {
-        let classic = matches!(self.link.dialect(), Dialect::Classic(_));
+        if !matches!(self.link.dialect(), Dialect::Classic(_)) {
+            if self.frames.bytes() >= WRITE_BATCH {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
+        Box::pin(self.write_classic()).await
+    }
+
+    /// One value per write, paced.
+    async fn write_classic(&mut self) -> Result<(), Stop> {
         let frames = std::mem::take(&mut self.frames);
         let mut result = Ok(());
         for frame in frames.iter() {
-            if classic {
-                // The classic client reads one value per read: leave it time.
-                if let Some(last) = self.last_write {
-                    let next = last + self.shared.limits.get().classic_gap;
-                    if next > Instant::now() {
-                        tokio::select! {
-                            _ = self.link.kill.cancelled() => { result = Err(Stop::Gone); break; }
-                            _ = tokio::time::sleep_until(next.into()) => {}
-                        }
+            // The classic client reads one value per read: leave it time.
+            if let Some(last) = self.last_write {
+                let next = last + self.shared.limits.get().classic_gap;
+                if next > Instant::now() {
+                    let pause = Box::pin(tokio::time::sleep_until(next.into()));
+                    tokio::select! {
+                        _ = self.link.kill.cancelled() => { result = Err(Stop::Gone); break; }
+                        _ = pause => {}
                     }
                 }
             }
-            let written = tokio::select! {
-                _ = self.link.kill.cancelled() => Err(()),
-                r = self.wr.write_all(frame) => r.map_err(|_| ()),
-            };
-            if written.is_err() {
-                result = Err(Stop::Gone);
+            if let Err(e) = self.write(frame).await {
+                result = Err(e);
                 break;
             }
             self.last_write = Some(Instant::now());
         }
         self.frames = frames;
-        self.frames.shrink();
+        self.frames.clear();
         result
+    }
+
+    /// Write everything encoded and not written yet, in one write.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        let frames = std::mem::take(&mut self.frames);
+        let result = self.write(frames.bytes_all()).await;
+        self.frames = frames;
+        self.frames.clear();
+        result
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Stop> {
+        // Usually the socket takes it all at once.
+        let n = match self.wr.try_write(bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => return Err(Stop::Gone),
+        };
+        if n == bytes.len() {
+            return Ok(());
+        }
+        let (wr, kill) = (&mut self.wr, &self.link.kill);
+        Box::pin(async move {
+            tokio::select! {
+                _ = kill.cancelled() => Err(Stop::Gone),
+                r = wr.write_all(&bytes[n..]) => r.map_err(|_| Stop::Gone),
+            }
+        })
+        .await
     }
 
     async fn switch_user(&mut self, user: Option<Uid>) {
@@ -553,6 +691,8 @@ impl Writer {
             return;
         }
         let ids = std::mem::take(&mut self.written);
-        self.shared.hub.send(HubMsg::Delivered { user, ids }).await;
+        if let TrySend::Full(msg) = self.shared.hub.try_send(HubMsg::Delivered { user, ids }) {
+            Box::pin(self.shared.hub.send(msg)).await;
+        }
     }
 }

@@ -257,3 +257,68 @@ async fn a_second_chatd_on_the_same_data_dir_is_refused_clearly() {
     assert!(err.contains("in use"), "{err}");
     drop(p);
 }
+
+/// sled writes a page too big for its log to a file of its own and never
+/// fsyncs that file, so a power cut could lose what such a file held. chatd
+/// keeps every record small enough that no page gets there: big batches of
+/// the longest texts must leave no such file behind.
+#[tokio::test]
+async fn big_batches_of_long_texts_stay_in_the_synced_log() {
+    let srv = TestServer::start_with(|s| {
+        s.rate_limit = 1e6;
+        s.rate_burst = 1e6;
+    })
+    .await;
+    let (mut alice, _) = srv.user("alice").await;
+    let mut bob = srv.client().await;
+    let bob_id = bob.register("bob", "pw").await;
+    let long = "x".repeat(4096);
+    let reqs: Vec<_> = (0..1200)
+        .map(|i| json!({"type": "send", "to": bob_id, "text": long, "cid": format!("c{i}")}))
+        .collect();
+    for part in reqs.chunks(400) {
+        pipeline(&mut alice, part).await;
+    }
+    // Acknowledge everything too: acks from many messages make big ops.
+    bob.login("bob", "pw").await;
+    let got = bob.take_messages(1200).await;
+    assert_eq!(got.len(), 1200);
+    let ids: Vec<u64> = got.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    bob.ok(json!({"type": "ack", "ids": ids})).await;
+    drop(alice);
+    drop(bob);
+    let dir = srv.stop().await;
+    let mut files = Vec::new();
+    for db in ["tables", "log"] {
+        let db = dir.path().join("db").join(db);
+        assert!(db.join("conf").exists(), "no database at {}", db.display());
+        if let Ok(d) = std::fs::read_dir(db.join("blobs")) {
+            files.extend(d.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+    }
+    assert!(files.is_empty(), "unsynced page files: {files:?}");
+}
+
+/// The unsafe setting skips the flush before acknowledging, nothing else:
+/// messages flow, and a clean shutdown still keeps everything.
+#[tokio::test]
+async fn unsafe_no_flush_still_delivers_and_keeps_data_over_a_clean_restart() {
+    let srv = TestServer::start_with(|s| s.unsafe_no_flush = true).await;
+    let (mut alice, alice_id) = srv.user("alice").await;
+    let (mut bob, bob_id) = srv.user("bob").await;
+    let reqs: Vec<_> = (0..50)
+        .map(|i| json!({"type": "send", "to": bob_id, "text": format!("fast {i}")}))
+        .collect();
+    pipeline(&mut alice, &reqs).await;
+    assert_eq!(bob.take_messages(50).await.len(), 50);
+    drop(alice);
+    drop(bob);
+    let dir = srv.stop().await;
+    let srv = TestServer::start_in(dir, |_| {}).await;
+    let mut bob = srv.client().await;
+    bob.login("bob", "pw").await;
+    let h = bob
+        .ok(json!({"type": "history", "with": alice_id, "limit": 100}))
+        .await;
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(50), "{h}");
+}

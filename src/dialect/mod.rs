@@ -169,6 +169,10 @@ impl Frames {
 
     /// Append one JSON value and its terminator as a frame.
     pub fn push_json<T: serde::Serialize + ?Sized>(&mut self, v: &T, terminator: u8) {
+        if self.buf.capacity() == 0 {
+            // A typical value fits; growing from nothing takes many steps.
+            self.buf.reserve(512);
+        }
         // Serializing our own types into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut self.buf, v);
         self.buf.push(terminator);
@@ -177,6 +181,16 @@ impl Frames {
 
     pub fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Bytes of all frames together.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// All frames, back to back.
+    pub fn bytes_all(&self) -> &[u8] {
+        &self.buf
     }
 
     pub fn is_empty(&self) -> bool {
@@ -190,14 +204,6 @@ impl Frames {
             start = end;
             f
         })
-    }
-
-    /// Keep an idle connection's buffer small.
-    pub fn shrink(&mut self) {
-        if self.buf.capacity() > 16 * 1024 {
-            self.buf = Vec::new();
-            self.ends = Vec::new();
-        }
     }
 }
 

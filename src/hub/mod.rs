@@ -12,23 +12,26 @@
 //! Because one thread does all of this, the rules never race: a name is
 //! checked and taken in one step, a kick cannot cross a message.
 //!
-//! The hub must not block on a client: it hands items over with `try_send`
-//! and closes a session whose queue is full (its messages stay pending).
+//! The hub must not block on a client: it pushes items on the session's
+//! bounded outbox and closes a session whose outbox is full (its messages
+//! stay pending).
 
 mod admin;
+mod outbox;
 pub use admin::AdminReq;
+pub use outbox::{Outbox, PushError};
 
 use crate::api::{ChatError, Command, ErrorCode, Event, GroupChange, MsgView, Reply, UserRef};
 use crate::apply::{apply, is_registered, Effect};
 use crate::config::{Limits, Live};
 use crate::dialect::{ReqCtx, Who};
 use crate::ids::{Clock, Gid, NodeId, Stamp, Uid};
-use crate::model::{Link, Op, OpBody, Role, Target};
+use crate::model::{delivered_ops, Link, Op, OpBody, Role, Target};
 use crate::rules::{self, Ctx, IdAlloc, NameCache};
 use crate::store::{LogReader, Position, Store, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,14 +45,18 @@ pub const REPLAY_PAGE: usize = 512;
 /// Operator notices older than this when they arrive are not shown.
 const NOTICE_FRESH_MS: u64 = 60_000;
 
+/// How often silent sessions are looked for.
+const IDLE_SWEEP: Duration = Duration::from_millis(250);
+
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// What the hub and a session's two tasks share. The queue's sender is not
-/// in here: the writer holds this too, and its queue must close once the hub
-/// and the reader let go of the session.
+/// What the hub and a session's two tasks share.
 pub struct SessionLink {
     pub id: SessionId,
+    /// What the writer is to write. The hub closes it when it lets go of
+    /// the session, which is after the reader's last request.
+    pub outbox: Outbox,
     /// Cancelled to close the connection now.
     pub kill: CancellationToken,
     /// Requests whose replies are not written yet. The reader takes a permit
@@ -58,19 +65,37 @@ pub struct SessionLink {
     pub window: tokio::sync::Semaphore,
     pub peer: SocketAddr,
     pub opened: SystemTime,
+    /// When the client was last heard from, in ms after `born`.
+    born: Instant,
+    heard: AtomicU64,
     dialect: AtomicU8,
 }
 
 impl SessionLink {
-    pub fn new(id: SessionId, peer: SocketAddr, window: usize) -> SessionLink {
+    pub fn new(id: SessionId, peer: SocketAddr, window: usize, queue: usize) -> SessionLink {
         SessionLink {
             id,
+            outbox: Outbox::new(queue),
             kill: CancellationToken::new(),
             window: tokio::sync::Semaphore::new(window),
             peer,
             opened: SystemTime::now(),
+            born: Instant::now(),
+            heard: AtomicU64::new(0),
             dialect: AtomicU8::new(0),
         }
+    }
+
+    /// The client sent something.
+    pub fn heard(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.heard.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the client has been silent.
+    pub fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.heard.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(heard)
     }
 
     /// The dialect pushes to this session are written in.
@@ -102,7 +127,7 @@ pub enum OutItem {
 pub type PageReply = oneshot::Sender<(u64, Vec<MsgView>)>;
 
 pub enum HubMsg {
-    Open(Arc<SessionLink>, mpsc::Sender<Out>),
+    Open(Arc<SessionLink>),
     Request {
         id: SessionId,
         ctx: ReqCtx,
@@ -199,10 +224,34 @@ pub struct HubHandle {
     node: NodeId,
 }
 
+/// What [`HubHandle::try_send`] did.
+pub enum TrySend {
+    Sent,
+    /// No room now: here is the message back.
+    Full(HubMsg),
+    /// The hub has stopped.
+    Closed,
+}
+
 impl HubHandle {
+    /// Send a message if there is room now.
+    pub fn try_send(&self, msg: HubMsg) -> TrySend {
+        match self.tx.try_send(msg) {
+            Ok(()) => TrySend::Sent,
+            Err(mpsc::error::TrySendError::Full(msg)) => TrySend::Full(msg),
+            Err(mpsc::error::TrySendError::Closed(_)) => TrySend::Closed,
+        }
+    }
+
     /// Send a message; false once the hub has stopped.
     pub async fn send(&self, msg: HubMsg) -> bool {
-        self.tx.send(msg).await.is_ok()
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // Boxed: waiting is rare, and an inline wait would make the
+            // future of every session that calls this bigger.
+            Err(mpsc::error::TrySendError::Full(msg)) => Box::pin(self.tx.send(msg)).await.is_ok(),
+        }
     }
 
     pub fn durable(&self) -> watch::Receiver<crate::store::Durable> {
@@ -238,11 +287,16 @@ impl HubHandle {
 
 struct Session {
     link: Arc<SessionLink>,
-    tx: mpsc::Sender<Out>,
     user: Option<Uid>,
     replay: Option<ReplayState>,
     /// The dialect this session is counted under in `chatd_sessions`.
     counted: Option<&'static str>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.link.outbox.close();
+    }
 }
 
 /// A login replay in progress: each origin's newest op when it began, and
@@ -282,6 +336,7 @@ pub struct Hub {
     /// Replies and pushes of this batch.
     out: Vec<(SessionId, OutItem)>,
     shutting_down: Option<(Instant, oneshot::Sender<()>)>,
+    last_idle_sweep: Instant,
 }
 
 /// A storage failure leaves the hub unable to keep its promises; stop and
@@ -334,6 +389,7 @@ impl Hub {
             applied_tx,
             presence_tx,
             marks: Vec::new(),
+            last_idle_sweep: Instant::now(),
             replays: Vec::new(),
             out: Vec::new(),
             shutting_down: None,
@@ -378,6 +434,9 @@ impl Hub {
             for msg in batch.drain(..) {
                 self.handle(msg);
             }
+            if self.last_idle_sweep.elapsed() >= IDLE_SWEEP {
+                self.close_idle_sessions();
+            }
             self.finish_batch();
             if let Some((deadline, _)) = &self.shutting_down {
                 if self.sessions.is_empty() || Instant::now() >= *deadline {
@@ -399,7 +458,7 @@ impl Hub {
 
     fn handle(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Open(link, tx) => {
+            HubMsg::Open(link) => {
                 if self.shutting_down.is_some() {
                     link.kill.cancel();
                 } else {
@@ -407,7 +466,6 @@ impl Hub {
                         link.id,
                         Session {
                             link,
-                            tx,
                             user: None,
                             replay: None,
                             counted: None,
@@ -470,6 +528,7 @@ impl Hub {
             Some(op) => op.seq + 1,
             None => self.store.applied().get(&origin).copied().unwrap_or(0) + 1,
         };
+        self.peer_ops.entry(origin).or_default().reserve(ops.len());
         for op in ops {
             if op.origin != origin || op.seq > expected {
                 break;
@@ -739,15 +798,50 @@ impl Hub {
         self.sessions.remove(&id);
     }
 
+    /// Close sessions silent for longer than the idle timeout, saying why.
+    /// One sweep here, rather than a timer in every connection, keeps idle
+    /// connections small. The classic client never pings, so its sessions
+    /// are left to TCP keepalive.
+    fn close_idle_sessions(&mut self) {
+        self.last_idle_sweep = Instant::now();
+        let Some(limit) = self.batch_limits.idle_timeout else {
+            return;
+        };
+        let silent: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| !matches!(s.link.dialect(), crate::dialect::Dialect::Classic(_)))
+            .filter(|s| s.link.silent_for() > limit)
+            .map(|s| s.link.id)
+            .collect();
+        for id in silent {
+            if let Some(s) = self.sessions.get(&id) {
+                let error = ChatError::new(
+                    ErrorCode::IdleTimeout,
+                    "nothing received for too long; send \"ping\" to stay connected",
+                );
+                let _ = s.link.outbox.push(Out {
+                    ticket: 0,
+                    item: OutItem::Event(Arc::new(Event::Error(error))),
+                });
+            }
+            // The writer writes the error, finds the outbox closed, and
+            // closes the connection.
+            self.end_session(id);
+        }
+    }
+
     /// Close a session now, saying why when there is room to.
     fn kill(&mut self, id: SessionId, bye: Option<ErrorCode>) {
         if let Some(s) = self.sessions.get(&id) {
             let said = bye.is_some_and(|code| {
-                s.tx.try_send(Out {
-                    ticket: self.store.ticket(),
-                    item: OutItem::Bye(code),
-                })
-                .is_ok()
+                s.link
+                    .outbox
+                    .push(Out {
+                        ticket: self.store.ticket(),
+                        item: OutItem::Bye(code),
+                    })
+                    .is_ok()
             });
             if !said {
                 s.link.kill.cancel();
@@ -942,8 +1036,10 @@ impl Hub {
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             if let Some(s) = self.sessions.get(&id) {
-                let sent =
-                    s.tx.try_send(Out {
+                let sent = s
+                    .link
+                    .outbox
+                    .push(Out {
                         ticket: self.store.ticket(),
                         item: OutItem::Bye(ErrorCode::ShuttingDown),
                     })
@@ -960,18 +1056,20 @@ impl Hub {
     /// everything out with the ticket that flush will reach.
     fn finish_batch(&mut self) {
         if !self.marks.is_empty() {
-            let marks = std::mem::take(&mut self.marks);
-            let stamp = self.clock.now();
-            self.commit(stamp, OpBody::Delivered { marks });
+            for body in delivered_ops(std::mem::take(&mut self.marks)) {
+                let stamp = self.clock.now();
+                self.commit(stamp, body);
+            }
         }
         if !self.new_ops.is_empty() {
-            if let Err(e) = self.store.append_log(self.node, &self.new_ops) {
+            let next = Vec::with_capacity(self.new_ops.len());
+            let ops = std::mem::replace(&mut self.new_ops, next);
+            if let Err(e) = self.store.append_log(self.node, ops) {
                 fatal(e);
             }
-            self.new_ops.clear();
         }
         for (origin, ops) in std::mem::take(&mut self.peer_ops) {
-            if let Err(e) = self.store.append_log(origin, &ops) {
+            if let Err(e) = self.store.append_log(origin, ops) {
                 fatal(e);
             }
         }
@@ -989,10 +1087,8 @@ impl Hub {
                 let Some(s) = self.sessions.get(&id) else {
                     continue;
                 };
-                match s.tx.try_send(Out { ticket, item }) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => overflow.push(id),
-                    Err(mpsc::error::TrySendError::Closed(_)) => overflow.push(id),
+                if s.link.outbox.push(Out { ticket, item }).is_err() {
+                    overflow.push(id);
                 }
             }
             overflow.sort_unstable();

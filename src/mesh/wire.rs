@@ -1,7 +1,10 @@
 //! Frames between nodes: a 4-byte big-endian length, then a MessagePack map
 //! with named fields (rmp-serde `to_vec_named`), so that nodes of adjacent
-//! versions can read each other's frames. Frame type `"t"` picks the kind;
-//! a kind this node does not know decodes as [`Frame::Unknown`] and is
+//! versions can read each other's frames. `"t"` names the kind and comes
+//! first, `"c"` holds its fields: a reader that knows the kind decodes the
+//! fields straight away (a tag among the fields would make it buffer the
+//! whole frame first, which costs more than the rest of replication). A
+//! kind this node does not know decodes as [`Frame::Unknown`] and is
 //! skipped. A frame longer than [`MAX_FRAME`] or that does not decode closes
 //! the connection.
 
@@ -30,7 +33,7 @@ pub struct MemberInfo {
 pub type Applied = Vec<(NodeId, u64)>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t")]
+#[serde(tag = "t", content = "c")]
 pub enum Frame {
     /// Dialer -> acceptor, first on every connection. `node` is 0 when the
     /// dialer has no node id yet and only wants the member list.
@@ -70,10 +73,15 @@ pub enum Frame {
     Members { members: Vec<MemberInfo> },
     /// Acceptor -> dialer: how far the acceptor has applied each log.
     Applied { applied: Applied },
-    /// A frame kind from a newer version: skipped.
-    #[serde(other)]
+    /// A frame kind from a newer version: skipped (never sent).
+    #[serde(skip)]
     Unknown,
 }
+
+/// The kinds this version knows (the `"t"` of every frame above).
+const KINDS: [&str; 7] = [
+    "Hello", "Welcome", "Refused", "Ops", "Presence", "Members", "Applied",
+];
 
 #[derive(Debug)]
 pub enum WireError {
@@ -101,7 +109,14 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
 }
 
 pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
-    rmp_serde::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
+    #[derive(Deserialize)]
+    struct Kind {
+        t: String,
+    }
+    rmp_serde::from_slice(body).or_else(|e| match rmp_serde::from_slice::<Kind>(body) {
+        Ok(k) if !KINDS.contains(&k.t.as_str()) => Ok(Frame::Unknown),
+        _ => Err(WireError::Malformed(e.to_string())),
+    })
 }
 
 pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), WireError> {
@@ -166,6 +181,11 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_through_a_stream() {
+        let member = MemberInfo {
+            node: 4,
+            uuid: "v".into(),
+            addr: "127.0.0.1:2".into(),
+        };
         let frames = vec![
             Frame::Hello {
                 version: VERSION,
@@ -184,7 +204,25 @@ mod tests {
                 online: vec![Uid(5)],
                 offline: vec![],
             },
+            Frame::Welcome {
+                node: 1,
+                uuid: "w".into(),
+                applied: vec![(1, 9)],
+                members: vec![member.clone()],
+                offer: Some(2),
+            },
+            Frame::Refused {
+                reason: "no".into(),
+            },
+            Frame::Members {
+                members: vec![member],
+            },
+            Frame::Applied {
+                applied: vec![(3, 2)],
+            },
         ];
+        // Every kind is listed as known (else it would decode as Unknown).
+        assert_eq!(frames.len(), KINDS.len());
         let mut bytes = Vec::new();
         for f in &frames {
             bytes.extend(encode(f));
@@ -199,13 +237,21 @@ mod tests {
     #[tokio::test]
     async fn unknown_kinds_are_skipped_and_bad_frames_are_errors() {
         #[derive(Serialize)]
+        struct Fields {
+            novelty: u32,
+            more: Vec<String>,
+        }
+        #[derive(Serialize)]
         struct Future {
             t: &'static str,
-            novelty: u32,
+            c: Fields,
         }
         let body = rmp_serde::to_vec_named(&Future {
             t: "Teleport",
-            novelty: 7,
+            c: Fields {
+                novelty: 7,
+                more: vec!["x".into()],
+            },
         })
         .unwrap();
         assert_eq!(decode(&body).unwrap(), Frame::Unknown);

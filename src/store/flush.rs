@@ -7,17 +7,25 @@
 //! chunk (a late arrival from another node) makes the checkpoint merge it into
 //! the chunks it overlaps.
 
-use super::{decode, encode, Layer, LayerMap, Result, StoreError, Table, FORMAT};
+use super::{decode, encode, Durability, Layer, LayerMap, Result, StoreError, Table, FORMAT};
 use crate::ids::Stamp;
 use crate::model::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{mpsc, Arc};
 
 const CHUNK_MAX_MESSAGES: usize = 256;
-const CHUNK_MAX_BYTES: usize = 64 << 10;
+const CHUNK_MAX_BYTES: usize = super::RECORD_MAX_BYTES;
+
+/// What the checkpoint thread is asked to do.
+enum Job {
+    Write(Arc<Layer>),
+    /// Free a written layer: a big one takes milliseconds to free, which
+    /// the hub should not spend.
+    Dispose(Arc<Layer>),
+}
 
 pub(crate) struct Checkpointer {
-    tx: Option<mpsc::Sender<Arc<Layer>>>,
+    tx: Option<mpsc::Sender<Job>>,
     done: mpsc::Receiver<Result<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -27,14 +35,25 @@ impl Checkpointer {
         db: sled::Db,
         trees: Arc<Vec<sled::Tree>>,
         meta: sled::Tree,
+        log: Arc<Durability>,
     ) -> Result<Checkpointer> {
-        let (tx, rx) = mpsc::channel::<Arc<Layer>>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("chatd-checkpoint".into())
             .spawn(move || {
-                for layer in rx {
-                    let r = write_layer(&db, &trees, &meta, &layer);
+                // Checkpoints are bulk work with a deadline of seconds; the
+                // hub and the sessions come first.
+                crate::os::background_thread();
+                for job in rx {
+                    let layer = match job {
+                        Job::Write(layer) => layer,
+                        Job::Dispose(layer) => {
+                            drop(layer);
+                            continue;
+                        }
+                    };
+                    let r = write_layer(&db, &trees, &meta, &log, &layer);
                     if done_tx.send(r).is_err() {
                         break;
                     }
@@ -50,7 +69,14 @@ impl Checkpointer {
 
     pub(crate) fn submit(&self, layer: Arc<Layer>) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(layer);
+            let _ = tx.send(Job::Write(layer));
+        }
+    }
+
+    /// Hand a written layer back to be freed off the caller's thread.
+    pub(crate) fn dispose(&self, layer: Arc<Layer>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job::Dispose(layer));
         }
     }
 
@@ -77,6 +103,7 @@ fn write_layer(
     db: &sled::Db,
     trees: &[sled::Tree],
     meta: &sled::Tree,
+    log: &Durability,
     layer: &Layer,
 ) -> Result<()> {
     for t in Table::ALL {
@@ -87,14 +114,15 @@ fn write_layer(
         let tree = &trees[t as usize];
         match t.chunk_prefix_len() {
             None => {
-                let mut b = sled::Batch::default();
+                let mut b = Batches::new(tree);
                 for (k, v) in map {
                     match v {
                         Some(v) => b.insert(k.as_slice(), &v[..]),
                         None => b.remove(k.as_slice()),
                     }
+                    b.boundary()?;
                 }
-                tree.apply_batch(b)?;
+                b.finish()?;
             }
             Some(plen) => {
                 // Cursors were written above (they come first in Table::ALL),
@@ -111,7 +139,11 @@ fn write_layer(
         }
     }
     prune_inboxes(trees, &layer.maps[Table::Cursors as usize])?;
-    // The checkpoint must not reach the disk before the tables it vouches for.
+    // The checkpoint must not reach the disk before the tables it vouches
+    // for, nor before the log they were made from.
+    if !log.wait_for(layer.ticket) {
+        return Err(StoreError::Corrupt("the log writer stopped".into()));
+    }
     db.flush()?;
     meta.insert("checkpoint", encode(&layer.upto))?;
     db.flush()?;
@@ -138,7 +170,7 @@ fn write_chunks(
     plen: usize,
     skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
 ) -> Result<()> {
-    let mut batch = sled::Batch::default();
+    let mut batch = Batches::new(tree);
     let mut i = map.iter().peekable();
     while let Some((k, _)) = i.peek() {
         let prefix = k[..plen].to_vec();
@@ -172,17 +204,65 @@ fn write_chunks(
                 for (id, bytes) in frames(&v)? {
                     all.insert(id, bytes.into());
                 }
-                batch.remove(k);
+                batch.remove(&k);
             }
         }
         all.extend(fresh);
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(key(&prefix, last), encode_chunk(&chunk));
+            batch.insert(&key(&prefix, last), &encode_chunk(&chunk));
+        }
+        // A conversation's chunks are replaced together, atomically.
+        batch.boundary()?;
+    }
+    batch.finish()
+}
+
+/// Writes in batches of about a bounded size: sled applies a batch under a
+/// lock every other write to the database waits for, so a checkpoint must
+/// not hold it for long. A batch is split only at a boundary: what goes
+/// between two boundaries is applied atomically.
+struct Batches<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl<'a> Batches<'a> {
+    const MAX: usize = 256;
+
+    fn new(tree: &'a sled::Tree) -> Batches<'a> {
+        Batches {
+            tree,
+            batch: sled::Batch::default(),
+            len: 0,
         }
     }
-    tree.apply_batch(batch)?;
-    Ok(())
+
+    fn insert(&mut self, k: &[u8], v: &[u8]) {
+        self.batch.insert(k, v);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, k: &[u8]) {
+        self.batch.remove(k);
+        self.len += 1;
+    }
+
+    fn boundary(&mut self) -> Result<()> {
+        if self.len >= Self::MAX {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.len > 0 {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.len = 0;
+        }
+        Ok(())
+    }
 }
 
 /// Drop inbox chunks whose every message has been acknowledged.

@@ -43,6 +43,13 @@ use tokio::sync::watch;
 /// Version byte in front of every stored value, so the format can evolve.
 pub const FORMAT: u8 = 1;
 
+/// The largest value worth writing as one record (a log segment, a chunk of
+/// history). sled writes a page bigger than a quarter of its 512 KiB log
+/// segment to a file of its own that its flush never fsyncs, and a leaf page
+/// holds up to about 20 records: keeping every record under this keeps
+/// every page inline, where a flush covers it.
+pub const RECORD_MAX_BYTES: usize = 6 << 10;
+
 #[derive(Debug)]
 pub enum StoreError {
     Sled(sled::Error),
@@ -75,8 +82,8 @@ impl From<sled::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+pub fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     out.push(FORMAT);
     // Writing into a Vec cannot fail, and our types always serialize.
     let _ = bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard());
@@ -177,8 +184,10 @@ type LayerMap = BTreeMap<Vec<u8>, Option<Arc<[u8]>>>;
 pub(crate) struct Layer {
     maps: [LayerMap; TABLES],
     bytes: usize,
-    /// The log position this layer brings the tables up to.
+    /// The log position this layer brings the tables up to...
     upto: Position,
+    /// ...which the log holds once this commit ticket is written.
+    ticket: u64,
 }
 
 impl Layer {
@@ -198,6 +207,8 @@ pub struct StoreOptions {
     pub checkpoint_bytes: usize,
     /// Fault injection: delay every commit flush (tests only).
     pub commit_delay: Duration,
+    /// Unsafe: count a commit as durable without flushing it.
+    pub no_flush: bool,
 }
 
 impl StoreOptions {
@@ -208,6 +219,7 @@ impl StoreOptions {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 32 << 20,
             commit_delay: Duration::ZERO,
+            no_flush: false,
         }
     }
 
@@ -219,6 +231,7 @@ impl StoreOptions {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 32 << 20,
             commit_delay: Duration::ZERO,
+            no_flush: false,
         }
     }
 }
@@ -231,65 +244,135 @@ pub struct Durable {
     pub position: Arc<Position>,
 }
 
-/// Group commit. The hub asks for everything up to a ticket to be made
-/// durable; one thread flushes sled in a loop and publishes the highest
-/// ticket whose writes are on disk. Each flush covers every write made
-/// before it started, so many iterations share one fsync.
+/// Group commit, and the only writer of the log. The hub hands over each
+/// batch's log segments and asks for everything up to a ticket to be made
+/// durable; one thread writes the segments to sled, flushes, and publishes
+/// the highest ticket whose writes are on disk. Each flush covers every
+/// write made before it started, so many batches share one fsync, and the
+/// hub never waits on sled's writes.
 pub struct Durability {
-    /// Requested ticket and position, and whether to stop.
-    state: Mutex<(Durable, bool)>,
+    state: Mutex<CommitState>,
     wake: Condvar,
+    /// Signalled whenever `done` moves (for the checkpoint thread).
+    progress: Condvar,
     flushed: watch::Sender<Durable>,
     delay: Duration,
+    no_flush: bool,
+}
+
+#[derive(Default)]
+struct CommitState {
+    /// Log segments not written yet, oldest first.
+    queue: Vec<(NodeId, Vec<Op>)>,
+    /// The highest ticket asked for, and the log position it stands for.
+    target: Durable,
+    /// The highest ticket written (and flushed).
+    done: u64,
+    stop: bool,
 }
 
 impl Durability {
-    fn run(self: Arc<Self>, db: sled::Db) {
-        let mut done = 0;
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(self: Arc<Self>, db: sled::Db, log: sled::Tree) {
         loop {
-            let target = {
-                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                while st.0.ticket <= done && !st.1 {
+            let (segments, target) = {
+                let mut st = self.lock();
+                while st.queue.is_empty() && st.target.ticket <= st.done && !st.stop {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
-                if st.0.ticket <= done && st.1 {
+                if st.queue.is_empty() && st.target.ticket <= st.done && st.stop {
                     return;
                 }
-                st.0.clone()
+                // Every segment of a ticket is queued before the ticket is
+                // asked for, so taking both together never claims too much.
+                (std::mem::take(&mut st.queue), st.target.clone())
             };
+            let mut written = segments
+                .iter()
+                .try_for_each(|(origin, ops)| insert_segments(&log, *origin, ops));
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);
             }
-            let started = std::time::Instant::now();
-            let flushed = db.flush();
-            metrics::histogram!("chatd_commit_flush_seconds")
-                .record(started.elapsed().as_secs_f64());
-            if let Err(e) = flushed {
+            if written.is_ok() && !self.no_flush {
+                let started = std::time::Instant::now();
+                written = db.flush().map(|_| ()).map_err(StoreError::from);
+                metrics::histogram!("chatd_commit_flush_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            if let Err(e) = written {
                 // Nothing more can be acknowledged; let the supervisor restart us.
-                tracing::error!(error = %e, "cannot flush the database; exiting");
+                tracing::error!(error = %e, "cannot write the log; exiting");
                 std::process::exit(1);
             }
-            done = target.ticket;
+            let ticket = target.ticket;
             self.flushed.send_replace(target);
+            let mut st = self.lock();
+            st.done = st.done.max(ticket);
+            self.progress.notify_all();
         }
+    }
+
+    fn append(&self, origin: NodeId, ops: Vec<Op>) {
+        self.lock().queue.push((origin, ops));
     }
 
     fn request(&self, ticket: u64, position: &Position) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if ticket > st.0.ticket {
-            st.0 = Durable {
+        let mut st = self.lock();
+        if ticket > st.target.ticket {
+            st.target = Durable {
                 ticket,
                 position: Arc::new(position.clone()),
             };
-            self.wake.notify_one();
         }
+        self.wake.notify_one();
+    }
+
+    /// Block until everything up to `ticket` is written (false: stopping).
+    pub(crate) fn wait_for(&self, ticket: u64) -> bool {
+        let mut st = self.lock();
+        while st.done < ticket && !st.stop {
+            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.done >= ticket
     }
 
     fn stop(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.1 = true;
+        self.lock().stop = true;
         self.wake.notify_one();
+        self.progress.notify_all();
     }
+}
+
+/// Write ops as log segments of at most [`RECORD_MAX_BYTES`] each (a
+/// single bigger op makes a segment of its own).
+fn insert_segments(log: &sled::Tree, origin: NodeId, ops: &[Op]) -> Result<()> {
+    let mut start = 0;
+    let mut bytes = 0;
+    let mut one = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        one.clear();
+        let _ = bincode::serde::encode_into_std_write(op, &mut one, bincode::config::standard());
+        if i > start && bytes + one.len() > RECORD_MAX_BYTES - 16 {
+            insert_segment(log, origin, &ops[start..i])?;
+            start = i;
+            bytes = 0;
+        }
+        bytes += one.len();
+    }
+    if start < ops.len() {
+        insert_segment(log, origin, &ops[start..])?;
+    }
+    Ok(())
+}
+
+fn insert_segment(log: &sled::Tree, origin: NodeId, ops: &[Op]) -> Result<()> {
+    if let Some(first) = ops.first() {
+        log.insert(log_key(origin, first.seq), encode(ops))?;
+    }
+    Ok(())
 }
 
 /// The resend filter: each user's last few client message ids. Kept in
@@ -327,7 +410,10 @@ impl RecentCids {
 }
 
 pub struct Store {
+    /// The tables (and `meta`).
     db: sled::Db,
+    /// The log.
+    log_db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
     trees: Arc<Vec<sled::Tree>>,
@@ -417,27 +503,48 @@ pub fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
     Bound::Unbounded
 }
 
+/// The log is written once and read back rarely (a peer catching up, a
+/// backup, a restart): it needs little cache.
+const LOG_CACHE_BYTES: u64 = 16 << 20;
+
+fn open_sled(opts: &StoreOptions, name: &str, cache: u64) -> Result<sled::Db> {
+    let cfg = sled::Config::new()
+        .cache_capacity(cache)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None);
+    let cfg = match &opts.path {
+        Some(p) => cfg.path(p.join(name)),
+        None => cfg.temporary(true),
+    };
+    match cfg.open() {
+        Ok(db) => Ok(db),
+        Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+        }
+        Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+            Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Store {
     pub fn open(opts: StoreOptions) -> Result<Store> {
-        let mut cfg = sled::Config::new()
-            .cache_capacity(opts.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None);
-        cfg = match &opts.path {
-            Some(p) => cfg.path(p),
-            None => cfg.temporary(true),
-        };
-        let db = match cfg.open() {
-            Ok(db) => db,
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+        if let Some(p) = &opts.path {
+            if p.join("conf").exists() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds a database in an older layout (one sled database); \
+                     restore a backup into a new data directory instead",
+                    p.display()
+                )));
             }
-            Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
-                return Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let log = db.open_tree("log")?;
+        }
+        // Two databases: the log, written and fsynced for every commit, and
+        // the tables, written in bulk by checkpoints. Apart, a checkpoint's
+        // megabytes never stand between a commit and its fsync.
+        let db = open_sled(&opts, "tables", opts.cache_bytes)?;
+        let log_db = open_sled(&opts, "log", LOG_CACHE_BYTES)?;
+        let log = log_db.open_tree("log")?;
         let meta = db.open_tree("meta")?;
         let trees = Table::ALL
             .iter()
@@ -447,26 +554,34 @@ impl Store {
 
         let (flushed_tx, durable_rx) = watch::channel(Durable::default());
         let durability = Arc::new(Durability {
-            state: Mutex::new((Durable::default(), false)),
+            state: Mutex::new(CommitState::default()),
             wake: Condvar::new(),
+            progress: Condvar::new(),
             flushed: flushed_tx,
             delay: opts.commit_delay,
+            no_flush: opts.no_flush,
         });
         let commit_thread = {
             let d = durability.clone();
-            let db = db.clone();
+            let (log_db, log) = (log_db.clone(), log.clone());
             std::thread::Builder::new()
                 .name("chatd-commit".into())
-                .spawn(move || d.run(db))
+                .spawn(move || d.run(log_db, log))
                 .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?
         };
         let reader = LogReader {
             log: Arc::new(Mutex::new(Some(log.clone()))),
         };
-        let checkpointer = flush::Checkpointer::start(db.clone(), trees.clone(), meta.clone())?;
+        let checkpointer = flush::Checkpointer::start(
+            db.clone(),
+            trees.clone(),
+            meta.clone(),
+            durability.clone(),
+        )?;
 
         let mut store = Store {
             db,
+            log_db,
             log,
             meta,
             trees,
@@ -537,6 +652,9 @@ impl Store {
 
     /// Apply, through `f`, every logged op the tables may not yet reflect.
     pub fn replay(&mut self, mut f: impl FnMut(&mut Store, &Op)) -> Result<usize> {
+        // What was appended must be in sled before it can be read back.
+        let ticket = self.commit();
+        self.durability.wait_for(ticket);
         let from = self.checkpoint()?;
         let end = self.applied.clone();
         let mut n = 0;
@@ -569,7 +687,7 @@ impl Store {
     /// Append a run of ops of one origin to the log; they must continue the
     /// origin's sequence without a gap. Not durable until [`Store::commit`]'s
     /// ticket has been flushed.
-    pub fn append_log(&mut self, origin: NodeId, ops: &[Op]) -> Result<()> {
+    pub fn append_log(&mut self, origin: NodeId, ops: Vec<Op>) -> Result<()> {
         let Some(first) = ops.first() else {
             return Ok(());
         };
@@ -580,8 +698,6 @@ impl Store {
                 first.seq
             )));
         }
-        self.log
-            .insert(log_key(origin, first.seq), encode(&ops.to_vec()))?;
         if let Some(last) = ops.last() {
             self.applied.insert(origin, last.seq);
         }
@@ -589,6 +705,7 @@ impl Store {
             .iter()
             .map(|op| op.stamp)
             .fold(self.last_stamp, Stamp::max);
+        self.durability.append(origin, ops);
         self.ticket += 1;
         Ok(())
     }
@@ -736,7 +853,8 @@ impl Store {
 
     /// Add one message (already encoded) to a message table.
     pub fn put_message(&mut self, t: Table, prefix: &[u8], id: Stamp, encoded: Arc<[u8]>) {
-        let mut key = prefix.to_vec();
+        let mut key = Vec::with_capacity(prefix.len() + 8);
+        key.extend_from_slice(prefix);
         key.extend_from_slice(&id.0.to_be_bytes());
         self.active.bytes += key.len() + 64;
         self.active.maps[t as usize].insert(key, Some(encoded));
@@ -752,7 +870,9 @@ impl Store {
             let hard_limit = self.active.bytes > 4 * self.opts.checkpoint_bytes;
             if let Some(done) = self.checkpointer.poll(hard_limit) {
                 done?;
-                self.frozen = None;
+                if let Some(layer) = self.frozen.take() {
+                    self.checkpointer.dispose(layer);
+                }
             }
         }
         let due = self.last_rotate.elapsed() >= self.opts.checkpoint_interval
@@ -770,6 +890,7 @@ impl Store {
         }
         let mut layer = std::mem::take(&mut self.active);
         layer.upto = self.applied.clone();
+        layer.ticket = self.commit();
         let layer = Arc::new(layer);
         self.frozen = Some(layer.clone());
         self.checkpointer.submit(layer);
@@ -781,7 +902,9 @@ impl Store {
             if let Some(done) = self.checkpointer.poll(true) {
                 done?;
             }
-            self.frozen = None;
+            if let Some(layer) = self.frozen.take() {
+                self.checkpointer.dispose(layer);
+            }
         }
         Ok(())
     }
@@ -802,6 +925,7 @@ impl Store {
             let _ = t.join();
         }
         *self.reader.log.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.log_db.flush()?;
         self.db.flush()?;
         self.checkpointer.stop();
         Ok(())
@@ -821,7 +945,7 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.log_db.size_on_disk().unwrap_or(0)
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -963,6 +1087,6 @@ impl Store {
                 "segment {origin}/{first} does not hold what its key says"
             )));
         }
-        self.append_log(origin, &ops)
+        self.append_log(origin, ops)
     }
 }

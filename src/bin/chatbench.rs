@@ -1,0 +1,363 @@
+//! chatbench: measure a running chatd (or cluster) as users would.
+//!
+//! ```text
+//! chatbench pairs  --addr 127.0.0.1:6000 --pairs 500 --window 4 --pid $(pidof chatd) [--ceiling]
+//! chatbench pairs  --addr ... --rate 50000            # open loop
+//! chatbench fanout --addr ... --members 500 --senders 2
+//! chatbench drain  --addr ... --messages 10000
+//! chatbench idle   --addr ... --sessions 10000 --pid ...
+//! chatbench logins --addr ... --users 1000 --concurrency 64
+//! chatbench relay  --pairs 500 --window 4             # the machine's ceiling
+//! ```
+//!
+//! Every scenario registers its own users (with a random name prefix), so a
+//! chatd meant for benchmarks runs with cheap password hashing and a high rate
+//! limit; README's "Performance" section has the exact commands.
+
+use chatd::bench::scenarios::{self, DrainOpts, FanoutOpts, IdleOpts, LoginOpts, PairsOpts};
+use chatd::bench::{relay, Common, Proto, Report};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "chatbench",
+    version,
+    about = "Load and measure a chatd (or a cluster) over TCP."
+)]
+struct Cli {
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Threads for the load (default: one per core). Fewer threads leave
+    /// more of a small machine to the server under test.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// chatd's client address; repeat (or comma-separate) to spread clients
+    /// over a cluster's nodes.
+    #[arg(long = "addr", value_delimiter = ',', default_value = "127.0.0.1:6000")]
+    addrs: Vec<SocketAddr>,
+    /// Which protocol the clients speak.
+    #[arg(long, value_enum, default_value_t = Proto::Native)]
+    dialect: Proto,
+    /// chatd process ids, to report their memory (from /proc).
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Message text size, bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Password of the users the bench registers.
+    #[arg(long, default_value = "bench-pw")]
+    password: String,
+    /// Registrations and logins in flight at once while setting up.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+}
+
+impl Target {
+    fn common(&self) -> Common {
+        Common {
+            addrs: self.addrs.clone(),
+            proto: self.dialect,
+            pids: self.pids.clone(),
+            size: self.size.max(24),
+            password: self.password.clone(),
+            setup_concurrency: self.setup_concurrency.max(1),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct Timing {
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+}
+
+#[derive(Args, Clone)]
+struct PairsArgs {
+    /// Pairs of users; each user sends to its partner (2 clients per pair).
+    #[arg(long, default_value_t = 500)]
+    pairs: usize,
+    /// Messages each user keeps in flight (sent, not yet received).
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Open loop: send this many messages per second in all, on schedule.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// 1:1 chat between pairs of users.
+    Pairs {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        load: PairsArgs,
+        /// Then run the same load against the relay (the ceiling) and compare.
+        #[arg(long)]
+        ceiling: bool,
+    },
+    /// One group; some members send, every other member receives.
+    Fanout {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 500)]
+        members: usize,
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        /// Messages each sender keeps not yet delivered to every member.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Queue messages for an offline user, then time its login.
+    Drain {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Seconds between queueing and the login (the server checkpoints
+        /// its memory to its database every second).
+        #[arg(long, default_value_t = 2.0)]
+        wait: f64,
+    },
+    /// Hold logged-in idle sessions; report server memory per session.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Seconds to hold them before measuring.
+        #[arg(long, default_value_t = 3.0)]
+        hold: f64,
+    },
+    /// Many logins at once (each one checks an argon2id hash).
+    Logins {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// The ceiling: the pairs load against a minimal TCP relay (no JSON, no storage).
+    Relay {
+        #[command(flatten)]
+        load: PairsArgs,
+        /// Message text size, bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Run the relay server (used by `relay` and `--ceiling`).
+    #[command(hide = true)]
+    RelayServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+fn timing(t: &Timing) -> (Duration, Duration) {
+    (
+        Duration::from_secs_f64(t.warmup.max(0.0)),
+        Duration::from_secs_f64(t.duration.max(0.1)),
+    )
+}
+
+fn pairs_opts(common: Common, a: &PairsArgs) -> PairsOpts {
+    let (warmup, duration) = timing(&a.timing);
+    PairsOpts {
+        common,
+        pairs: a.pairs.max(1),
+        window: a.window.max(1),
+        rate: a.rate,
+        warmup,
+        duration,
+    }
+}
+
+/// Start a relay server process and run the pairs load against it.
+async fn ceiling(a: &PairsArgs, size: usize) -> Result<Report, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("relay-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+    let pid = child.id();
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let addr: Option<SocketAddr> = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|s| s.parse().ok());
+    let result = match addr {
+        Some(addr) => {
+            let common = Common {
+                addrs: vec![addr],
+                proto: Proto::Relay,
+                pids: vec![pid],
+                size: size.max(24),
+                password: String::new(),
+                setup_concurrency: 32,
+            };
+            scenarios::pairs(&pairs_opts(common, a)).await
+        }
+        None => Err("the relay did not start".to_string()),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut r = result?;
+    r.scenario = "relay".into();
+    Ok(r)
+}
+
+fn show(json: bool, reports: &[Report]) {
+    if json {
+        let v = if reports.len() == 1 {
+            serde_json::to_value(&reports[0])
+        } else {
+            serde_json::to_value(reports)
+        };
+        println!("{}", v.unwrap_or_default());
+    } else {
+        for (i, r) in reports.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            r.print();
+        }
+        if let [chatd, relay] = reports {
+            if relay.delivered_per_sec > 0.0 {
+                println!(
+                    "\nchatd delivers {:.0}% of what the relay forwards on this machine",
+                    100.0 * chatd.delivered_per_sec / relay.delivered_per_sec
+                );
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    chatd::os::raise_fd_limit();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatbench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<Vec<Report>, String> = rt.block_on(async {
+        match &cli.cmd {
+            Cmd::Pairs {
+                target,
+                load,
+                ceiling: with_ceiling,
+            } => {
+                let mut out = vec![scenarios::pairs(&pairs_opts(target.common(), load)).await?];
+                if *with_ceiling {
+                    out.push(ceiling(load, target.size).await?);
+                }
+                Ok(out)
+            }
+            Cmd::Fanout {
+                target,
+                members,
+                senders,
+                window,
+                timing: t,
+            } => {
+                let (warmup, duration) = timing(t);
+                let o = FanoutOpts {
+                    common: target.common(),
+                    members: *members,
+                    senders: *senders,
+                    window: (*window).max(1),
+                    warmup,
+                    duration,
+                };
+                Ok(vec![scenarios::fanout(&o).await?])
+            }
+            Cmd::Drain {
+                target,
+                messages,
+                wait,
+            } => {
+                let o = DrainOpts {
+                    common: target.common(),
+                    messages: (*messages).max(1),
+                    wait: Duration::from_secs_f64(wait.max(0.0)),
+                };
+                Ok(vec![scenarios::drain(&o).await?])
+            }
+            Cmd::Idle {
+                target,
+                sessions,
+                hold,
+            } => {
+                let o = IdleOpts {
+                    common: target.common(),
+                    sessions: (*sessions).max(1),
+                    hold: Duration::from_secs_f64(hold.max(0.0)),
+                };
+                Ok(vec![scenarios::idle(&o).await?])
+            }
+            Cmd::Logins {
+                target,
+                users,
+                concurrency,
+            } => {
+                let o = LoginOpts {
+                    common: target.common(),
+                    users: (*users).max(1),
+                    concurrency: (*concurrency).max(1),
+                };
+                Ok(vec![scenarios::logins(&o).await?])
+            }
+            Cmd::Relay { load, size } => Ok(vec![ceiling(load, *size).await?]),
+            Cmd::RelayServer { listen } => {
+                relay::serve(*listen).await.map_err(|e| e.to_string())?;
+                Ok(Vec::new())
+            }
+        }
+    });
+    match result {
+        Ok(reports) => {
+            show(cli.json, &reports);
+            // A run that lost messages or saw errors is a failed run.
+            if reports.iter().any(|r| r.lost > 0 || r.errors > 0) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("chatbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

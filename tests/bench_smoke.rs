@@ -1,0 +1,159 @@
+//! A tiny run of every chatbench scenario against a real chatd process.
+//! chatbench exits non-zero when a message it sent was accepted but never
+//! delivered, or when the server answered with an error; so does this test.
+//! (The figures themselves are for README's "Performance" section, measured
+//! on a quiet machine, not asserted here.)
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+fn chatbench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run chatbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chatbench {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("chatbench printed {stdout:?}: {e}"))
+}
+
+/// Nothing lost, no errors, something delivered.
+fn delivered_all(r: &Value) -> u64 {
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let delivered = r["delivered"].as_u64().unwrap_or(0);
+    assert!(delivered > 0, "nothing was delivered: {r}");
+    delivered
+}
+
+#[test]
+fn every_scenario_delivers_everything_it_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_chatd(
+        dir.path(),
+        &[
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+            "--classic-push-gap-ms",
+            "0",
+        ],
+    );
+    let addr = p.addr.to_string();
+    let pid = p.pid().to_string();
+    let short = ["--warmup", "0.2", "--duration", "1"];
+    let target = ["--addr", &addr, "--pid", &pid];
+
+    // 1:1, closed loop: the server's memory is read from /proc.
+    let r = chatbench(
+        &[
+            &["pairs", "--pairs", "10", "--window", "2"][..],
+            &target,
+            &short,
+        ]
+        .concat(),
+    );
+    delivered_all(&r);
+    assert!(r["memory"][0]["after_kib"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r["latency"]["samples"].as_u64().unwrap_or(0) > 0, "{r}");
+
+    // Open loop, at a fixed rate: about that many are sent.
+    let r = chatbench(
+        &[
+            &["pairs", "--pairs", "10", "--rate", "400"][..],
+            &target,
+            &short,
+        ]
+        .concat(),
+    );
+    delivered_all(&r);
+    let sent = r["sent"].as_u64().unwrap_or(0);
+    assert!((200..=600).contains(&sent), "{r}");
+
+    // The classic dialect.
+    let r = chatbench(
+        &[
+            &[
+                "pairs",
+                "--pairs",
+                "5",
+                "--window",
+                "2",
+                "--dialect",
+                "classic",
+            ][..],
+            &target,
+            &short,
+        ]
+        .concat(),
+    );
+    delivered_all(&r);
+
+    // Group fan-out: every message reaches every other member.
+    let r = chatbench(
+        &[
+            &["fanout", "--members", "12", "--senders", "2"][..],
+            &target,
+            &short,
+        ]
+        .concat(),
+    );
+    let delivered = delivered_all(&r);
+    let sent = r["sent"].as_u64().unwrap_or(0);
+    // Each message reaches 11 members (the window's edges cut a few off).
+    assert!(delivered >= 10 * sent && delivered <= 12 * sent, "{r}");
+
+    // Offline drain: all of them, after the login.
+    let r = chatbench(
+        &[
+            &["drain", "--messages", "300", "--wait", "0"][..],
+            &target[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(delivered_all(&r), 300);
+
+    // Idle sessions and a login storm.
+    let r = chatbench(
+        &[
+            &["idle", "--sessions", "40", "--hold", "0.2"][..],
+            &target[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["clients"], 40, "{r}");
+    assert!(r["extra"]["kib_per_session"].is_number(), "{r}");
+    let r = chatbench(
+        &[
+            &["logins", "--users", "20", "--concurrency", "4"][..],
+            &target[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["extra"]["logins"], 20, "{r}");
+
+    // The ceiling: the same load against the bare relay.
+    let r = chatbench(&[
+        "relay",
+        "--pairs",
+        "10",
+        "--window",
+        "2",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+    ]);
+    delivered_all(&r);
+}
