@@ -46,3 +46,15 @@ pub fn background_thread() {
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
+
+/// Give memory the allocator holds but does not use back to the system.
+/// After a burst (a written layer freed, say) glibc keeps the pages in its
+/// per-thread arenas; this is where a server's memory would otherwise only
+/// ever grow.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -15,6 +15,9 @@ use std::sync::{mpsc, Arc};
 
 const CHUNK_MAX_MESSAGES: usize = 256;
 const CHUNK_MAX_BYTES: usize = super::RECORD_MAX_BYTES;
+/// Freeing a layer this big returns its memory to the system; trimming
+/// after every small one would only cost time.
+const TRIM_AFTER_BYTES: usize = 8 << 20;
 
 /// What the checkpoint thread is asked to do.
 enum Job {
@@ -49,7 +52,11 @@ impl Checkpointer {
                     let layer = match job {
                         Job::Write(layer) => layer,
                         Job::Dispose(layer) => {
+                            let big = layer.bytes >= TRIM_AFTER_BYTES;
                             drop(layer);
+                            if big {
+                                crate::os::return_free_memory();
+                            }
                             continue;
                         }
                     };
@@ -114,15 +121,14 @@ fn write_layer(
         let tree = &trees[t as usize];
         match t.chunk_prefix_len() {
             None => {
-                let mut b = Batches::new(tree);
+                // One key at a time, never a sled batch: see `write_chunks`.
+                // Replay after a crash rewrites whatever did not land.
                 for (k, v) in map {
                     match v {
-                        Some(v) => b.insert(k.as_slice(), &v[..]),
-                        None => b.remove(k.as_slice()),
-                    }
-                    b.boundary()?;
+                        Some(v) => tree.insert(k.as_slice(), &v[..])?,
+                        None => tree.remove(k.as_slice())?,
+                    };
                 }
-                b.finish()?;
             }
             Some(plen) => {
                 // Cursors were written above (they come first in Table::ALL),
@@ -170,7 +176,6 @@ fn write_chunks(
     plen: usize,
     skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
 ) -> Result<()> {
-    let mut batch = Batches::new(tree);
     let mut i = map.iter().peekable();
     while let Some((k, _)) = i.peek() {
         let prefix = k[..plen].to_vec();
@@ -196,73 +201,39 @@ fn write_chunks(
             .transpose()?
             .map(|(k, _)| id_suffix(&k, plen))
             .transpose()?;
-        let mut all: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
-        if newest_stored.is_some_and(|n| first_new <= n) {
-            // Late arrivals: rewrite the chunks they fall among.
-            for r in tree.range(key(&prefix, first_new)..=key(&prefix, u64::MAX)) {
-                let (k, v) = r?;
-                for (id, bytes) in frames(&v)? {
-                    all.insert(id, bytes.into());
-                }
-                batch.remove(&k);
+        if newest_stored.is_none_or(|n| first_new > n) {
+            // The usual case: every new chunk sorts after the stored ones,
+            // so plain inserts keep the chunks apart at every moment.
+            for chunk in split(&fresh) {
+                let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
+                tree.insert(key(&prefix, last), encode_chunk(&chunk))?;
             }
+            continue;
+        }
+        // Late arrivals (from another node): rewrite the chunks they fall
+        // among, atomically, so readers never see two chunks overlap.
+        //
+        // This is the only sled batch chatd makes, and it is rare and small:
+        // sled applies a batch under one process-wide lock that every insert
+        // of both databases then waits for (the log's commits included), so
+        // checkpoints of ordinary traffic must never take it.
+        let mut batch = sled::Batch::default();
+        let mut all: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
+        for r in tree.range(key(&prefix, first_new)..=key(&prefix, u64::MAX)) {
+            let (k, v) = r?;
+            for (id, bytes) in frames(&v)? {
+                all.insert(id, bytes.into());
+            }
+            batch.remove(k);
         }
         all.extend(fresh);
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(&key(&prefix, last), &encode_chunk(&chunk));
+            batch.insert(key(&prefix, last), encode_chunk(&chunk));
         }
-        // A conversation's chunks are replaced together, atomically.
-        batch.boundary()?;
+        tree.apply_batch(batch)?;
     }
-    batch.finish()
-}
-
-/// Writes in batches of about a bounded size: sled applies a batch under a
-/// lock every other write to the database waits for, so a checkpoint must
-/// not hold it for long. A batch is split only at a boundary: what goes
-/// between two boundaries is applied atomically.
-struct Batches<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    len: usize,
-}
-
-impl<'a> Batches<'a> {
-    const MAX: usize = 256;
-
-    fn new(tree: &'a sled::Tree) -> Batches<'a> {
-        Batches {
-            tree,
-            batch: sled::Batch::default(),
-            len: 0,
-        }
-    }
-
-    fn insert(&mut self, k: &[u8], v: &[u8]) {
-        self.batch.insert(k, v);
-        self.len += 1;
-    }
-
-    fn remove(&mut self, k: &[u8]) {
-        self.batch.remove(k);
-        self.len += 1;
-    }
-
-    fn boundary(&mut self) -> Result<()> {
-        if self.len >= Self::MAX {
-            self.finish()?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        if self.len > 0 {
-            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
-            self.len = 0;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Drop inbox chunks whose every message has been acknowledged.
@@ -274,7 +245,6 @@ fn prune_inboxes(trees: &[sled::Tree], cursor_changes: &LayerMap) -> Result<()> 
         .filter_map(|k| k.get(..4).and_then(|u| u.try_into().ok()))
         .collect();
     users.dedup();
-    let mut batch = sled::Batch::default();
     for u in users {
         let mut covered: HashMap<u16, Stamp> = HashMap::new();
         for (n, r) in inbox.scan_prefix(u).enumerate() {
@@ -299,11 +269,10 @@ fn prune_inboxes(trees: &[sled::Tree], cursor_changes: &LayerMap) -> Result<()> 
                 }
             }
             if all {
-                batch.remove(k);
+                inbox.remove(k)?;
             }
         }
     }
-    inbox.apply_batch(batch)?;
     Ok(())
 }
 

@@ -856,7 +856,13 @@ impl Store {
         let mut key = Vec::with_capacity(prefix.len() + 8);
         key.extend_from_slice(prefix);
         key.extend_from_slice(&id.0.to_be_bytes());
-        self.active.bytes += key.len() + 64;
+        // A message is shared by its history and inbox entries: count it once.
+        let shared = if t == Table::History {
+            encoded.len()
+        } else {
+            0
+        };
+        self.active.bytes += key.len() + shared + 96;
         self.active.maps[t as usize].insert(key, Some(encoded));
     }
 
