@@ -22,11 +22,11 @@
 //! | `framing`   | split a byte stream into JSON values (seam for other framings) | parse JSON |
 //! | `dialect`   | translate wire JSON to/from `api` types: `native` (chatd's own), `classic` (msgid) | decide anything |
 //! | `api`       | the shared vocabulary: commands, replies, events, error codes | do I/O |
-//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes, presence | block on a client |
+//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes, presence; `hub::outbox` is each session's bounded queue of pushes | block on a client |
 //! | `rules`     | chat rules: permissions, validation, which ops a command makes, queries (friends, history, pending) | write, or do I/O |
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
-//! | `store`     | every sled access: log, tables, layers, checkpoints, group commit | know chat rules |
+//! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit | know chat rules |
 //! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip | apply operations (the hub does) |
 //! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to | hold state |
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
@@ -34,7 +34,8 @@
 //! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
 //! | `ids`       | user/group id blocks, stamps and the hybrid logical clock   | |
 //! | `config`    | settings (flags, `CHATD_*` variables, TOML file) and limits | |
-//! | `os`        | file-descriptor limit, signals                              | |
+//! | `os`        | file-descriptor limit, signals, thread priority, returning freed memory | |
+//! | `bench`     | `chatbench`: load clients, scenarios, the relay ceiling     | use chatd's internals: it speaks only the wire protocols |
 //!
 //! Where is a command handled? `dialect::native` (or `classic`) decodes it
 //! into an `api::Command`; `rules::decide` handles it. Where is it stored?

@@ -148,6 +148,33 @@ impl Shared {
 /// What a reader does with a received message.
 type OnMessage = Arc<dyn Fn(u32, u64) + Send + Sync>;
 
+/// Start a connection's reader; for native clients, also the channel on
+/// which it passes the ids to acknowledge to the connection's writer.
+fn spawn_reader(
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    rd: OwnedReadHalf,
+    pending: Vec<u8>,
+    proto: Proto,
+    shared: &Arc<Shared>,
+    on_message: &OnMessage,
+) -> Option<mpsc::UnboundedReceiver<u64>> {
+    let (ack_tx, ack_rx) = if proto == Proto::Native {
+        let (t, r) = mpsc::unbounded_channel();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
+    tasks.push(tokio::spawn(reader(
+        rd,
+        pending,
+        proto,
+        shared.clone(),
+        ack_tx,
+        on_message.clone(),
+    )));
+    ack_rx
+}
+
 /// Read one client's stream: count, time, acknowledge, release windows.
 async fn reader(
     mut rd: OwnedReadHalf,
@@ -448,20 +475,7 @@ pub async fn pairs(o: &PairsOpts) -> Res<Report> {
     let mut tasks = Vec::new();
     for (i, (rd, wr, pending)) in conns.into_iter().enumerate() {
         let partner = i ^ 1;
-        let (ack_tx, ack_rx) = if c.proto == Proto::Native {
-            let (t, r) = mpsc::unbounded_channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
-        tasks.push(tokio::spawn(reader(
-            rd,
-            pending,
-            c.proto,
-            shared.clone(),
-            ack_tx,
-            release.clone(),
-        )));
+        let ack_rx = spawn_reader(&mut tasks, rd, pending, c.proto, &shared, &release);
         let args = WriterArgs {
             me: i as u32,
             to: ids[partner],
@@ -550,20 +564,7 @@ pub async fn fanout(o: &FanoutOpts) -> Res<Report> {
     };
     let mut tasks = Vec::new();
     for (i, (rd, wr, pending)) in conns.into_iter().enumerate() {
-        let (ack_tx, ack_rx) = if c.proto == Proto::Native {
-            let (t, r) = mpsc::unbounded_channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
-        tasks.push(tokio::spawn(reader(
-            rd,
-            pending,
-            c.proto,
-            shared.clone(),
-            ack_tx,
-            release.clone(),
-        )));
+        let ack_rx = spawn_reader(&mut tasks, rd, pending, c.proto, &shared, &release);
         if i < s {
             let args = WriterArgs {
                 me: i as u32,
