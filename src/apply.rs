@@ -596,6 +596,30 @@ mod tests {
         assert_eq!(apply_all(&twice), expected);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Nodes receive other origins' operations interleaved in any way,
+        /// some of them twice (a relay and the origin both send them).
+        #[test]
+        fn any_interleaving_with_repeats_gives_the_same_state(
+            order in proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just(
+                (0..sample_ops().len() * 2).collect::<Vec<usize>>(),
+            )),
+            repeats in 0usize..=sample_ops().len(),
+        ) {
+            let ops = sample_ops();
+            let n = ops.len();
+            // Each op once, plus the first `repeats` of them again, in the
+            // shuffled order.
+            let picked: Vec<Op> = order
+                .into_iter()
+                .filter(|&i| i < n || i - n < repeats)
+                .map(|i| ops[i % n].clone())
+                .collect();
+            proptest::prop_assert_eq!(apply_all(&picked), apply_all(&ops));
+        }
+    }
+
     #[test]
     fn messages_and_cursors() {
         let mut s = Store::open(StoreOptions::temporary()).unwrap();
