@@ -143,7 +143,7 @@ pub struct Settings {
     pub peer_timeout_ms: u64,
 
     /// UNSAFE: acknowledge and deliver without waiting for the disk. Writes
-    /// still reach the disk within about a second (the checkpoint flushes),
+    /// still reach the disk within about a second (a background sync),
     /// but a crash of chatd or of the machine loses what was acknowledged
     /// since. For measuring what durability costs, and for throwaway data.
     #[arg(long, env = "CHATD_UNSAFE_NO_FLUSH")]

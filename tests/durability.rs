@@ -322,3 +322,31 @@ async fn unsafe_no_flush_still_delivers_and_keeps_data_over_a_clean_restart() {
         .await;
     assert_eq!(h["messages"].as_array().map(Vec::len), Some(50), "{h}");
 }
+
+#[tokio::test]
+async fn unsafe_no_flush_still_reaches_the_disk_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_chatd(dir.path(), &["--unsafe-no-flush"]);
+    let mut alice = Client::connect(p.addr).await;
+    alice.register("alice", "pw").await;
+    alice.login("alice", "pw").await;
+    let mut bob = Client::connect(p.addr).await;
+    let bob_id = bob.register("bob", "pw").await;
+    bob.login("bob", "pw").await;
+    let reqs: Vec<_> = (0..20)
+        .map(|i| json!({"type": "send", "to": bob_id, "text": format!("soon {i}")}))
+        .collect();
+    pipeline(&mut alice, &reqs).await;
+    assert_eq!(bob.take_messages(20).await.len(), 20);
+    // Longer than the promised "about a second", then a crash.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    p.kill9();
+
+    // The log itself kept them (the tables alone would not let peers or a
+    // backup see them): two registrations and twenty messages, at least.
+    let _p = spawn_chatd(dir.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("b.bak");
+    let bk = chatctl_json(dir.path(), &["backup", file.to_str().unwrap()]);
+    assert!(bk["ops"].as_u64().unwrap() >= 22, "{bk}");
+}

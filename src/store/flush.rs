@@ -60,7 +60,15 @@ impl Checkpointer {
                             continue;
                         }
                     };
-                    let r = write_layer(&db, &trees, &meta, &log, &layer);
+                    let r = write_layer(&trees, &log, &layer).and_then(|()| {
+                        db.flush()?;
+                        // Recorded only once the tables it vouches for are
+                        // on disk. It reaches the disk itself with the next
+                        // checkpoint (or at shutdown); until then a crash
+                        // replays one more layer's worth of the log.
+                        meta.insert("checkpoint", encode(&layer.upto))?;
+                        Ok(())
+                    });
                     if done_tx.send(r).is_err() {
                         break;
                     }
@@ -106,13 +114,12 @@ impl Checkpointer {
     }
 }
 
-fn write_layer(
-    db: &sled::Db,
-    trees: &[sled::Tree],
-    meta: &sled::Tree,
-    log: &Durability,
-    layer: &Layer,
-) -> Result<()> {
+fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<()> {
+    // sled may write table pages out at any time, and the tables must never
+    // be on disk ahead of the log they were made from.
+    if !log.wait_for(layer.ticket) {
+        return Err(StoreError::Corrupt("the log writer stopped".into()));
+    }
     for t in Table::ALL {
         let map = &layer.maps[t as usize];
         if map.is_empty() {
@@ -144,16 +151,7 @@ fn write_layer(
             }
         }
     }
-    prune_inboxes(trees, &layer.maps[Table::Cursors as usize])?;
-    // The checkpoint must not reach the disk before the tables it vouches
-    // for, nor before the log they were made from.
-    if !log.wait_for(layer.ticket) {
-        return Err(StoreError::Corrupt("the log writer stopped".into()));
-    }
-    db.flush()?;
-    meta.insert("checkpoint", encode(&layer.upto))?;
-    db.flush()?;
-    Ok(())
+    prune_inboxes(trees, &layer.maps[Table::Cursors as usize])
 }
 
 /// Read a delivery cursor straight from sled (user prefix is 4 bytes).
