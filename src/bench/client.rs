@@ -247,19 +247,24 @@ fn tag_of(text: &str) -> Option<(u64, u32, u64)> {
     Some((t, s, q))
 }
 
+/// A received message with server id `id`, if its text is one of ours.
+fn seen_message(id: u64, text: Option<&str>) -> Seen {
+    match text.and_then(tag_of) {
+        Some((t_ns, sender, seq)) => Seen::Message {
+            id,
+            t_ns,
+            sender,
+            seq,
+        },
+        None => Seen::Other,
+    }
+}
+
 pub fn decode(proto: Proto, value: &[u8]) -> Seen {
     match proto {
         Proto::Native => match serde_json::from_slice::<NativeIn>(value) {
             Ok(v) => match v.ty {
-                "message" => match v.text.and_then(tag_of) {
-                    Some((t_ns, sender, seq)) => Seen::Message {
-                        id: v.id,
-                        t_ns,
-                        sender,
-                        seq,
-                    },
-                    None => Seen::Other,
-                },
+                "message" => seen_message(v.id, v.text),
                 "sent" => Seen::Sent,
                 "error" => Seen::Error(v.code.unwrap_or("?").to_string()),
                 _ => Seen::Other,
@@ -267,15 +272,7 @@ pub fn decode(proto: Proto, value: &[u8]) -> Seen {
             Err(e) => Seen::Error(format!("unparsable: {e}")),
         },
         Proto::Classic => match serde_json::from_slice::<ClassicIn>(value) {
-            Ok(v) if v.msgid == 6 || v.msgid == 10 => match v.msg.and_then(tag_of) {
-                Some((t_ns, sender, seq)) => Seen::Message {
-                    id: 0,
-                    t_ns,
-                    sender,
-                    seq,
-                },
-                None => Seen::Other,
-            },
+            Ok(v) if v.msgid == 6 || v.msgid == 10 => seen_message(0, v.msg),
             Ok(v) if v.msgid == 100 => Seen::Error(v.code.unwrap_or("?").to_string()),
             Ok(_) => Seen::Other,
             Err(e) => Seen::Error(format!("unparsable: {e}")),
@@ -283,15 +280,7 @@ pub fn decode(proto: Proto, value: &[u8]) -> Seen {
         Proto::Relay => {
             // "from\ttext"
             let text = std::str::from_utf8(value).unwrap_or("");
-            match text.split_once('\t').and_then(|(_, t)| tag_of(t)) {
-                Some((t_ns, sender, seq)) => Seen::Message {
-                    id: 0,
-                    t_ns,
-                    sender,
-                    seq,
-                },
-                None => Seen::Other,
-            }
+            seen_message(0, text.split_once('\t').map(|(_, t)| t))
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::apply::is_registered;
 use crate::dialect::Who;
 use crate::ids::{Gid, Uid};
 use crate::model::{OpBody, User};
-use crate::rules::{self, Ctx};
+use crate::rules;
 use serde_json::{json, Value};
 
 pub enum AdminReq {
@@ -218,16 +218,9 @@ impl Hub {
 
     /// Run a command through the rules as the operator (no session).
     fn admin_decide(&mut self, cmd: Command) -> Result<Reply, String> {
-        let (by_user, remote) = (&self.by_user, &self.remote);
-        let online = |u: Uid| by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u));
-        let mut cx = Ctx {
-            clock: &mut self.clock,
-            ids: &mut self.ids,
-            names: &mut self.names,
-            limits: &self.batch_limits,
-            online: &online,
-        };
-        let d = rules::decide(&self.store, &mut cx, None, cmd).map_err(|e| e.message)?;
+        let d = self
+            .with_rules(|store, cx| rules::decide(store, cx, None, cmd))
+            .map_err(|e| e.message)?;
         for (stamp, body) in d.ops {
             self.commit(stamp, body);
         }

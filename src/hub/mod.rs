@@ -341,6 +341,15 @@ pub struct Hub {
 
 /// A storage failure leaves the hub unable to keep its promises; stop and
 /// let the supervisor restart chatd from the log.
+/// Whether a user has a session here (`by_user`) or on another node.
+fn online_in(
+    by_user: &HashMap<Uid, Vec<SessionId>>,
+    remote: &HashMap<NodeId, HashSet<Uid>>,
+    u: Uid,
+) -> bool {
+    by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u))
+}
+
 fn fatal(e: StoreError) -> ! {
     tracing::error!(error = %e, "storage failure; exiting");
     std::process::exit(1);
@@ -515,7 +524,22 @@ impl Hub {
 
     /// Whether a user has a session on any node.
     fn online(&self, u: Uid) -> bool {
-        self.by_user.contains_key(&u) || self.remote.values().any(|s| s.contains(&u))
+        online_in(&self.by_user, &self.remote, u)
+    }
+
+    /// Run chat rules against the store, with this hub's clock, ids, names,
+    /// limits and presence.
+    fn with_rules<R>(&mut self, f: impl FnOnce(&Store, &mut Ctx) -> R) -> R {
+        let (by_user, remote) = (&self.by_user, &self.remote);
+        let online = |u: Uid| online_in(by_user, remote, u);
+        let mut cx = Ctx {
+            clock: &mut self.clock,
+            ids: &mut self.ids,
+            names: &mut self.names,
+            limits: &self.batch_limits,
+            online: &online,
+        };
+        f(&self.store, &mut cx)
     }
 
     /// Apply another node's operations in order: skip what we have, stop at
@@ -592,16 +616,7 @@ impl Hub {
             self.detach(id);
             return self.reply(id, ctx, Ok(Reply::LoggedOut));
         }
-        let (by_user, remote) = (&self.by_user, &self.remote);
-        let online = |u: Uid| by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u));
-        let mut cx = Ctx {
-            clock: &mut self.clock,
-            ids: &mut self.ids,
-            names: &mut self.names,
-            limits: &self.batch_limits,
-            online: &online,
-        };
-        match rules::decide(&self.store, &mut cx, who, cmd) {
+        match self.with_rules(|store, cx| rules::decide(store, cx, who, cmd)) {
             Err(e) => self.reply(id, ctx, Err(e)),
             Ok(d) => {
                 // The reply goes out before the pushes the change causes.
@@ -683,19 +698,9 @@ impl Hub {
         }
         self.attach(id, user);
         let roster = match ctx {
-            ReqCtx::Classic { .. } => {
-                let (by_user, remote) = (&self.by_user, &self.remote);
-                let online =
-                    |u: Uid| by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u));
-                let mut cx = Ctx {
-                    clock: &mut self.clock,
-                    ids: &mut self.ids,
-                    names: &mut self.names,
-                    limits: &self.batch_limits,
-                    online: &online,
-                };
-                rules::roster(&self.store, &mut cx, user).ok()
-            }
+            ReqCtx::Classic { .. } => self
+                .with_rules(|store, cx| rules::roster(store, cx, user))
+                .ok(),
             ReqCtx::Native { .. } => None,
         };
         let sessions = self.by_user.get(&user).map_or(1, Vec::len);

@@ -444,14 +444,17 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    /// Ops of `origin` with sequence numbers after `after`, oldest first.
-    pub fn read(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
-        let log = self
-            .log
+    fn tree(&self) -> Result<sled::Tree> {
+        self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))?;
+            .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))
+    }
+
+    /// Ops of `origin` with sequence numbers after `after`, oldest first.
+    pub fn read(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
+        let log = self.tree()?;
         let mut out = Vec::new();
         // Start with the segment holding `after + 1`.
         let start = match log
@@ -469,6 +472,30 @@ impl LogReader {
                 out.truncate(max);
                 break;
             }
+        }
+        Ok(out)
+    }
+
+    /// Raw log segments of `origin` (key's first sequence number and stored
+    /// bytes), starting after segment `after` and holding ops up to `upto`.
+    pub fn segments(
+        &self,
+        origin: NodeId,
+        after: Option<u64>,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let log = self.tree()?;
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(log_key(origin, a).to_vec()),
+            None => std::ops::Bound::Included(log_key(origin, 0).to_vec()),
+        };
+        let end = std::ops::Bound::Included(log_key(origin, upto).to_vec());
+        let mut out = Vec::new();
+        for r in log.range((start, end)).take(max) {
+            let (k, v) = r?;
+            let (_, first) = parse_log_key(&k)?;
+            out.push((first, v.to_vec()));
         }
         Ok(out)
     }
@@ -1059,37 +1086,6 @@ impl Store {
             n += flush::frames(&v)?.len() as u64;
         }
         Ok(n)
-    }
-}
-
-impl LogReader {
-    /// Raw log segments of `origin` (key's first sequence number and stored
-    /// bytes), starting after segment `after` and holding ops up to `upto`.
-    pub fn segments(
-        &self,
-        origin: NodeId,
-        after: Option<u64>,
-        upto: u64,
-        max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let log = self
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))?;
-        let start = match after {
-            Some(a) => std::ops::Bound::Excluded(log_key(origin, a).to_vec()),
-            None => std::ops::Bound::Included(log_key(origin, 0).to_vec()),
-        };
-        let end = std::ops::Bound::Included(log_key(origin, upto).to_vec());
-        let mut out = Vec::new();
-        for r in log.range((start, end)).take(max) {
-            let (k, v) = r?;
-            let (_, first) = parse_log_key(&k)?;
-            out.push((first, v.to_vec()));
-        }
-        Ok(out)
     }
 }
 
