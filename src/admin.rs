@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The socket's file name inside the data directory.
@@ -112,20 +111,9 @@ async fn connection(stream: UnixStream, ctx: Ctx) {
         let (reply, backup) = match req {
             Err(e) => (e, None),
             Ok(req) if req.get("cmd").and_then(Value::as_str) == Some("backup") => {
-                match ask(&ctx.hub, |reply| HubMsg::Admin {
-                    req: AdminReq::BackupPoint,
-                    reply,
-                })
-                .await
-                {
-                    Some(Ok(v)) => {
-                        let mut r = v.clone();
-                        r["ok"] = json!(true);
-                        (r, Some(v))
-                    }
-                    Some(Err(e)) => (fail(e), None),
-                    None => (fail("chatd is shutting down"), None),
-                }
+                let point = admin(&ctx, AdminReq::BackupPoint).await;
+                let ok = point["ok"] == json!(true);
+                (point.clone(), ok.then_some(point))
             }
             Ok(req) => (handle(&ctx, &req).await, None),
         };
@@ -176,16 +164,8 @@ fn fail(msg: impl Into<String>) -> Value {
     json!({"ok": false, "error": msg.into()})
 }
 
-async fn ask<T>(hub: &HubHandle, make: impl FnOnce(oneshot::Sender<T>) -> HubMsg) -> Option<T> {
-    let (tx, rx) = oneshot::channel();
-    if !hub.send(make(tx)).await {
-        return None;
-    }
-    rx.await.ok()
-}
-
 async fn admin(ctx: &Ctx, req: AdminReq) -> Value {
-    match ask(&ctx.hub, |reply| HubMsg::Admin { req, reply }).await {
+    match ctx.hub.ask(|reply| HubMsg::Admin { req, reply }).await {
         Some(Ok(mut v)) => {
             v["ok"] = json!(true);
             v
@@ -266,7 +246,7 @@ async fn run(ctx: &Ctx, req: &Value) -> Result<Value, Value> {
                 json!({"ok": true, "node": ctx.hub.node(), "members": [], "refused": 0, "standalone": true})
             }
         },
-        "digest" => match ask(&ctx.hub, |reply| HubMsg::Digest { reply }).await {
+        "digest" => match ctx.hub.ask(|reply| HubMsg::Digest { reply }).await {
             Some(Ok(d)) => json!({
                 "ok": true,
                 "digest": d.hash,

@@ -122,13 +122,9 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(Meta, Summary), String> 
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let mut store =
         Store::open(StoreOptions::at(data_dir.join("db"))).map_err(|e| e.to_string())?;
-    store
-        .meta_put("node", &meta.node.to_be_bytes())
-        .map_err(|e| e.to_string())?;
+    crate::mesh::store_node(&store, meta.node)?;
     if let Some(uuid) = &meta.uuid {
-        store
-            .meta_put("uuid", uuid.as_bytes())
-            .map_err(|e| e.to_string())?;
+        crate::mesh::store_uuid(&store, uuid)?;
     }
     let mut segments = 0;
     let summary = loop {
@@ -173,14 +169,10 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(Meta, Summary), String> 
 /// Back up a stopped node's data directory (refused while chatd runs there).
 pub fn backup_offline(data_dir: &Path, file: &Path) -> Result<Summary, String> {
     let store = Store::open(StoreOptions::at(data_dir.join("db"))).map_err(|e| e.to_string())?;
-    let node = match store.meta_get("node").map_err(|e| e.to_string())? {
-        Some(v) if v.len() == 2 => u16::from_be_bytes([v[0], v[1]]),
-        _ => return Err(format!("{} holds no chatd node", data_dir.display())),
+    let Some(node) = crate::mesh::stored_node(&store)? else {
+        return Err(format!("{} holds no chatd node", data_dir.display()));
     };
-    let uuid = store
-        .meta_get("uuid")
-        .map_err(|e| e.to_string())?
-        .and_then(|v| String::from_utf8(v).ok());
+    let uuid = crate::mesh::stored_uuid(&store)?;
     let meta = Meta {
         node,
         uuid,

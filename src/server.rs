@@ -158,11 +158,7 @@ impl Server {
 
     /// Whether the hub answers (for the watchdog).
     pub async fn alive(&self) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.hub.send(crate::hub::HubMsg::Ping { reply: tx }).await
-            && tokio::time::timeout(Duration::from_secs(2), rx)
-                .await
-                .is_ok()
+        self.hub.ping(Duration::from_secs(2)).await
     }
 
     /// Take new settings where that makes sense without a restart (limits,

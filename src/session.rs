@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Bytes gathered for one write before it is made.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -329,8 +329,8 @@ async fn with_password(incoming: Incoming, id: SessionId, shared: &Shared) -> Op
         result: Err(e),
     };
     let msg = match incoming {
-        Incoming::Command(ctx, cmd) => HubMsg::Request { id, ctx, cmd },
-        Incoming::Invalid(ctx, e) => echo(ctx, e),
+        // `dispatch` hands these to `plain` first.
+        other @ (Incoming::Command(..) | Incoming::Invalid(..)) => plain(other, id).ok()?,
         Incoming::Register {
             ctx,
             name,
@@ -407,11 +407,8 @@ async fn credentials(
     id: SessionId,
     who: Option<dialect::Who>,
 ) -> Option<Option<(crate::ids::Uid, String)>> {
-    let (tx, rx) = oneshot::channel();
-    if !hub.send(HubMsg::Credentials { id, who, reply: tx }).await {
-        return None;
-    }
-    rx.await.ok()
+    hub.ask(|reply| HubMsg::Credentials { id, who, reply })
+        .await
 }
 
 struct Writer {
@@ -568,20 +565,12 @@ impl Writer {
         let mut after = None;
         loop {
             self.flush().await?;
-            let (tx, rx) = oneshot::channel();
+            let id = self.link.id;
             let asked = self
                 .shared
                 .hub
-                .send(HubMsg::Replay {
-                    id: self.link.id,
-                    after,
-                    reply: tx,
-                })
-                .await;
-            if !asked {
-                return Err(Stop::Gone);
-            }
-            let Ok((ticket, page)) = rx.await else {
+                .ask(|reply| HubMsg::Replay { id, after, reply });
+            let Some((ticket, page)) = asked.await else {
                 return Err(Stop::Gone);
             };
             self.wait_durable(ticket).await?;

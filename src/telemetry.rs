@@ -21,7 +21,7 @@
 //! the node is in a cluster with other members and can reach none of them
 //! (503).
 
-use crate::hub::{HubHandle, HubMsg};
+use crate::hub::HubHandle;
 use crate::mesh::Mesh;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
@@ -183,12 +183,7 @@ fn mesh_gauges(mesh: &Mesh) {
 /// Healthy: the hub answers, and (in a cluster with other members) at least
 /// one of them is reachable.
 async fn health(hub: &HubHandle, mesh: Option<&Mesh>) -> (bool, Option<String>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let alive = hub.send(HubMsg::Ping { reply: tx }).await
-        && tokio::time::timeout(Duration::from_secs(1), rx)
-            .await
-            .is_ok();
-    if !alive {
+    if !hub.ping(Duration::from_secs(1)).await {
         return (false, Some("the hub does not answer".into()));
     }
     if let Some(m) = mesh {

@@ -197,15 +197,13 @@ impl Hub {
                 Ok(json!({"online_here": online}))
             }
             AdminReq::BackupPoint => {
-                let uuid = self
-                    .store
-                    .meta_get("uuid")
-                    .map_err(|e| e.to_string())?
-                    .and_then(|v| String::from_utf8(v).ok());
+                let uuid = crate::mesh::stored_uuid(&self.store)?;
+                // What is durable: every segment up to it is in the log.
+                let position = self.store.durable().borrow().position.clone();
                 Ok(json!({
                     "node": self.node,
                     "uuid": uuid,
-                    "position": self.store.applied(),
+                    "position": *position,
                 }))
             }
         }

@@ -254,6 +254,22 @@ impl HubHandle {
         }
     }
 
+    /// Send a message that carries a reply channel, and await the reply.
+    /// None once the hub has stopped.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> HubMsg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// Whether the hub answers within `limit`.
+    pub async fn ping(&self, limit: Duration) -> bool {
+        let reply = self.ask(|reply| HubMsg::Ping { reply });
+        matches!(tokio::time::timeout(limit, reply).await, Ok(Some(())))
+    }
+
     pub fn durable(&self) -> watch::Receiver<crate::store::Durable> {
         self.durable.clone()
     }
@@ -278,10 +294,7 @@ impl HubHandle {
 
     /// Say goodbye to every session, write everything down, stop.
     pub async fn shutdown(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.send(HubMsg::Shutdown { done }).await {
-            let _ = wait.await;
-        }
+        self.ask(|done| HubMsg::Shutdown { done }).await;
     }
 }
 

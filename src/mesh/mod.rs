@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wire::{Frame, MemberInfo};
 
@@ -70,18 +70,31 @@ pub struct Prepared {
     members_file: PathBuf,
     known: Vec<MemberInfo>,
     seeds: Vec<String>,
-    peer_timeout: Duration,
 }
 
 fn meta_uuid(store: &Store) -> Result<String, String> {
-    if let Some(v) = store.meta_get("uuid").map_err(|e| e.to_string())? {
-        return String::from_utf8(v).map_err(|_| "corrupt node uuid".to_string());
+    if let Some(uuid) = stored_uuid(store)? {
+        return Ok(uuid);
     }
     let uuid = format!("{:032x}", rand::random::<u128>());
+    store_uuid(store, &uuid)?;
+    Ok(uuid)
+}
+
+/// The node's uuid, if it has one yet.
+pub fn stored_uuid(store: &Store) -> Result<Option<String>, String> {
+    match store.meta_get("uuid").map_err(|e| e.to_string())? {
+        Some(v) => String::from_utf8(v)
+            .map(Some)
+            .map_err(|_| "corrupt node uuid in the data directory".to_string()),
+        None => Ok(None),
+    }
+}
+
+pub fn store_uuid(store: &Store, uuid: &str) -> Result<(), String> {
     store
         .meta_put("uuid", uuid.as_bytes())
-        .map_err(|e| e.to_string())?;
-    Ok(uuid)
+        .map_err(|e| e.to_string())
 }
 
 pub fn stored_node(store: &Store) -> Result<Option<NodeId>, String> {
@@ -196,7 +209,6 @@ pub async fn prepare(
         members_file,
         known,
         seeds: settings.join,
-        peer_timeout: settings.peer_timeout,
     })
 }
 
@@ -357,7 +369,6 @@ impl Mesh {
             offers: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         });
-        let _ = p.peer_timeout;
         for m in p.known {
             inner.add_member(m);
         }
@@ -415,11 +426,6 @@ impl Mesh {
     /// The UDP address the mesh listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.endpoint.local_addr().ok()
-    }
-
-    /// The address peers dial (what this node advertises).
-    pub fn advertised(&self) -> &str {
-        &self.inner.me.addr
     }
 
     /// Close every link.
@@ -736,16 +742,11 @@ impl Sender {
     }
 
     async fn send_presence_table(&self, send: &mut quinn::SendStream) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        if !self
-            .inner
-            .hub
-            .send(HubMsg::LocalPresence { reply: tx })
+        let hub = &self.inner.hub;
+        let online = hub
+            .ask(|reply| HubMsg::LocalPresence { reply })
             .await
-        {
-            return Err("hub stopped".into());
-        }
-        let online = rx.await.map_err(|_| "hub stopped".to_string())?;
+            .ok_or_else(|| "hub stopped".to_string())?;
         self.write(
             send,
             &Frame::Presence {

@@ -349,30 +349,45 @@ impl Durability {
 /// Write ops as log segments of at most [`RECORD_MAX_BYTES`] each (a
 /// single bigger op makes a segment of its own).
 fn insert_segments(log: &sled::Tree, origin: NodeId, ops: &[Op]) -> Result<()> {
-    let mut start = 0;
-    let mut bytes = 0;
-    let mut one = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        one.clear();
-        let _ = bincode::serde::encode_into_std_write(op, &mut one, bincode::config::standard());
-        if i > start && bytes + one.len() > RECORD_MAX_BYTES - 16 {
-            insert_segment(log, origin, &ops[start..i])?;
-            start = i;
-            bytes = 0;
-        }
-        bytes += one.len();
-    }
-    if start < ops.len() {
-        insert_segment(log, origin, &ops[start..])?;
+    for (first, bytes) in log_segments(ops) {
+        log.insert(log_key(origin, first), bytes)?;
     }
     Ok(())
 }
 
-fn insert_segment(log: &sled::Tree, origin: NodeId, ops: &[Op]) -> Result<()> {
-    if let Some(first) = ops.first() {
-        log.insert(log_key(origin, first.seq), encode(ops))?;
+/// Ops cut into segments of at most [`RECORD_MAX_BYTES`] each: (seq of the
+/// first op, the bytes `encode` makes of those ops as a slice). This runs
+/// on the commit thread every reply waits for, so each op is encoded once:
+/// a slice is its length (a varint) followed by its elements.
+fn log_segments(ops: &[Op]) -> Vec<(u64, Vec<u8>)> {
+    let config = bincode::config::standard();
+    let finish = |n: u64, body: &[u8]| {
+        let mut out = Vec::with_capacity(body.len() + 10);
+        out.push(FORMAT);
+        let _ = bincode::serde::encode_into_std_write(n, &mut out, config);
+        out.extend_from_slice(body);
+        out
+    };
+    let mut out = Vec::new();
+    let (mut first, mut n, mut body) = (0, 0u64, Vec::new());
+    let mut one = Vec::new();
+    for op in ops {
+        one.clear();
+        let _ = bincode::serde::encode_into_std_write(op, &mut one, config);
+        if n > 0 && body.len() + one.len() > RECORD_MAX_BYTES - 16 {
+            out.push((first, finish(n, &body)));
+            (n, body) = (0, Vec::new());
+        }
+        if n == 0 {
+            first = op.seq;
+        }
+        body.extend_from_slice(&one);
+        n += 1;
     }
-    Ok(())
+    if n > 0 {
+        out.push((first, finish(n, &body)));
+    }
+    out
 }
 
 /// The resend filter: each user's last few client message ids. Kept in
@@ -427,8 +442,6 @@ pub struct Store {
     durable_rx: watch::Receiver<Durable>,
     ticket: u64,
     applied: Position,
-    /// The highest stamp in the log, so the clock restarts above it.
-    last_stamp: Stamp,
     /// The stamp of the last op of each origin in the log.
     last_stamps: BTreeMap<NodeId, Stamp>,
     opts: StoreOptions,
@@ -631,15 +644,18 @@ impl Store {
             durable_rx,
             ticket: 0,
             applied: Position::new(),
-            last_stamp: Stamp::ZERO,
             last_stamps: BTreeMap::new(),
             opts,
             last_rotate: Instant::now(),
             recent_cids: RecentCids::default(),
         };
         let (applied, last_stamps) = store.log_end()?;
+        // Whatever the log held at start is on disk.
+        store.durability.flushed.send_replace(Durable {
+            ticket: 0,
+            position: Arc::new(applied.clone()),
+        });
         store.applied = applied;
-        store.last_stamp = last_stamps.values().copied().max().unwrap_or_default();
         store.last_stamps = last_stamps;
         Ok(store)
     }
@@ -675,8 +691,9 @@ impl Store {
         &self.last_stamps
     }
 
+    /// The highest stamp in the log, so the clock restarts above it.
     pub fn last_stamp(&self) -> Stamp {
-        self.last_stamp
+        self.last_stamps.values().copied().max().unwrap_or_default()
     }
 
     /// The tables were checkpointed at this log position.
@@ -737,11 +754,9 @@ impl Store {
         }
         if let Some(last) = ops.last() {
             self.applied.insert(origin, last.seq);
+            // An origin stamps its ops in sequence order.
+            self.last_stamps.insert(origin, last.stamp);
         }
-        self.last_stamp = ops
-            .iter()
-            .map(|op| op.stamp)
-            .fold(self.last_stamp, Stamp::max);
         self.durability.append(origin, ops);
         self.ticket += 1;
         Ok(())
@@ -1100,5 +1115,65 @@ impl Store {
             )));
         }
         self.append_log(origin, ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{OpBody, Target};
+
+    #[test]
+    fn last_stamps_follow_the_log() {
+        let mut s = Store::open(StoreOptions::temporary()).unwrap();
+        let op = |origin: NodeId, seq: u64, millis: u64| Op {
+            origin,
+            seq,
+            stamp: Stamp(millis << 22 | u64::from(origin)),
+            body: OpBody::Notice { text: "hi".into() },
+        };
+        s.append_log(1, vec![op(1, 1, 10), op(1, 2, 20)]).unwrap();
+        s.append_log(2, vec![op(2, 1, 15)]).unwrap();
+        assert_eq!(s.last_stamps().get(&1), Some(&op(1, 2, 20).stamp));
+        assert_eq!(s.last_stamps().get(&2), Some(&op(2, 1, 15).stamp));
+        assert_eq!(s.last_stamp(), op(1, 2, 20).stamp);
+    }
+
+    #[test]
+    fn log_segments_are_encoded_slices_and_stay_small() {
+        let ops: Vec<Op> = (1..=400u64)
+            .map(|seq| Op {
+                origin: 3,
+                seq,
+                stamp: Stamp(seq << 22 | 3),
+                body: OpBody::Send {
+                    from: crate::ids::Uid(1),
+                    to: Target::User(crate::ids::Uid(2)),
+                    // Mostly small, now and then a text bigger than a segment.
+                    text: "x".repeat(if seq % 97 == 0 {
+                        9000
+                    } else {
+                        seq as usize % 300
+                    }),
+                    cid: None,
+                    time: None,
+                },
+            })
+            .collect();
+        let segments = log_segments(&ops);
+        assert!(segments.len() > 10, "{}", segments.len());
+        let mut next = 0;
+        for (first, bytes) in &segments {
+            let part: Vec<Op> = decode(bytes).unwrap();
+            assert_eq!(part[0].seq, *first);
+            assert_eq!(*bytes, encode(&ops[next..next + part.len()]));
+            assert!(
+                part.len() == 1 || bytes.len() <= RECORD_MAX_BYTES,
+                "{}",
+                bytes.len()
+            );
+            next += part.len();
+        }
+        assert_eq!(next, ops.len());
     }
 }
