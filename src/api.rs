@@ -8,12 +8,26 @@ use crate::model::{Message, Role, Target};
 use std::fmt;
 use std::sync::Arc;
 
+/// How a login names its user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    Id(Uid),
+    Name(String),
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// `hash` is the argon2id hash of the password, computed off the hub.
+    /// `id` is an id the client chose (the Go chatroom's register); `None`
+    /// lets this node allocate one.
     Register {
         name: String,
         hash: String,
+        id: Option<Uid>,
+    },
+    /// Enter the lobby as a guest (no account, no password) called `name`.
+    GuestLogin {
+        name: String,
     },
     Logout,
     /// `old_hash` is the hash the old password was checked against.
@@ -59,9 +73,24 @@ pub enum Command {
         user: Uid,
     },
     Friends,
+    /// Friends and groups together, in one list.
+    Contacts,
+    /// Users (and, when asked, groups) whose id is the query or whose
+    /// name contains it.
     Search {
         query: String,
+        users: bool,
+        groups: bool,
     },
+    /// A private message to the guest called `name` on this node, who must
+    /// be here now.
+    SendToGuest {
+        name: String,
+        text: String,
+    },
+    /// The messages waiting for the user, in a reply (for clients that ask
+    /// for them rather than being sent them at login).
+    Pending,
     GroupCreate {
         name: String,
         desc: String,
@@ -145,6 +174,61 @@ pub struct MsgView {
     pub from_name: Arc<str>,
 }
 
+/// What a session needs to be served well, set by its dialect and read by
+/// the hub: data, so the hub never needs to know which dialect it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionTraits {
+    /// Friends and groups with members belong in the login reply.
+    pub roster_in_login: bool,
+    /// The lobby's online participants belong in the login reply.
+    pub room_in_login: bool,
+    /// Pending messages are sent right after login (otherwise the client
+    /// asks for them with `Pending`).
+    pub replay_at_login: bool,
+    /// The user joins the lobby at login if not a member yet.
+    pub joins_lobby: bool,
+    /// Receives the lobby's messages without being a member (guests).
+    pub room: bool,
+    /// Told when a lobby participant comes or goes.
+    pub room_presence: bool,
+    /// Wants to know when a group message reached nobody who is online.
+    pub report_alone: bool,
+    /// The client never pings: not closed for silence.
+    pub idle_exempt: bool,
+}
+
+impl SessionTraits {
+    pub fn to_bits(self) -> u16 {
+        [
+            self.roster_in_login,
+            self.room_in_login,
+            self.replay_at_login,
+            self.joins_lobby,
+            self.room,
+            self.room_presence,
+            self.report_alone,
+            self.idle_exempt,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0, |acc, (i, b)| acc | (u16::from(*b) << i))
+    }
+
+    pub fn from_bits(v: u16) -> SessionTraits {
+        let b = |i: u16| v & (1 << i) != 0;
+        SessionTraits {
+            roster_in_login: b(0),
+            room_in_login: b(1),
+            replay_at_login: b(2),
+            joins_lobby: b(3),
+            room: b(4),
+            room_presence: b(5),
+            report_alone: b(6),
+            idle_exempt: b(7),
+        }
+    }
+}
+
 /// What the classic login reply lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Roster {
@@ -159,6 +243,8 @@ pub enum Reply {
         user: UserRef,
         sessions: usize,
         roster: Option<Roster>,
+        /// Users online in the lobby (for `room_in_login` sessions).
+        room: Option<Vec<Uid>>,
     },
     LoggedOut,
     Ok,
@@ -167,6 +253,8 @@ pub enum Reply {
         id: MsgId,
         cid: Option<String>,
         duplicate: bool,
+        /// Nobody else in the group was online (for `report_alone` sessions).
+        alone: bool,
     },
     Acked {
         count: usize,
@@ -180,8 +268,26 @@ pub enum Reply {
         incoming: Vec<RequestView>,
         outgoing: Vec<UserRef>,
     },
-    Users(Vec<UserRef>),
+    Users {
+        users: Vec<UserRef>,
+        groups: Vec<GroupView>,
+    },
+    /// Friends and the user's groups (`Contacts`).
+    Contacts {
+        friends: Vec<FriendView>,
+        groups: Vec<GroupView>,
+    },
     Group(GroupView),
+    /// Joined this group.
+    Joined(GroupView),
+    /// Now friends with this user (the classic and sponge "add friend").
+    Befriended(UserRef),
+    /// Messages that were waiting (`Pending`), oldest first; `more` when
+    /// others follow as pushes.
+    Pending {
+        messages: Vec<MsgView>,
+        more: bool,
+    },
     Groups(Vec<GroupView>),
     Members {
         group: Gid,
@@ -227,7 +333,12 @@ pub enum Event {
         from: UserRef,
         text: String,
     },
-    FriendAdded(UserRef),
+    /// A friendship began with `user`; `by_you` when this user's own
+    /// request made it (its reply said so already).
+    FriendAdded {
+        user: UserRef,
+        by_you: bool,
+    },
     FriendRemoved(UserRef),
     FriendDeclined(UserRef),
     Group {
@@ -237,6 +348,11 @@ pub enum Event {
         by: Uid,
         name: Option<String>,
         desc: Option<String>,
+    },
+    /// Someone in the lobby came online or went offline.
+    RoomPresence {
+        user: UserRef,
+        online: bool,
     },
     Notice {
         text: String,
@@ -261,6 +377,7 @@ pub enum ErrorCode {
     InvalidCredentials,
     Banned,
     NameTaken,
+    IdTaken,
     InvalidName,
     InvalidPassword,
     UnknownUser,
@@ -299,6 +416,7 @@ impl ErrorCode {
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::Banned => "banned",
             ErrorCode::NameTaken => "name_taken",
+            ErrorCode::IdTaken => "id_taken",
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::InvalidPassword => "invalid_password",
             ErrorCode::UnknownUser => "unknown_user",

@@ -100,9 +100,26 @@ fn placeholder_group(id: Gid) -> Group {
 }
 
 /// Whether a user record is a live account: its registration has been
-/// applied and the operator has not deleted it.
+/// applied, the operator has not deleted it, and it is not a guest.
 pub fn is_registered(u: &User) -> bool {
+    has_name(u) && !u.id.is_guest()
+}
+
+/// Whether a user record has a name to show: a live account or a guest.
+pub fn has_name(u: &User) -> bool {
     u.created != Stamp::ZERO && !u.deleted
+}
+
+/// How a guest is shown everywhere: never mistakable for an account
+/// (registered names cannot end in "(guest)").
+pub fn guest_display_name(name: &str) -> String {
+    format!("{name} (guest)")
+}
+
+/// The node whose guest block holds a guest id.
+pub fn guest_node(u: Uid) -> crate::ids::NodeId {
+    let offset = u.0.saturating_sub(crate::ids::GUEST_BASE + 1);
+    (offset / crate::ids::GUEST_BLOCK + 1) as crate::ids::NodeId
 }
 
 pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
@@ -146,6 +163,20 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
             text: text.clone(),
             stamp: st,
         }),
+        OpBody::Guest { user, name } => {
+            let mut u = s.user(*user)?.unwrap_or_else(|| placeholder_user(*user));
+            // The earliest record of a guest id is the one kept.
+            if u.created == Stamp::ZERO || st < u.created {
+                u.created = st;
+                u.name = guest_display_name(name);
+                s.put_user(&u);
+                s.set_guest(guest_node(*user), name, *user);
+                fx.push(Effect::Renamed {
+                    user: *user,
+                    name: u.name.clone(),
+                });
+            }
+        }
         OpBody::Link {
             actor,
             other,
@@ -200,7 +231,9 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
             let mut g = s
                 .group(*group)?
                 .unwrap_or_else(|| placeholder_group(*group));
-            if g.created == Stamp::ZERO {
+            // The lobby is created by every node that serves it (same id):
+            // the earliest creation is the one kept, whatever the order.
+            if g.created == Stamp::ZERO || st < g.created {
                 g.created = st;
                 g.creator = *creator;
             }
@@ -213,16 +246,19 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
                 g.desc_stamp = st;
             }
             s.put_group(&g);
-            set_role(
-                s,
-                st,
-                *group,
-                *creator,
-                Some(Role::Creator),
-                *creator,
-                st,
-                &mut fx,
-            )?;
+            // A group made by the system (the lobby) has no creator member.
+            if *creator != Uid(0) {
+                set_role(
+                    s,
+                    st,
+                    *group,
+                    *creator,
+                    Some(Role::Creator),
+                    *creator,
+                    st,
+                    &mut fx,
+                )?;
+            }
         }
         OpBody::UpdateGroup {
             group,
@@ -395,6 +431,7 @@ fn set_role(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::LOBBY;
     use crate::model::Target;
     use crate::store::StoreOptions;
 
@@ -436,8 +473,8 @@ mod tests {
         for g in s.groups() {
             let g = g.unwrap();
             out.push(format!(
-                "group {} {} {} {}",
-                g.id, g.name, g.desc, g.dissolved
+                "group {} {} {} {} created {} by {}",
+                g.id, g.name, g.desc, g.dissolved, g.created, g.creator
             ));
             for (u, m) in s.members(g.id).unwrap() {
                 out.push(format!("member {} {} {:?} {}", g.id, u, m.role, m.since));
@@ -563,6 +600,49 @@ mod tests {
                     remark: "bobby".into(),
                 },
             ),
+            // Two nodes make the lobby at once; one renames it later.
+            op(
+                2,
+                6,
+                112,
+                OpBody::CreateGroup {
+                    group: LOBBY,
+                    creator: Uid(0),
+                    name: "lobby".into(),
+                    desc: "d".into(),
+                },
+            ),
+            op(
+                1,
+                8,
+                113,
+                OpBody::CreateGroup {
+                    group: LOBBY,
+                    creator: Uid(0),
+                    name: "lobby".into(),
+                    desc: "d".into(),
+                },
+            ),
+            op(
+                1,
+                9,
+                114,
+                OpBody::UpdateGroup {
+                    group: LOBBY,
+                    actor: Uid(0),
+                    name: Some("hall".into()),
+                    desc: None,
+                },
+            ),
+            op(
+                2,
+                7,
+                115,
+                OpBody::Guest {
+                    user: Uid(*crate::ids::guest_block(2).start()),
+                    name: "carol".into(),
+                },
+            ),
         ]
     }
 
@@ -582,6 +662,21 @@ mod tests {
             .any(|l| l.starts_with("member 7 2 Some(Member)")
                 && l.ends_with(&(108u64 << 22 | 1).to_string())));
         assert!(expected.iter().any(|l| l == "edge 1 2 Friends bobby"));
+        let lobby = format!(
+            "group {LOBBY} hall d false created {} by 0",
+            112u64 << 22 | 2
+        );
+        assert!(expected.contains(&lobby), "{expected:?}");
+        assert!(
+            !expected
+                .iter()
+                .any(|l| l.starts_with(&format!("member {LOBBY} "))),
+            "the lobby has no creator member"
+        );
+        let guest = *crate::ids::guest_block(2).start();
+        assert!(expected
+            .iter()
+            .any(|l| l.starts_with(&format!("user {guest} carol (guest) "))));
         assert!(expected.iter().any(|l| l == "user 2 bob new"));
         // Reversed, and a few rotations, and everything applied twice.
         let mut rev = ops.clone();

@@ -5,6 +5,7 @@
 //! How: the file's values become clap's defaults before the command line is
 //! parsed, so clap applies the precedence itself.
 
+use crate::dialect::Listen;
 use clap::Parser;
 use serde::Serialize;
 use std::ffi::OsString;
@@ -42,6 +43,19 @@ pub struct Settings {
     /// Client TCP address (both dialects share it).
     #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:6000")]
     pub listen: SocketAddr,
+
+    /// A dialect on a port of its own, `NAME=ADDR`, NAME one of go-chatroom,
+    /// c-chatroom, epoll-chatroom (the seed chatrooms' clients), native,
+    /// classic or sponge. Repeatable; comma-separated in
+    /// CHATD_LISTEN_DIALECT. Off unless given.
+    #[arg(long = "listen-dialect", env = "CHATD_LISTEN_DIALECT", value_delimiter = ',',
+          value_parser = check_dialect_listen)]
+    pub listen_dialect: Vec<String>,
+
+    /// Name of the lobby: the one group (per cluster) where the room-style
+    /// clients (Go, C and epoll chatrooms) chat, and which anyone may join.
+    #[arg(long, env = "CHATD_LOBBY", default_value = "lobby")]
+    pub lobby: String,
 
     /// Largest JSON value a client may send, in bytes.
     #[arg(long, env = "CHATD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -159,6 +173,28 @@ pub struct Settings {
     )]
     #[serde(skip)]
     pub fault_commit_delay_ms: u64,
+}
+
+fn split_dialect_listen(v: &str) -> Result<(Listen, SocketAddr), String> {
+    let (name, addr) = v
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=ADDR, got {v:?}"))?;
+    let listen = Listen::from_name(name.trim()).ok_or_else(|| {
+        format!(
+            "unknown dialect {:?} (one of: {})",
+            name.trim(),
+            Listen::NAMES
+        )
+    })?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad address {:?}: {e}", addr.trim()))?;
+    Ok((listen, addr))
+}
+
+fn check_dialect_listen(v: &str) -> Result<String, String> {
+    split_dialect_listen(v).map(|_| v.trim().to_string())
 }
 
 /// Settings that must not come from the config file.
@@ -294,6 +330,22 @@ impl Settings {
         })
     }
 
+    /// The dialects with ports of their own.
+    pub fn dialect_listeners(&self) -> Vec<(Listen, SocketAddr)> {
+        self.listen_dialect
+            .iter()
+            .filter_map(|v| split_dialect_listen(v).ok())
+            .collect()
+    }
+
+    /// The lobby's name, when some listener serves room-style clients.
+    pub fn lobby_needed(&self) -> Option<String> {
+        self.dialect_listeners()
+            .iter()
+            .any(|(l, _)| l.is_room())
+            .then(|| self.lobby.clone())
+    }
+
     /// The settings as a TOML document (what `--check-config` prints).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
@@ -308,6 +360,12 @@ impl Settings {
         }
         if self.listen != new.listen {
             out.push("listen");
+        }
+        if self.listen_dialect != new.listen_dialect {
+            out.push("listen_dialect");
+        }
+        if self.lobby != new.lobby {
+            out.push("lobby");
         }
         if self.mesh_listen != new.mesh_listen || self.join != new.join {
             out.push("mesh_listen/join");

@@ -1,35 +1,193 @@
-//! Splitting a client's byte stream into values.
+//! Splitting a client's byte stream into values: the one place that
+//! decides how a connection's bytes become values.
 //!
-//! Clients send JSON values back to back, separated by newlines, NULs, other
-//! whitespace or nothing at all, and TCP splits or packs them any way it
-//! likes. [`JsonStream`] finds where each value ends without parsing it
-//! (counting brackets outside strings), resuming where it stopped when more
-//! bytes arrive, so a value split over many reads costs one scan.
+//! * [`JsonStream`]: JSON values back to back, separated by newlines, NULs,
+//!   other whitespace or nothing at all (chatd's protocol, the classic and
+//!   sponge dialects). It finds where each value ends without parsing it
+//!   (counting brackets outside strings), resuming where it stopped when
+//!   more bytes arrive, so a value split over many reads costs one scan.
+//!   It can skip the sponge client's keepalive text, the one thing on such
+//!   a stream that is not JSON.
+//! * [`LengthPrefixed`]: a 4-byte big-endian length, then that many bytes
+//!   (the Go chatroom).
+//! * [`Records`]: fixed-size binary records (the C and epoll chatrooms).
 //!
-//! [`detect`] is the seam for other framings: a length-prefixed dialect (4-byte
-//! big-endian length, then JSON) or fixed-size binary records would be
-//! recognised from a connection's first bytes and get their own splitter.
+//! TCP splits and packs all of them any way it likes; each splitter yields
+//! whole values only.
 
 /// How a connection frames its values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// JSON values separated by whitespace, NUL or nothing.
-    JsonStream,
+    /// JSON values separated by whitespace, NUL or nothing; `keepalive`:
+    /// skip the sponge client's `keep this socket alive` text.
+    JsonStream { keepalive: bool },
+    /// 4-byte big-endian length, then the value; longer than `max` is an error.
+    LengthPrefixed { max: usize },
+    /// Fixed-size records.
+    Records { size: usize },
 }
 
-/// Which framing a connection uses, from its first bytes (None: need more).
-/// Today every connection is a JSON stream.
-pub fn detect(first: &[u8]) -> Option<Framing> {
-    if first.is_empty() {
-        return None;
-    }
-    Some(Framing::JsonStream)
-}
+/// What the sponge client writes every five minutes to keep its socket open.
+pub const KEEPALIVE: &[u8] = b"keep this socket alive";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameError {
-    /// A value grew past the limit before it ended.
+    /// A value grew (or a length prefix announced one) past the limit.
     TooLarge,
+}
+
+/// A splitter of one of the framings.
+pub enum Framer {
+    Json(JsonStream),
+    Length(LengthPrefixed),
+    Records(Records),
+}
+
+impl Framer {
+    /// `max`: the largest value accepted (records are their own size).
+    pub fn new(framing: Framing, max: usize) -> Framer {
+        match framing {
+            Framing::JsonStream { keepalive } => {
+                let mut s = JsonStream::new(max);
+                s.skip_keepalive = keepalive;
+                Framer::Json(s)
+            }
+            Framing::LengthPrefixed { max: m } => Framer::Length(LengthPrefixed::new(m.min(max))),
+            Framing::Records { size } => Framer::Records(Records::new(size)),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        match self {
+            Framer::Json(s) => s.push(data),
+            Framer::Length(s) => s.buf.push(data),
+            Framer::Records(s) => s.buf.push(data),
+        }
+    }
+
+    pub fn next_value(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        match self {
+            Framer::Json(s) => s.next_value(),
+            Framer::Length(s) => s.next_value(),
+            Framer::Records(s) => Ok(s.next_value()),
+        }
+    }
+
+    /// Bytes received but not yet returned as part of a value.
+    pub fn buffered(&self) -> usize {
+        match self {
+            Framer::Json(s) => s.buffered(),
+            Framer::Length(s) => s.buf.len(),
+            Framer::Records(s) => s.buf.len(),
+        }
+    }
+
+    /// Give back memory an idle connection does not need.
+    pub fn shrink(&mut self) {
+        match self {
+            Framer::Json(s) => s.shrink(),
+            Framer::Length(s) => s.buf.shrink(),
+            Framer::Records(s) => s.buf.shrink(),
+        }
+    }
+}
+
+/// Received bytes not yet handed out, for the framings that know each
+/// value's size before they look inside it.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Pending {
+    fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= 64 * 1024) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn peek(&self, n: usize) -> Option<&[u8]> {
+        self.buf.get(self.start..self.start + n)
+    }
+
+    fn take(&mut self, skip: usize, n: usize) -> Option<&[u8]> {
+        let from = self.start + skip;
+        if self.buf.len() < from + n {
+            return None;
+        }
+        self.start = from + n;
+        Some(&self.buf[from..from + n])
+    }
+
+    fn shrink(&mut self) {
+        if self.start == self.buf.len() {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+}
+
+/// 4-byte big-endian length, then the value.
+pub struct LengthPrefixed {
+    buf: Pending,
+    max: usize,
+}
+
+impl LengthPrefixed {
+    pub fn new(max: usize) -> LengthPrefixed {
+        LengthPrefixed {
+            buf: Pending::default(),
+            max,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.push(data);
+    }
+
+    pub fn next_value(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let Some(head) = self.buf.peek(4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge);
+        }
+        Ok(self.buf.take(4, len))
+    }
+}
+
+/// Fixed-size records.
+pub struct Records {
+    buf: Pending,
+    size: usize,
+}
+
+impl Records {
+    pub fn new(size: usize) -> Records {
+        Records {
+            buf: Pending::default(),
+            size: size.max(1),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.push(data);
+    }
+
+    pub fn next_value(&mut self) -> Option<&[u8]> {
+        if self.buf.len() < self.size {
+            return None;
+        }
+        self.buf.take(0, self.size)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +208,8 @@ fn is_separator(b: u8) -> bool {
 }
 
 pub struct JsonStream {
+    /// Skip [`KEEPALIVE`] where a value could start.
+    pub skip_keepalive: bool,
     buf: Vec<u8>,
     /// Start of the value being scanned (or of unscanned bytes).
     start: usize,
@@ -62,6 +222,7 @@ pub struct JsonStream {
 impl JsonStream {
     pub fn new(max: usize) -> JsonStream {
         JsonStream {
+            skip_keepalive: false,
             buf: Vec::new(),
             start: 0,
             pos: 0,
@@ -102,6 +263,21 @@ impl JsonStream {
                 Scan::Between => {
                     if is_separator(b) {
                         self.start = self.pos + 1;
+                    } else if b == KEEPALIVE[0] && self.skip_keepalive {
+                        let rest = &self.buf[self.pos..];
+                        let n = rest.len().min(KEEPALIVE.len());
+                        if rest[..n] == KEEPALIVE[..n] {
+                            if n < KEEPALIVE.len() {
+                                // Maybe the keepalive, cut short: wait for more.
+                                self.start = self.pos;
+                                return Ok(None);
+                            }
+                            self.pos += KEEPALIVE.len();
+                            self.start = self.pos;
+                            continue;
+                        }
+                        self.start = self.pos;
+                        self.scan = Scan::Scalar;
                     } else {
                         self.start = self.pos;
                         self.scan = match b {
@@ -236,6 +412,57 @@ mod tests {
             assert!(s.next_value().unwrap().is_none());
         }
         assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn the_keepalive_text_is_skipped_whole_split_or_packed() {
+        let mut s = JsonStream::new(1 << 16);
+        s.skip_keepalive = true;
+        s.push(b"keep this socket alive{\"a\":1}keep this so");
+        assert_eq!(all(&mut s), vec!["{\"a\":1}"]);
+        s.push(b"cket alive");
+        assert!(s.next_value().unwrap().is_none());
+        s.push(b"{\"b\":2}");
+        assert_eq!(all(&mut s), vec!["{\"b\":2}"]);
+        assert_eq!(s.buffered(), 0);
+        // Anything else starting with k is not the keepalive.
+        s.push(b"kept ");
+        assert_eq!(all(&mut s), vec!["kept"]);
+        let mut plain = JsonStream::new(1 << 16);
+        plain.push(b"keep this socket alive ");
+        assert_eq!(all(&mut plain), vec!["keep", "this", "socket", "alive"]);
+    }
+
+    #[test]
+    fn length_prefixed_values_however_they_arrive() {
+        let mut f = Framer::new(Framing::LengthPrefixed { max: 10 }, 1 << 16);
+        let mut bytes = Vec::new();
+        for v in [&b"hello"[..], b"", b"0123456789"] {
+            bytes.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(v);
+        }
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(3) {
+            f.push(chunk);
+            while let Some(v) = f.next_value().unwrap() {
+                got.push(v.to_vec());
+            }
+        }
+        assert_eq!(got, vec![b"hello".to_vec(), vec![], b"0123456789".to_vec()]);
+        assert_eq!(f.buffered(), 0);
+        f.push(&11u32.to_be_bytes());
+        assert_eq!(f.next_value(), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn records_come_out_whole() {
+        let mut f = Framer::new(Framing::Records { size: 4 }, 1 << 16);
+        f.push(b"abcdefg");
+        assert_eq!(f.next_value().unwrap(), Some(&b"abcd"[..]));
+        assert_eq!(f.next_value().unwrap(), None);
+        f.push(b"hij");
+        assert_eq!(f.next_value().unwrap(), Some(&b"efgh"[..]));
+        assert_eq!(f.buffered(), 2);
     }
 
     proptest! {

@@ -28,9 +28,34 @@ pub fn id_block(node: NodeId) -> std::ops::RangeInclusive<u32> {
     base + 1..=base + ID_BLOCK - 1
 }
 
+/// Guests (lobby visitors without an account) have ids above every node's
+/// user block, so a guest's id is never a registered user's. Node `n` hands
+/// out `GUEST_BASE + (n-1)*GUEST_BLOCK + 1 ..= GUEST_BASE + n*GUEST_BLOCK`;
+/// with 1000 nodes that still fits an `int`.
+pub const GUEST_BASE: u32 = 2_000_000_000;
+pub const GUEST_BLOCK: u32 = 147_483;
+
+/// The guest ids node `node` may allocate.
+pub fn guest_block(node: NodeId) -> std::ops::RangeInclusive<u32> {
+    let base = GUEST_BASE + (u32::from(node) - 1) * GUEST_BLOCK;
+    base + 1..=base + GUEST_BLOCK
+}
+
+/// The lobby: one group per cluster with the same id on every node, where
+/// the room-style dialects chat. Its id lies outside every node's group
+/// block, so no node allocates it for anything else.
+pub const LOBBY: Gid = Gid(2_000_000_000);
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Uid(pub u32);
+
+impl Uid {
+    /// Whether this is a guest's id.
+    pub fn is_guest(self) -> bool {
+        self.0 > GUEST_BASE
+    }
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -153,6 +178,12 @@ mod tests {
         let last = id_block(MAX_NODE);
         assert!(*last.end() < i32::MAX as u32);
         assert!(id_block(1).end() < id_block(2).start());
+        assert!(*id_block(MAX_NODE).end() < GUEST_BASE);
+        assert!(*guest_block(MAX_NODE).end() <= i32::MAX as u32);
+        assert!(guest_block(1).end() < guest_block(2).start());
+        assert!(Uid(*guest_block(1).start()).is_guest());
+        assert!(!Uid(*id_block(MAX_NODE).end()).is_guest());
+        assert!(LOBBY.0 > *id_block(MAX_NODE).end() && LOBBY.0 <= i32::MAX as u32);
     }
 
     #[test]

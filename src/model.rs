@@ -226,6 +226,12 @@ pub enum OpBody {
     Notice {
         text: String,
     },
+    /// A guest (an id from the guest block of the node that made it) and
+    /// the name it gave. The guest's display name is `name (guest)`.
+    Guest {
+        user: Uid,
+        name: String,
+    },
 }
 
 impl Op {

@@ -10,9 +10,9 @@ use crate::api::{
     fail, ChatError, Command, ErrorCode, FriendView, GroupView, MemberView, MsgView, Reply,
     RequestView, Roster, UserRef,
 };
-use crate::apply::is_registered;
+use crate::apply::{guest_display_name, has_name, is_registered};
 use crate::config::{Limits, MAX_ACK_IDS};
-use crate::ids::{id_block, Clock, Gid, NodeId, Stamp, Uid};
+use crate::ids::{guest_block, id_block, Clock, Gid, NodeId, Stamp, Uid, LOBBY};
 use crate::model::{delivered_ops, Group, Link, Message, OpBody, Role, Target, User};
 use crate::store::schema::{conv_direct, conv_group};
 use crate::store::{merge::Merge, Store};
@@ -21,11 +21,14 @@ use std::sync::Arc;
 
 type Res<T> = Result<T, ChatError>;
 
-/// Allocates user and group ids from this node's block.
+/// Allocates user, guest and group ids from this node's blocks.
 #[derive(Debug)]
 pub struct IdAlloc {
+    node: NodeId,
     next_user: u32,
     next_group: u32,
+    next_guest: u32,
+    users: std::ops::RangeInclusive<u32>,
     end: u32,
 }
 
@@ -33,19 +36,45 @@ impl IdAlloc {
     pub fn new(s: &Store, node: NodeId) -> crate::store::Result<IdAlloc> {
         let block = id_block(node);
         let start = *block.start();
+        let guests = guest_block(node);
         Ok(IdAlloc {
+            node,
             next_user: s.max_uid(&block)?.map_or(start, |m| m + 1),
             next_group: s.max_gid(&block)?.map_or(start, |m| m + 1),
+            next_guest: s.max_uid(&guests)?.map_or(*guests.start(), |m| m + 1),
             end: *block.end(),
+            users: block,
         })
     }
 
-    fn user(&mut self) -> Res<Uid> {
-        if self.next_user > self.end {
-            return fail(ErrorCode::LimitReached, "this node has no user ids left");
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Whether `u` is an id this node may give to a new account.
+    pub fn owns_user_id(&self, u: Uid) -> bool {
+        self.users.contains(&u.0)
+    }
+
+    /// The next free user id. Ids clients chose themselves (the Go
+    /// chatroom's register) may sit anywhere in the block, so taken ones are
+    /// skipped, and once the top is reached the search starts again from
+    /// the bottom.
+    fn user(&mut self, s: &Store) -> Res<Uid> {
+        for _ in 0..2 {
+            while self.next_user <= self.end {
+                let id = Uid(self.next_user);
+                self.next_user += 1;
+                if s.user(id)?.is_none() {
+                    return Ok(id);
+                }
+            }
+            self.next_user = match s.first_free_uid(&self.users)? {
+                Some(free) => free,
+                None => break,
+            };
         }
-        self.next_user += 1;
-        Ok(Uid(self.next_user - 1))
+        fail(ErrorCode::LimitReached, "this node has no user ids left")
     }
 
     fn group(&mut self) -> Res<Gid> {
@@ -54,6 +83,14 @@ impl IdAlloc {
         }
         self.next_group += 1;
         Ok(Gid(self.next_group - 1))
+    }
+
+    fn guest(&mut self) -> Res<Uid> {
+        if self.next_guest > *guest_block(self.node).end() {
+            return fail(ErrorCode::LimitReached, "this node has no guest ids left");
+        }
+        self.next_guest += 1;
+        Ok(Uid(self.next_guest - 1))
     }
 }
 
@@ -70,7 +107,7 @@ impl NameCache {
             return Ok(n.clone());
         }
         let name: Arc<str> = match s.user(u)? {
-            Some(user) if is_registered(&user) => user.name.into(),
+            Some(user) if has_name(&user) => user.name.into(),
             _ => Arc::from(""),
         };
         if self.names.len() >= 100_000 {
@@ -98,6 +135,8 @@ pub struct Ctx<'a> {
     pub limits: &'a Limits,
     /// Whether a user has a session anywhere.
     pub online: &'a dyn Fn(Uid) -> bool,
+    /// Guests online anywhere (they are in the lobby while connected).
+    pub guests_online: &'a dyn Fn() -> Vec<Uid>,
 }
 
 /// The operations a command makes (each with its stamp) and the reply.
@@ -193,7 +232,33 @@ pub fn check_user_name(name: &str, limits: &Limits) -> Res<()> {
     if name.contains('#') {
         return fail(ErrorCode::InvalidName, "name must not contain '#'");
     }
+    if name.to_lowercase().ends_with("(guest)") {
+        return fail(
+            ErrorCode::InvalidName,
+            "names ending in \"(guest)\" are how guests are shown",
+        );
+    }
     Ok(())
+}
+
+/// Longest name a guest keeps, in characters.
+const GUEST_NAME_CHARS: usize = 32;
+
+/// A guest's name as it will be kept: printable, trimmed, short, never
+/// empty. (Dialects whose clients choose their names remove `#`, which
+/// marks names the server gives, like the epoll chatroom's "Client #3".)
+pub fn clean_guest_name(raw: &str) -> String {
+    let kept: String = raw
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(GUEST_NAME_CHARS)
+        .collect();
+    let kept = kept.trim();
+    if kept.is_empty() {
+        "guest".into()
+    } else {
+        kept.to_string()
+    }
 }
 
 pub fn check_password(pw: &str, limits: &Limits) -> Res<()> {
@@ -226,19 +291,86 @@ pub fn check_login(s: &Store, u: Uid, verified_hash: &str) -> Res<User> {
     Ok(user)
 }
 
+/// What a guest may ask for: to chat, and nothing else.
+fn guest_may(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Ping | Command::Logout | Command::Send { .. } | Command::SendToGuest { .. }
+    )
+}
+
 pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<Decision> {
+    if who.is_some_and(Uid::is_guest) && !guest_may(&cmd) {
+        return fail(
+            ErrorCode::Forbidden,
+            "guests may only chat in the lobby; register an account for the rest",
+        );
+    }
     match cmd {
-        Command::Register { name, hash } => {
+        Command::Register { name, hash, id } => {
             check_user_name(&name, cx.limits)?;
+            if let Some(u) = id {
+                if !cx.ids.owns_user_id(u) {
+                    let block = id_block(cx.ids.node());
+                    return fail(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "choose an id from {} to {} on this server",
+                            block.start(),
+                            block.end()
+                        ),
+                    );
+                }
+                if s.user(u)?.is_some() {
+                    return fail(ErrorCode::IdTaken, format!("the id {u} is taken"));
+                }
+            }
             if s.name_owner(&name)?.is_some() {
                 return fail(ErrorCode::NameTaken, format!("the name {name:?} is taken"));
             }
-            let user = cx.ids.user()?;
+            let user = match id {
+                Some(u) => u,
+                None => cx.ids.user(s)?,
+            };
             let reply = Reply::Registered(UserRef {
                 id: user,
                 name: name.clone(),
             });
             Decision::op(cx, OpBody::Register { user, name, hash }, reply)
+        }
+        // Session state, handled by the hub before it asks the rules.
+        Command::GuestLogin { .. } | Command::Pending => {
+            fail(ErrorCode::Internal, "this request is not handled here")
+        }
+        Command::SendToGuest { name, text } => {
+            let me = logged_in(who)?;
+            let absent = || {
+                ChatError::new(
+                    ErrorCode::UnknownUser,
+                    format!("{name} is not in the chat room"),
+                )
+            };
+            let to = s.guest_uid(cx.ids.node(), &name)?.ok_or_else(absent)?;
+            if !(cx.online)(to) {
+                return Err(absent());
+            }
+            send(s, cx, me, Target::User(to), text, None, None)
+        }
+        Command::Contacts => {
+            let me = logged_in(who)?;
+            let mut friends = Vec::new();
+            for (u, e) in s.edges(me)? {
+                if e.link == Link::Friends {
+                    friends.push(FriendView {
+                        id: u,
+                        name: cx.names.get(s, u)?.to_string(),
+                        remark: e.remark,
+                        online: (cx.online)(u),
+                    });
+                }
+            }
+            let groups = my_groups(s, me)?;
+            Decision::reply(Reply::Contacts { friends, groups })
         }
         Command::Passwd { old_hash, new_hash } => {
             let me = logged_in(who)?;
@@ -400,11 +532,17 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
         Command::FriendAdd { user } => {
             let me = logged_in(who)?;
             let other = other_user(s, me, user)?;
+            let them = Reply::Befriended(UserRef {
+                id: other.id,
+                name: other.name.clone(),
+            });
             if s.edge(me, other.id)?.link == Link::Friends {
-                return Decision::reply(Reply::Ok);
+                return Decision::reply(them);
             }
             friend_room(s, cx, me)?;
-            link(cx, me, other.id, Link::Friends)
+            let mut d = link(cx, me, other.id, Link::Friends)?;
+            d.reply = them;
+            Ok(d)
         }
         Command::Friends => {
             let me = logged_in(who)?;
@@ -435,7 +573,11 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
                 outgoing,
             })
         }
-        Command::Search { query } => {
+        Command::Search {
+            query,
+            users,
+            groups,
+        } => {
             logged_in(who)?;
             let q = query.trim();
             check_text_field(
@@ -445,7 +587,18 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
                 ErrorCode::BadRequest,
                 false,
             )?;
-            Decision::reply(Reply::Users(search(s, q, cx.limits)?))
+            Decision::reply(Reply::Users {
+                users: if users {
+                    search(s, q, cx.limits)?
+                } else {
+                    Vec::new()
+                },
+                groups: if groups {
+                    search_groups(s, q, cx.limits)?
+                } else {
+                    Vec::new()
+                },
+            })
         }
         Command::GroupCreate { name, desc } => {
             let me = logged_in(who)?;
@@ -472,8 +625,10 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
         }
         Command::GroupJoin { group } => {
             let me = logged_in(who)?;
-            active_group(s, group)?;
-            add_member(s, cx, group, me, me)
+            let g = active_group(s, group)?;
+            let mut d = add_member(s, cx, group, me, me)?;
+            d.reply = Reply::Joined(group_view(&g, Some(Role::Member)));
+            Ok(d)
         }
         Command::GroupInvite { group, user } => {
             let me = logged_in(who)?;
@@ -581,7 +736,18 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
             let me = logged_in(who)?;
             active_group(s, group)?;
             member_role(s, group, me)?;
-            let members = members(s, cx, group)?;
+            let mut members = members(s, cx, group)?;
+            if group == LOBBY {
+                // Guests are in the lobby while they are connected.
+                for u in (cx.guests_online)() {
+                    members.push(MemberView {
+                        id: u,
+                        name: cx.names.get(s, u)?.to_string(),
+                        role: Role::Member,
+                        online: true,
+                    });
+                }
+            }
             Decision::reply(Reply::Members { group, members })
         }
     }
@@ -626,10 +792,20 @@ fn send(
             if cx.names.get(s, u)?.is_empty() {
                 return fail(ErrorCode::UnknownUser, format!("no user with id {u}"));
             }
+            // Guests and accounts meet only in the lobby.
+            if u.is_guest() != me.is_guest() {
+                return fail(
+                    ErrorCode::Forbidden,
+                    "guests and registered users can talk only in the lobby",
+                );
+            }
         }
         Target::Group(g) => {
             active_group(s, g)?;
-            member_role(s, g, me)?;
+            // A guest is in the lobby while connected, and in nothing else.
+            if !(me.is_guest() && g == LOBBY) {
+                member_role(s, g, me)?;
+            }
         }
     }
     if let Some(c) = &cid {
@@ -638,6 +814,7 @@ fn send(
                 id,
                 cid,
                 duplicate: true,
+                alone: false,
             });
         }
     }
@@ -647,6 +824,7 @@ fn send(
             id: stamp,
             cid: cid.clone(),
             duplicate: false,
+            alone: false,
         },
         ops: vec![(
             stamp,
@@ -709,6 +887,10 @@ fn group_room(s: &Store, cx: &Ctx, u: Uid) -> Res<()> {
     Ok(())
 }
 
+pub fn check_group_name(name: &str, limits: &Limits) -> Res<()> {
+    check_group_fields(Some(name), None, limits)
+}
+
 fn check_group_fields(name: Option<&str>, desc: Option<&str>, limits: &Limits) -> Res<()> {
     if let Some(n) = name {
         check_text_field(
@@ -738,7 +920,8 @@ fn add_member(s: &Store, cx: &mut Ctx, group: Gid, user: Uid, actor: Uid) -> Res
             format!("{user} is already in group {group}"),
         );
     }
-    if s.members(group)?.len() >= cx.limits.max_group_members {
+    // The lobby is everyone's: no member limit.
+    if group != LOBBY && s.members(group)?.len() >= cx.limits.max_group_members {
         return fail(
             ErrorCode::LimitReached,
             format!(
@@ -847,6 +1030,96 @@ fn search(s: &Store, q: &str, limits: &Limits) -> Res<Vec<UserRef>> {
     Ok(out)
 }
 
+/// Active groups whose id is the query, or whose name contains it (any case).
+fn search_groups(s: &Store, q: &str, limits: &Limits) -> Res<Vec<GroupView>> {
+    let mut out: Vec<GroupView> = Vec::new();
+    if let Ok(id) = q.parse::<u32>() {
+        if let Ok(g) = active_group(s, Gid(id)) {
+            out.push(group_view(&g, None));
+        }
+    }
+    let needle = q.to_lowercase();
+    for r in s.groups().take(limits.search_scan) {
+        if out.len() >= limits.search_results {
+            break;
+        }
+        let g = r?;
+        if g.created != Stamp::ZERO
+            && !g.dissolved
+            && g.name.to_lowercase().contains(&needle)
+            && !out.iter().any(|v| v.id == g.id)
+        {
+            out.push(group_view(&g, None));
+        }
+    }
+    Ok(out)
+}
+
+/// A guest's session called `raw`: the guest this node keeps for that name,
+/// or a new one (with the operation that records it).
+pub fn guest_login(s: &Store, cx: &mut Ctx, raw: &str) -> Res<(UserRef, Option<(Stamp, OpBody)>)> {
+    let name = clean_guest_name(raw);
+    let shown = guest_display_name(&name);
+    if let Some(id) = s.guest_uid(cx.ids.node(), &name)? {
+        return Ok((UserRef { id, name: shown }, None));
+    }
+    let user = cx.ids.guest()?;
+    let op = (cx.clock.now(), OpBody::Guest { user, name });
+    Ok((
+        UserRef {
+            id: user,
+            name: shown,
+        },
+        Some(op),
+    ))
+}
+
+/// The operation that makes `user` a lobby member, when the lobby exists
+/// and they are not one yet.
+pub fn join_lobby(s: &Store, cx: &mut Ctx, user: Uid) -> Res<Option<(Stamp, OpBody)>> {
+    if active_group(s, LOBBY).is_err() || role_of(s, LOBBY, user)?.is_some() {
+        return Ok(None);
+    }
+    let stamp = cx.clock.now();
+    Ok(Some((
+        stamp,
+        OpBody::SetRole {
+            group: LOBBY,
+            user,
+            role: Some(Role::Member),
+            actor: user,
+            since: stamp,
+        },
+    )))
+}
+
+/// The operation that creates the lobby, or gives it the configured name.
+/// Every node serving room-style clients makes it with the same id; the
+/// merge rules keep the earliest creation and the latest name.
+pub fn ensure_lobby(s: &Store, cx: &mut Ctx, name: &str) -> Res<Option<(Stamp, OpBody)>> {
+    check_group_fields(Some(name), None, cx.limits)?;
+    let body = match s.group(LOBBY)? {
+        Some(g) if g.created != Stamp::ZERO => {
+            if g.dissolved || g.name == name {
+                return Ok(None);
+            }
+            OpBody::UpdateGroup {
+                group: LOBBY,
+                actor: Uid(0),
+                name: Some(name.to_string()),
+                desc: None,
+            }
+        }
+        _ => OpBody::CreateGroup {
+            group: LOBBY,
+            creator: Uid(0),
+            name: name.to_string(),
+            desc: "everyone, from every kind of client".into(),
+        },
+    };
+    Ok(Some((cx.clock.now(), body)))
+}
+
 /// Friends and groups (with members) for the classic login reply.
 pub fn roster(s: &Store, cx: &mut Ctx, me: Uid) -> Res<Roster> {
     let mut friends = Vec::new();
@@ -944,12 +1217,14 @@ mod tests {
 
         fn run(&mut self, who: Option<Uid>, cmd: Command) -> Res<Reply> {
             let online = |_| false;
+            let guests = Vec::new;
             let mut cx = Ctx {
                 clock: &mut self.clock,
                 ids: &mut self.ids,
                 names: &mut self.names,
                 limits: &self.limits,
                 online: &online,
+                guests_online: &guests,
             };
             let d = decide(&self.store, &mut cx, who, cmd)?;
             for (stamp, body) in d.ops {
@@ -971,6 +1246,7 @@ mod tests {
                 Command::Register {
                     name: name.into(),
                     hash: "h".into(),
+                    id: None,
                 },
             ) {
                 Ok(Reply::Registered(u)) => u.id,
@@ -1105,5 +1381,135 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(w.store.cursor(b, 1).unwrap(), Stamp::ZERO);
+    }
+
+    impl World {
+        fn apply_ops(&mut self, ops: Vec<(Stamp, OpBody)>) {
+            for (stamp, body) in ops {
+                self.seq += 1;
+                let op = Op {
+                    origin: 1,
+                    seq: self.seq,
+                    stamp,
+                    body,
+                };
+                apply(&mut self.store, &op).unwrap();
+            }
+        }
+
+        fn with_cx<R>(&mut self, f: impl FnOnce(&Store, &mut Ctx) -> R) -> R {
+            let online = |_| true;
+            let guests = Vec::new;
+            let mut cx = Ctx {
+                clock: &mut self.clock,
+                ids: &mut self.ids,
+                names: &mut self.names,
+                limits: &self.limits,
+                online: &online,
+                guests_online: &guests,
+            };
+            f(&self.store, &mut cx)
+        }
+
+        fn chosen(&mut self, name: &str, id: u32) -> Res<Reply> {
+            self.run(
+                None,
+                Command::Register {
+                    name: name.into(),
+                    hash: "h".into(),
+                    id: Some(Uid(id)),
+                },
+            )
+        }
+
+        fn guest(&mut self, name: &str) -> Uid {
+            let (u, op) = self.with_cx(|s, cx| guest_login(s, cx, name)).unwrap();
+            self.apply_ops(op.into_iter().collect());
+            u.id
+        }
+    }
+
+    #[test]
+    fn chosen_ids_are_kept_and_skipped() {
+        let mut w = World::new();
+        assert!(matches!(w.chosen("two", 2), Ok(Reply::Registered(u)) if u.id == Uid(2)));
+        assert_eq!(w.user("a"), Uid(1));
+        assert_eq!(w.user("b"), Uid(3), "a chosen id is never handed out again");
+        assert_eq!(w.chosen("again", 2).unwrap_err().code, ErrorCode::IdTaken);
+        assert_eq!(w.chosen("two", 9).unwrap_err().code, ErrorCode::NameTaken);
+        let other_node = *id_block(2).start();
+        assert_eq!(
+            w.chosen("far", other_node).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        // The top of the block chosen: after a restart, allocation finds
+        // the free ids below it.
+        let top = *id_block(1).end();
+        assert!(w.chosen("top", top).is_ok());
+        w.ids = IdAlloc::new(&w.store, 1).unwrap();
+        assert_eq!(w.user("c"), Uid(4));
+    }
+
+    #[test]
+    fn guests_chat_in_the_lobby_and_nowhere_else() {
+        let mut w = World::new();
+        let lobby = w.with_cx(|s, cx| ensure_lobby(s, cx, "lobby")).unwrap();
+        w.apply_ops(lobby.into_iter().collect());
+        assert!(
+            w.with_cx(|s, cx| ensure_lobby(s, cx, "lobby"))
+                .unwrap()
+                .is_none(),
+            "made once"
+        );
+        let carol = w.guest("carol");
+        assert!(carol.is_guest());
+        assert_eq!(w.guest("carol"), carol, "a name keeps its guest");
+        let dave = w.guest("dave");
+        assert_ne!(dave, carol);
+        let erin = w.user("erin");
+        let to_lobby = |text: &str| Command::Send {
+            to: Target::Group(LOBBY),
+            text: text.into(),
+            cid: None,
+            time: None,
+        };
+        assert!(w.run(Some(carol), to_lobby("hi")).is_ok());
+        // A user must join first; a guest may not do anything else.
+        assert_eq!(w.code(erin, to_lobby("hi")), ErrorCode::NotMember);
+        assert_eq!(
+            w.code(
+                carol,
+                Command::FriendRequest {
+                    user: erin,
+                    text: String::new()
+                }
+            ),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            w.code(carol, Command::GroupJoin { group: LOBBY }),
+            ErrorCode::Forbidden
+        );
+        let dm = |to: Uid| Command::Send {
+            to: Target::User(to),
+            text: "psst".into(),
+            cid: None,
+            time: None,
+        };
+        assert_eq!(w.code(carol, dm(erin)), ErrorCode::Forbidden);
+        assert_eq!(w.code(erin, dm(carol)), ErrorCode::Forbidden);
+        assert!(w.run(Some(carol), dm(dave)).is_ok(), "guests may whisper");
+        assert_eq!(
+            w.code(
+                erin,
+                Command::FriendRequest {
+                    user: carol,
+                    text: String::new()
+                }
+            ),
+            ErrorCode::UnknownUser
+        );
+        // The shown name marks the guest.
+        assert_eq!(&*w.names.get(&w.store, carol).unwrap(), "carol (guest)");
     }
 }

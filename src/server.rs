@@ -4,6 +4,7 @@
 use crate::admin;
 use crate::auth::Passwords;
 use crate::config::{Limits, Live, Settings};
+use crate::dialect::{Edge, Listen};
 use crate::hub::{Hub, HubHandle};
 use crate::mesh::{self, Mesh};
 use crate::session::{self, Shared};
@@ -21,13 +22,15 @@ use tokio_util::sync::CancellationToken;
 /// A running chatd.
 pub struct Server {
     addr: SocketAddr,
+    /// The dialects' own ports, as bound.
+    dialect_addrs: Vec<(Listen, SocketAddr)>,
     metrics_addr: Option<SocketAddr>,
     hub: HubHandle,
     mesh: Option<Mesh>,
     limits: Live<Limits>,
     settings: Settings,
     stop_accepting: CancellationToken,
-    acceptor: JoinHandle<()>,
+    acceptors: Vec<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -86,12 +89,26 @@ impl Server {
         let limits = Live::new(settings.limits());
         let passwords = Passwords::new(settings.argon2_memory_kib, settings.argon2_iterations)
             .map_err(StartError)?;
-        let hub = Hub::spawn(store, node, limits.clone()).map_err(err)?;
+        let lobby = settings.lobby_needed();
+        if let Some(name) = &lobby {
+            crate::rules::check_group_name(name, &settings.limits())
+                .map_err(|e| StartError(format!("--lobby: {}", e.message)))?;
+        }
+        let hub = Hub::spawn(store, node, limits.clone(), lobby).map_err(err)?;
         let mesh = prepared.map(|p| Mesh::start(p, hub.clone()));
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", settings.listen)))?;
         let addr = listener.local_addr().map_err(err)?;
+        let mut listeners = vec![(Listen::Auto, listener)];
+        let mut dialect_addrs = Vec::new();
+        for (listen, at) in settings.dialect_listeners() {
+            let l = TcpListener::bind(at).await.map_err(|e| {
+                StartError(format!("cannot listen on {at} for --listen-dialect: {e}"))
+            })?;
+            dialect_addrs.push((listen, l.local_addr().map_err(err)?));
+            listeners.push((listen, l));
+        }
         let stop_accepting = CancellationToken::new();
         admin::serve(
             &settings.data_dir,
@@ -118,12 +135,24 @@ impl Server {
         // After the metrics recorder is in place: sessions' metric handles
         // are made here, once.
         let shared = Arc::new(Shared::new(hub.clone(), limits.clone(), passwords));
-        let acceptor = tokio::spawn(accept_loop(
-            listener,
-            shared,
-            settings.max_connections.max(1),
-            stop_accepting.clone(),
-        ));
+        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let mut acceptors = Vec::new();
+        for (listen, listener) in listeners {
+            acceptors.push(tokio::spawn(accept_loop(
+                listener,
+                Edge::new(listen),
+                shared.clone(),
+                slots.clone(),
+                next_id.clone(),
+                stop_accepting.clone(),
+            )));
+        }
+        for (listen, at) in &dialect_addrs {
+            if let Listen::Only(d) = listen {
+                tracing::info!(dialect = d.name(), addr = %at, "dialect listening");
+            }
+        }
         tracing::info!(
             %addr,
             node,
@@ -133,18 +162,28 @@ impl Server {
         );
         Ok(Server {
             addr,
+            dialect_addrs,
             metrics_addr,
             hub,
             mesh,
             limits,
             settings,
             stop_accepting,
-            acceptor,
+            acceptors,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where a dialect's own port is (`--listen-dialect`), by dialect name.
+    pub fn dialect_addr(&self, name: &str) -> Option<SocketAddr> {
+        let want = Listen::from_name(name)?;
+        self.dialect_addrs
+            .iter()
+            .find(|(l, _)| *l == want)
+            .map(|(_, a)| *a)
     }
 
     pub fn mesh(&self) -> Option<&Mesh> {
@@ -171,7 +210,9 @@ impl Server {
     /// Stop accepting, say goodbye to every client, write everything down.
     pub async fn shutdown(self) {
         self.stop_accepting.cancel();
-        let _ = self.acceptor.await;
+        for a in self.acceptors {
+            let _ = a.await;
+        }
         if let Some(m) = &self.mesh {
             m.shutdown();
         }
@@ -180,14 +221,16 @@ impl Server {
     }
 }
 
+/// Accept one listener's connections. Every listener shares the server's
+/// connection slots and session numbering.
 async fn accept_loop(
     listener: TcpListener,
+    edge: Arc<Edge>,
     shared: Arc<Shared>,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
+    next_id: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let next_id = AtomicU64::new(1);
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -210,9 +253,10 @@ async fn accept_loop(
         tune(&stream);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
+        let edge = edge.clone();
         tokio::spawn(async move {
             metrics::gauge!("chatd_connections").increment(1.0);
-            session::serve(stream, peer, id, shared).await;
+            session::serve(stream, peer, id, shared, edge).await;
             metrics::gauge!("chatd_connections").decrement(1.0);
             drop(slot);
         });

@@ -1,32 +1,38 @@
 //! One client connection: a reader task and a writer task.
 //!
-//! The reader splits the byte stream into values (`framing`), decodes each
-//! in its dialect (`dialect`), hashes or checks passwords on the blocking
-//! pool (`auth`), and sends requests to the hub one at a time, so replies
-//! come back in request order. It throttles a session that sends faster than
-//! its rate limit by reading more slowly.
+//! The reader splits the byte stream into values (`framing`, as the
+//! listener's dialect frames them), decodes each in its dialect
+//! (`dialect`), hashes or checks passwords on the blocking pool (`auth`),
+//! and sends requests to the hub one at a time, so replies come back in
+//! request order. It throttles a session that sends faster than its rate
+//! limit by reading more slowly.
 //!
 //! The writer takes the items the hub queues for the session, waits until
 //! each is durable, encodes it in the session's dialect and writes it. For
 //! chatd's protocol it gathers everything already queued into one write (a
-//! syscall per value is what a loaded server spends its time on); the
-//! classic client reads one value per read, so it gets one value per write,
-//! paced. On login the writer replays the user's pending messages page by
-//! page before anything newer.
+//! syscall per value is what a loaded server spends its time on); the seed
+//! clients read one value per read, so they get one value per write,
+//! paced where they need it. On login the writer replays the user's pending
+//! messages page by page before anything newer.
+//!
+//! Every request gets exactly one reply, in order, so the hub never sees how
+//! a request was worded: the reader queues each request's context here and
+//! the writer takes it back when the reply comes.
 //!
 //! A session never touches the store; everything goes through the hub.
 
 use crate::api::{ChatError, Command, ErrorCode, Event, Reply};
 use crate::auth::Passwords;
 use crate::config::{Limits, Live};
-use crate::dialect::{self, Dialect, Frames, Incoming, ReqCtx};
-use crate::framing::{FrameError, JsonStream};
+use crate::dialect::{self, Decoder, Dialect, Edge, Frames, Incoming, Listen, ReqCtx, Writes};
+use crate::framing::{FrameError, Framer};
 use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, TrySend, REPLAY_PAGE};
 use crate::ids::{NodeId, Stamp, Uid};
 use crate::rules::{check_password, check_user_name};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -59,8 +65,46 @@ impl Shared {
     }
 }
 
+/// What a connection's reader tells its writer.
+struct Conn {
+    /// The contexts of requests whose replies are not written yet, oldest first.
+    ctxs: Mutex<VecDeque<ReqCtx>>,
+    /// The dialect pushes are written in (`Dialect::to_u8`).
+    dialect: AtomicU8,
+}
+
+impl Conn {
+    fn dialect(&self) -> Dialect {
+        Dialect::from_u8(self.dialect.load(Ordering::Relaxed))
+    }
+
+    fn expect_reply(&self, ctx: ReqCtx) {
+        self.ctxs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(ctx);
+    }
+
+    fn reply_ctx(&self) -> ReqCtx {
+        let mut q = self.ctxs.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = q.pop_front();
+        if q.is_empty() && q.capacity() > 16 {
+            *q = VecDeque::new();
+        }
+        // A reply always has its request's context; were one missing, the
+        // connection's own dialect still reads it.
+        ctx.unwrap_or_else(|| dialect::fallback_ctx(self.dialect()))
+    }
+}
+
 /// Serve one connection until either side closes it.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: SessionId,
+    shared: Arc<Shared>,
+    edge: Arc<Edge>,
+) {
     let (rd, wr) = stream.into_split();
     let limits = shared.limits.get();
     // Half the queue for replies to this session's own requests, half for pushes.
@@ -70,11 +114,18 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: A
         (limits.session_queue / 2).max(8),
         limits.session_queue,
     ));
+    let decoder = Decoder::new(&edge);
+    let d = decoder.dialect();
+    link.set_kind(d.traits(), d.name());
+    let conn = Arc::new(Conn {
+        ctxs: Mutex::new(VecDeque::new()),
+        dialect: AtomicU8::new(d.to_u8()),
+    });
     if !shared.hub.send(HubMsg::Open(link.clone())).await {
         return;
     }
-    let writer = spawn_writer(wr, link.clone(), shared.clone());
-    read_loop(rd, &link, &shared).await;
+    let writer = spawn_writer(wr, link.clone(), conn.clone(), shared.clone());
+    read_loop(rd, &link, &conn, &shared, decoder, edge.listen).await;
     // The hub stops routing to us and closes the outbox after our last
     // request's reply; the writer finishes what is queued, then stops.
     if !shared.hub.send(HubMsg::Close { id }).await {
@@ -97,9 +148,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: A
 fn spawn_writer(
     wr: OwnedWriteHalf,
     link: Arc<SessionLink>,
+    conn: Arc<Conn>,
     shared: Arc<Shared>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(write_loop(wr, link, shared))
+    tokio::spawn(write_loop(wr, link, conn, shared))
 }
 
 /// Token bucket: `rate` requests a second, bursts up to `burst`.
@@ -148,12 +200,24 @@ fn stream_error(link: &SessionLink, code: ErrorCode, message: String) {
     say(link, Event::Error(ChatError::new(code, message)));
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, link: &Arc<SessionLink>, shared: &Shared) {
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    link: &Arc<SessionLink>,
+    conn: &Conn,
+    shared: &Shared,
+    mut decoder: Decoder,
+    listen: Listen,
+) {
     let mut limits = shared.limits.get();
-    let mut framer = JsonStream::new(limits.max_frame);
+    let mut framer = Framer::new(listen.framing(), limits.max_frame);
     let mut bucket = Bucket::new(limits.rate_limit, limits.rate_burst);
-    let mut last = Dialect::Native;
     let mut warned_at: Option<Instant> = None;
+    let mut incoming = Vec::new();
+    if let Some(hello) = decoder.greeting() {
+        if !hand_over(hello, link, conn, shared).await {
+            return;
+        }
+    }
     loop {
         // Settings may have been reloaded (SIGHUP).
         limits = shared.limits.get();
@@ -168,9 +232,9 @@ async fn read_loop(mut rd: OwnedReadHalf, link: &Arc<SessionLink>, shared: &Shar
             Ok(_) => link.heard(),
         }
         loop {
-            let incoming = match framer.next_value() {
+            let frame = match framer.next_value() {
                 Ok(None) => break,
-                Ok(Some(v)) => dialect::decode(v, last),
+                Ok(Some(v)) => v,
                 Err(FrameError::TooLarge) => {
                     stream_error(
                         link,
@@ -180,14 +244,7 @@ async fn read_loop(mut rd: OwnedReadHalf, link: &Arc<SessionLink>, shared: &Shar
                     return;
                 }
             };
-            let incoming = match incoming {
-                Ok(i) => i,
-                Err(e) => {
-                    // We no longer know where the next value starts.
-                    say(link, Event::Error(e));
-                    return;
-                }
-            };
+            // Every value a client sends counts, even one its dialect drops.
             if let Some(wait) = bucket.take() {
                 if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     warned_at = Some(Instant::now());
@@ -204,25 +261,42 @@ async fn read_loop(mut rd: OwnedReadHalf, link: &Arc<SessionLink>, shared: &Shar
                 }
                 bucket.take();
             }
-            let d = incoming_dialect(&incoming);
-            if d != last || matches!(d, Dialect::Classic(_)) {
-                last = d;
-                if link.dialect() != d {
-                    link.set_dialect(d);
+            if let Err(e) = decoder.decode(frame, Instant::now(), &mut incoming) {
+                // We no longer know where the next value starts.
+                say(link, Event::Error(e));
+                return;
+            }
+            for one in incoming.drain(..) {
+                if !hand_over(one, link, conn, shared).await {
+                    return;
                 }
             }
-            let sent = match try_dispatch(incoming, link, shared) {
-                Dispatch::Done(sent) => sent,
-                // Boxed: waiting is rare, and every byte of this loop's
-                // future is paid for by every idle connection.
-                Dispatch::Wait(incoming) => Box::pin(dispatch(incoming, link, shared)).await,
-                Dispatch::Send(msg) => Box::pin(shared.hub.send(msg)).await,
-            };
-            if !sent {
-                return;
+            let d = decoder.dialect();
+            if d != conn.dialect() {
+                conn.dialect.store(d.to_u8(), Ordering::Relaxed);
+                link.set_kind(d.traits(), d.name());
             }
         }
         framer.shrink();
+    }
+}
+
+/// Hand one decoded request to the hub (its reply's context to the
+/// writer). False when the hub is gone.
+async fn hand_over(incoming: Incoming, link: &SessionLink, conn: &Conn, shared: &Shared) -> bool {
+    let d = incoming.ctx().dialect();
+    if d != conn.dialect() {
+        // The dialect a login is made in decides what the hub attaches.
+        conn.dialect.store(d.to_u8(), Ordering::Relaxed);
+        link.set_kind(d.traits(), d.name());
+    }
+    conn.expect_reply(incoming.ctx().clone());
+    match try_dispatch(incoming, link, shared) {
+        Dispatch::Done(sent) => sent,
+        // Boxed: waiting is rare, and every byte of this loop's
+        // future is paid for by every idle connection.
+        Dispatch::Wait(incoming) => Box::pin(dispatch(incoming, link, shared)).await,
+        Dispatch::Send(msg) => Box::pin(shared.hub.send(msg)).await,
     }
 }
 
@@ -231,7 +305,7 @@ async fn read_loop(mut rd: OwnedReadHalf, link: &Arc<SessionLink>, shared: &Shar
 /// waiting connection holds none; and a short read tells tokio the socket
 /// is drained, which saves the read that would only find it empty. (Silent
 /// sessions are closed by the hub, which sweeps them all at once.)
-async fn read_some(rd: &mut OwnedReadHalf, framer: &mut JsonStream) -> std::io::Result<usize> {
+async fn read_some(rd: &mut OwnedReadHalf, framer: &mut Framer) -> std::io::Result<usize> {
     use tokio::io::{AsyncRead, ReadBuf};
     std::future::poll_fn(|cx| {
         let mut buf = [0u8; 8192];
@@ -246,16 +320,6 @@ async fn read_some(rd: &mut OwnedReadHalf, framer: &mut JsonStream) -> std::io::
         }
     })
     .await
-}
-
-fn incoming_dialect(i: &Incoming) -> Dialect {
-    match i {
-        Incoming::Command(c, _)
-        | Incoming::Invalid(c, _)
-        | Incoming::Register { ctx: c, .. }
-        | Incoming::Login { ctx: c, .. }
-        | Incoming::Passwd { ctx: c, .. } => c.dialect(),
-    }
 }
 
 /// Hand one decoded value to the hub. False when the hub is gone.
@@ -294,12 +358,8 @@ fn try_dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> Disp
 /// The hub message for a request that needs no password work.
 fn plain(incoming: Incoming, id: SessionId) -> Result<HubMsg, Incoming> {
     match incoming {
-        Incoming::Command(ctx, cmd) => Ok(HubMsg::Request { id, ctx, cmd }),
-        Incoming::Invalid(ctx, e) => Ok(HubMsg::Echo {
-            id,
-            ctx,
-            result: Err(e),
-        }),
+        Incoming::Command(_, cmd) => Ok(HubMsg::Request { id, cmd }),
+        Incoming::Invalid(_, e) => Ok(HubMsg::Echo { id, result: Err(e) }),
         other => Err(other),
     }
 }
@@ -323,75 +383,75 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
 
 async fn with_password(incoming: Incoming, id: SessionId, shared: &Shared) -> Option<HubMsg> {
     let hub = &shared.hub;
-    let echo = |ctx: ReqCtx, e: ChatError| HubMsg::Echo {
-        id,
-        ctx,
-        result: Err(e),
-    };
+    let echo = |e: ChatError| HubMsg::Echo { id, result: Err(e) };
     let msg = match incoming {
         // `dispatch` hands these to `plain` first.
         other @ (Incoming::Command(..) | Incoming::Invalid(..)) => plain(other, id).ok()?,
         Incoming::Register {
-            ctx,
             name,
             password,
+            id: chosen,
+            ..
         } => {
             let limits = shared.limits.get();
             let checked =
                 check_user_name(&name, &limits).and_then(|_| check_password(&password, &limits));
             match checked {
-                Err(e) => echo(ctx, e),
+                Err(e) => echo(e),
                 Ok(()) => match shared.passwords.hash(password).await {
                     Ok(hash) => HubMsg::Request {
                         id,
-                        ctx,
-                        cmd: Command::Register { name, hash },
+                        cmd: Command::Register {
+                            name,
+                            hash,
+                            id: chosen,
+                        },
                     },
-                    Err(e) => echo(ctx, e),
+                    Err(e) => echo(e),
                 },
             }
         }
-        Incoming::Login { ctx, who, password } => {
+        Incoming::Login {
+            who,
+            password,
+            tell_unknown,
+            ..
+        } => {
             let cred = credentials(hub, id, Some(who)).await?;
             let hash = cred.as_ref().map(|(_, h)| h.clone());
             let ok = password.len() <= shared.limits.get().max_password_bytes
                 && shared.passwords.verify(password, hash).await;
             match cred {
-                Some((user, hash)) if ok => HubMsg::Login {
-                    id,
-                    ctx,
-                    user,
-                    hash,
-                },
-                _ => echo(
-                    ctx,
-                    ChatError::new(ErrorCode::InvalidCredentials, "id or password is invalid"),
-                ),
+                Some((user, hash)) if ok => HubMsg::Login { id, user, hash },
+                None if tell_unknown => echo(ChatError::new(
+                    ErrorCode::UnknownUser,
+                    "no such user; register first",
+                )),
+                _ => echo(ChatError::new(
+                    ErrorCode::InvalidCredentials,
+                    "id or password is invalid",
+                )),
             }
         }
-        Incoming::Passwd { ctx, old, new } => {
+        Incoming::Passwd { old, new, .. } => {
             let cred = credentials(hub, id, None).await?;
             match cred {
-                None => echo(ctx, ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
+                None => echo(ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
                 Some((_, old_hash)) => {
                     if let Err(e) = check_password(&new, &shared.limits.get()) {
-                        echo(ctx, e)
+                        echo(e)
                     } else if !shared.passwords.verify(old, Some(old_hash.clone())).await {
-                        echo(
-                            ctx,
-                            ChatError::new(
-                                ErrorCode::InvalidCredentials,
-                                "old password is invalid",
-                            ),
-                        )
+                        echo(ChatError::new(
+                            ErrorCode::InvalidCredentials,
+                            "old password is invalid",
+                        ))
                     } else {
                         match shared.passwords.hash(new).await {
                             Ok(new_hash) => HubMsg::Request {
                                 id,
-                                ctx,
                                 cmd: Command::Passwd { old_hash, new_hash },
                             },
-                            Err(e) => echo(ctx, e),
+                            Err(e) => echo(e),
                         }
                     }
                 }
@@ -414,6 +474,7 @@ async fn credentials(
 struct Writer {
     wr: OwnedWriteHalf,
     link: Arc<SessionLink>,
+    conn: Arc<Conn>,
     shared: Arc<Shared>,
     durable: watch::Receiver<crate::store::Durable>,
     /// Encoded values not written yet.
@@ -422,7 +483,8 @@ struct Writer {
     /// Newest message id replayed, per origin: live copies of these are
     /// skipped. (A few origins at most: a list is smaller than a map.)
     replayed: Vec<(NodeId, Stamp)>,
-    /// Messages written to a classic client; they count as delivered.
+    /// Messages written to a client that cannot acknowledge (classic,
+    /// sponge, Go); they count as delivered.
     written: Vec<Stamp>,
     /// Who is logged in, as the replies we wrote said; written messages are theirs.
     user: Option<Uid>,
@@ -436,11 +498,17 @@ enum Stop {
     Bye,
 }
 
-async fn write_loop(wr: OwnedWriteHalf, link: Arc<SessionLink>, shared: Arc<Shared>) {
+async fn write_loop(
+    wr: OwnedWriteHalf,
+    link: Arc<SessionLink>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+) {
     let mut w = Writer {
         wr,
         durable: shared.hub.durable(),
         link,
+        conn,
         shared,
         frames: Frames::default(),
         last_write: None,
@@ -509,19 +577,32 @@ impl Writer {
     async fn handle(&mut self, out: Out) -> Result<(), Stop> {
         self.wait_durable(out.ticket).await?;
         match out.item {
-            OutItem::Reply(b) => {
+            OutItem::Reply(mut reply) => {
                 self.link.window.add_permits(1);
-                let switch = match &b.1 {
+                let ctx = self.conn.reply_ctx();
+                let switch = match &*reply {
                     Ok(Reply::LoggedIn { user, .. }) => Some(Some(user.id)),
                     Ok(Reply::LoggedOut) => Some(None),
                     _ => None,
                 };
-                dialect::encode_reply(&b.0, &b.1, &mut self.frames);
-                drop(b);
+                let mut delivered = Vec::new();
+                if let Ok(Reply::Pending { messages, .. }) = &mut *reply {
+                    // Live copies already written are not repeated.
+                    messages.retain(|m| !self.written.contains(&m.msg.id));
+                    delivered.extend(messages.iter().map(|m| m.msg.id));
+                }
+                dialect::encode_reply(&ctx, &reply, &mut self.frames);
+                drop(reply);
                 if let Some(user) = switch {
                     self.switch_user(user).await;
                 }
-                self.write_frames().await
+                self.write_frames().await?;
+                if ctx.dialect().written_is_delivered() && !delivered.is_empty() {
+                    self.written.extend(delivered);
+                    // Before the client can ask again.
+                    self.report_written().await;
+                }
+                Ok(())
             }
             OutItem::Event(ev) => {
                 if let Event::Message(v) = &*ev {
@@ -546,14 +627,14 @@ impl Writer {
     }
 
     async fn event(&mut self, ev: &Event) -> Result<(), Stop> {
-        let dialect = self.link.dialect();
+        let dialect = self.conn.dialect();
         dialect::encode_event(dialect, ev, &mut self.frames);
         self.write_frames().await?;
         if let Event::Message(v) = ev {
             self.shared.messages_out.increment(1);
             let age = crate::ids::wall_millis().saturating_sub(v.msg.id.millis());
             self.shared.latency.record(age as f64 / 1000.0);
-            if matches!(dialect, Dialect::Classic(_)) {
+            if dialect.written_is_delivered() {
                 self.written.push(v.msg.id);
             }
         }
@@ -562,6 +643,8 @@ impl Writer {
 
     /// Deliver everything pending, oldest first, before anything newer.
     async fn replay(&mut self) -> Result<(), Stop> {
+        // What this session already wrote must count before the hub looks.
+        self.report_written().await;
         let mut after = None;
         loop {
             self.flush().await?;
@@ -594,25 +677,27 @@ impl Writer {
     }
 
     /// Write what was encoded: for chatd's protocol once enough has
-    /// gathered (or at `flush`); for the classic client now, one value per
-    /// write, paced.
+    /// gathered (or at `flush`); for the seed clients now, one value per
+    /// write, paced where they need it.
     async fn write_frames(&mut self) -> Result<(), Stop> {
-        if !matches!(self.link.dialect(), Dialect::Classic(_)) {
-            if self.frames.bytes() >= WRITE_BATCH {
-                self.flush().await?;
+        match self.conn.dialect().writes() {
+            Writes::Gathered => {
+                if self.frames.bytes() >= WRITE_BATCH {
+                    self.flush().await?;
+                }
+                Ok(())
             }
-            return Ok(());
+            Writes::OneEach { paced } => Box::pin(self.write_each(paced)).await,
         }
-        Box::pin(self.write_classic()).await
     }
 
-    /// One value per write, paced.
-    async fn write_classic(&mut self) -> Result<(), Stop> {
+    /// One value per write, paced if asked.
+    async fn write_each(&mut self, paced: bool) -> Result<(), Stop> {
         let frames = std::mem::take(&mut self.frames);
         let mut result = Ok(());
         for frame in frames.iter() {
-            // The classic client reads one value per read: leave it time.
-            if let Some(last) = self.last_write {
+            // The client reads one value per read: leave it time.
+            if let Some(last) = self.last_write.filter(|_| paced) {
                 let next = last + self.shared.limits.get().classic_gap;
                 if next > Instant::now() {
                     let pause = Box::pin(tokio::time::sleep_until(next.into()));

@@ -124,12 +124,14 @@ fn decode_body(f: &Fields, kind: Kind, ctx: ReqCtx) -> Result<Incoming, ChatErro
                 ctx: ctx.clone(),
                 who: Who::Id(Uid(id)),
                 password: password(f)?.to_string(),
+                tell_unknown: false,
             })
         }
         Kind::Reg => Ok(Incoming::Register {
             ctx: ctx.clone(),
             name: f.str("name")?.to_string(),
             password: password(f)?.to_string(),
+            id: None,
         }),
         Kind::Loginout => cmd(Command::Logout),
         Kind::OneChat => cmd(Command::Send {
@@ -422,8 +424,9 @@ pub fn encode_event(n: Numbering, event: &Event, out: &mut Frames) {
         Event::Error(e) => error_push(n, e, out),
         // The classic client has no way to show these.
         Event::Presence { .. }
+        | Event::RoomPresence { .. }
         | Event::FriendRequest { .. }
-        | Event::FriendAdded(_)
+        | Event::FriendAdded { .. }
         | Event::FriendRemoved(_)
         | Event::FriendDeclined(_)
         | Event::Group { .. } => {}

@@ -1,18 +1,37 @@
-//! Client dialects: translations between wire JSON and the `api` types.
+//! Client dialects: translations between what each kind of client sends and
+//! the `api` types. One file per dialect:
 //!
-//! Each value a client sends is recognised on its own: an object with
-//! `"msgid"` is the classic dialect (`classic.rs`, both numberings), one with
-//! `"type"` is chatd's own protocol (`native.rs`). Replies go back in the
-//! dialect and numbering of the request; pushes go in the dialect of the
-//! session's login. Nothing here touches the store or the hub.
+//! | file | client | framing |
+//! |------|--------|---------|
+//! | `native.rs` | chatd's own protocol (`"type"`) | JSON stream |
+//! | `classic.rs` | the muduo course project's ChatClient (`"msgid"`, both numberings) | JSON stream |
+//! | `sponge.rs` | the sponge Qt client (`"msgType"`) | JSON stream |
+//! | `go_chatroom.rs` | the Go chatroom (`LoginMes`, `SmsMes`) | length-prefixed JSON |
+//! | `c_chatroom.rs` | the C chatroom (151-byte records) | fixed records |
+//! | `epoll_chatroom.rs` | the epoll chatroom (65535-byte records) | fixed records |
+//!
+//! On the main port each JSON value is recognised on its own: `"msgid"` is
+//! classic, `"msgType"` is sponge, anything else is chatd's protocol.
+//! Replies go back in the dialect and numbering of their request; pushes go
+//! in the dialect of the session's latest request. What a dialect needs from
+//! the hub is data ([`SessionTraits`]); nothing here touches the store or the
+//! hub, and nothing behind this module names a dialect.
 
+pub mod c_chatroom;
 pub mod classic;
+pub mod epoll_chatroom;
 pub mod fields;
+pub mod go_chatroom;
 pub mod native;
+pub mod sponge;
 
-use crate::api::{ChatError, Command, ErrorCode, Event, Reply};
+pub use crate::api::Who;
+use crate::api::{ChatError, Command, ErrorCode, Event, Reply, SessionTraits};
+use crate::framing::Framing;
 use crate::ids::Uid;
 use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Numbering {
@@ -26,6 +45,20 @@ pub enum Numbering {
 pub enum Dialect {
     Native,
     Classic(Numbering),
+    Sponge,
+    GoChatroom,
+    CChatroom,
+    EpollChatroom,
+}
+
+/// How a dialect's replies and pushes are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// Everything queued in one write: the client splits the stream itself.
+    Gathered,
+    /// One value per write; `paced`: with a pause between two writes, for
+    /// clients that take whatever one read returns as one value.
+    OneEach { paced: bool },
 }
 
 impl Dialect {
@@ -34,6 +67,10 @@ impl Dialect {
             Dialect::Native => 0,
             Dialect::Classic(Numbering::Course) => 1,
             Dialect::Classic(Numbering::Thousand) => 2,
+            Dialect::Sponge => 3,
+            Dialect::GoChatroom => 4,
+            Dialect::CChatroom => 5,
+            Dialect::EpollChatroom => 6,
         }
     }
 
@@ -41,6 +78,10 @@ impl Dialect {
         match v {
             1 => Dialect::Classic(Numbering::Course),
             2 => Dialect::Classic(Numbering::Thousand),
+            3 => Dialect::Sponge,
+            4 => Dialect::GoChatroom,
+            5 => Dialect::CChatroom,
+            6 => Dialect::EpollChatroom,
             _ => Dialect::Native,
         }
     }
@@ -49,7 +90,144 @@ impl Dialect {
         match self {
             Dialect::Native => "native",
             Dialect::Classic(_) => "classic",
+            Dialect::Sponge => "sponge",
+            Dialect::GoChatroom => "go-chatroom",
+            Dialect::CChatroom => "c-chatroom",
+            Dialect::EpollChatroom => "epoll-chatroom",
         }
+    }
+
+    /// What sessions of this dialect need from the hub.
+    pub fn traits(self) -> SessionTraits {
+        let seed = SessionTraits {
+            replay_at_login: true,
+            idle_exempt: true,
+            ..SessionTraits::default()
+        };
+        match self {
+            Dialect::Native => SessionTraits {
+                replay_at_login: true,
+                ..SessionTraits::default()
+            },
+            Dialect::Classic(_) => SessionTraits {
+                roster_in_login: true,
+                ..seed
+            },
+            // The sponge client asks for its waiting messages itself.
+            Dialect::Sponge => SessionTraits {
+                replay_at_login: false,
+                ..seed
+            },
+            Dialect::GoChatroom => SessionTraits {
+                room_in_login: true,
+                joins_lobby: true,
+                room_presence: true,
+                ..seed
+            },
+            // Guests live in the room while connected: nothing waits for them.
+            Dialect::CChatroom => SessionTraits {
+                replay_at_login: false,
+                room: true,
+                room_presence: true,
+                ..seed
+            },
+            Dialect::EpollChatroom => SessionTraits {
+                replay_at_login: false,
+                room: true,
+                report_alone: true,
+                ..seed
+            },
+        }
+    }
+
+    pub fn writes(self) -> Writes {
+        match self {
+            Dialect::Native => Writes::Gathered,
+            Dialect::Classic(_) | Dialect::Sponge | Dialect::EpollChatroom => {
+                Writes::OneEach { paced: true }
+            }
+            // These read exactly one value's bytes at a time.
+            Dialect::GoChatroom | Dialect::CChatroom => Writes::OneEach { paced: false },
+        }
+    }
+
+    /// Whether a message counts as delivered once written to the socket
+    /// (the client has no way to acknowledge). Guests are not counted:
+    /// nothing waits for them anyway.
+    pub fn written_is_delivered(self) -> bool {
+        matches!(
+            self,
+            Dialect::Classic(_) | Dialect::Sponge | Dialect::GoChatroom
+        )
+    }
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// The main port: chatd's protocol, classic and sponge, told apart per value.
+    Auto,
+    Only(Dialect),
+}
+
+impl Listen {
+    /// A dialect listener's name (`--listen-dialect NAME=ADDR`).
+    pub fn from_name(name: &str) -> Option<Listen> {
+        let d = match name {
+            "native" => Dialect::Native,
+            "classic" => Dialect::Classic(Numbering::Course),
+            "sponge" => Dialect::Sponge,
+            "go-chatroom" => Dialect::GoChatroom,
+            "c-chatroom" => Dialect::CChatroom,
+            "epoll-chatroom" => Dialect::EpollChatroom,
+            _ => return None,
+        };
+        Some(Listen::Only(d))
+    }
+
+    pub const NAMES: &'static str =
+        "native, classic, sponge, go-chatroom, c-chatroom, epoll-chatroom";
+
+    pub fn framing(self) -> Framing {
+        match self {
+            Listen::Auto => Framing::JsonStream { keepalive: true },
+            Listen::Only(Dialect::Sponge) => Framing::JsonStream { keepalive: true },
+            Listen::Only(Dialect::Native | Dialect::Classic(_)) => {
+                Framing::JsonStream { keepalive: false }
+            }
+            Listen::Only(Dialect::GoChatroom) => Framing::LengthPrefixed {
+                max: go_chatroom::MAX_FRAME,
+            },
+            Listen::Only(Dialect::CChatroom) => Framing::Records {
+                size: c_chatroom::RECORD,
+            },
+            Listen::Only(Dialect::EpollChatroom) => Framing::Records {
+                size: epoll_chatroom::RECORD,
+            },
+        }
+    }
+
+    /// Whether clients of this listener chat in the lobby (so it must exist).
+    pub fn is_room(self) -> bool {
+        matches!(
+            self,
+            Listen::Only(Dialect::GoChatroom | Dialect::CChatroom | Dialect::EpollChatroom)
+        )
+    }
+}
+
+/// What the connections of one listener share.
+pub struct Edge {
+    pub listen: Listen,
+    chat_ids: Arc<epoll_chatroom::ChatIds>,
+}
+
+impl Edge {
+    pub fn new(listen: Listen) -> Arc<Edge> {
+        Arc::new(Edge {
+            listen,
+            chat_ids: Arc::default(),
+        })
     }
 }
 
@@ -70,6 +248,10 @@ pub enum ReqCtx {
         numbering: Numbering,
         kind: classic::Kind,
     },
+    Sponge(sponge::Kind),
+    GoChatroom(go_chatroom::Kind),
+    CChatroom,
+    EpollChatroom(epoll_chatroom::Kind),
 }
 
 impl ReqCtx {
@@ -77,32 +259,34 @@ impl ReqCtx {
         match self {
             ReqCtx::Native { .. } => Dialect::Native,
             ReqCtx::Classic { numbering, .. } => Dialect::Classic(*numbering),
+            ReqCtx::Sponge(_) => Dialect::Sponge,
+            ReqCtx::GoChatroom(_) => Dialect::GoChatroom,
+            ReqCtx::CChatroom => Dialect::CChatroom,
+            ReqCtx::EpollChatroom(_) => Dialect::EpollChatroom,
         }
     }
-}
-
-/// How a login names its user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Who {
-    Id(Uid),
-    Name(String),
 }
 
 /// One decoded client value.
 #[derive(Debug)]
 pub enum Incoming {
     Command(ReqCtx, Command),
-    /// Needs its password hashed before the hub sees it.
+    /// Needs its password hashed before the hub sees it; `id` is one the
+    /// client chose.
     Register {
         ctx: ReqCtx,
         name: String,
         password: String,
+        id: Option<Uid>,
     },
-    /// Needs its password checked.
+    /// Needs its password checked. `tell_unknown`: the dialect answers an
+    /// unknown account differently from a wrong password (the Go chatroom,
+    /// whose register tells which ids are taken anyway).
     Login {
         ctx: ReqCtx,
         who: Who,
         password: String,
+        tell_unknown: bool,
     },
     Passwd {
         ctx: ReqCtx,
@@ -113,9 +297,92 @@ pub enum Incoming {
     Invalid(ReqCtx, ChatError),
 }
 
-/// Decode one framed value. `Err` means the stream cannot be trusted any
-/// more (malformed JSON): answer with the error and close.
-pub fn decode(bytes: &[u8], last: Dialect) -> Result<Incoming, ChatError> {
+impl Incoming {
+    pub fn ctx(&self) -> &ReqCtx {
+        match self {
+            Incoming::Command(c, _)
+            | Incoming::Invalid(c, _)
+            | Incoming::Register { ctx: c, .. }
+            | Incoming::Login { ctx: c, .. }
+            | Incoming::Passwd { ctx: c, .. } => c,
+        }
+    }
+}
+
+/// One connection's decoding: its listener's dialect(s) and whatever a
+/// dialect remembers about the connection.
+pub struct Decoder {
+    listen: Listen,
+    /// The dialect of the latest value (fixed on a dialect's own port).
+    last: Dialect,
+    c: c_chatroom::Conn,
+    epoll: Option<epoll_chatroom::Conn>,
+}
+
+impl Decoder {
+    pub fn new(edge: &Edge) -> Decoder {
+        let last = match edge.listen {
+            Listen::Auto => Dialect::Native,
+            Listen::Only(d) => d,
+        };
+        let epoll = (last == Dialect::EpollChatroom)
+            .then(|| epoll_chatroom::Conn::new(edge.chat_ids.clone()));
+        Decoder {
+            listen: edge.listen,
+            last,
+            c: c_chatroom::Conn::default(),
+            epoll,
+        }
+    }
+
+    /// The dialect pushes to this connection are written in.
+    pub fn dialect(&self) -> Dialect {
+        self.last
+    }
+
+    /// What the connection asks for before the client says anything (the
+    /// epoll chatroom's guest, numbered at connect).
+    pub fn greeting(&self) -> Option<Incoming> {
+        self.epoll.as_ref().map(epoll_chatroom::Conn::greeting)
+    }
+
+    /// Decode one framed value into zero or more requests. `Err` means the
+    /// stream cannot be trusted any more: answer with the error and close.
+    pub fn decode(
+        &mut self,
+        frame: &[u8],
+        now: Instant,
+        out: &mut Vec<Incoming>,
+    ) -> Result<(), ChatError> {
+        match self.listen {
+            Listen::Auto => {
+                let i = decode_json(frame, self.last, None)?;
+                self.last = i.ctx().dialect();
+                out.push(i);
+            }
+            Listen::Only(d @ (Dialect::Native | Dialect::Classic(_) | Dialect::Sponge)) => {
+                let i = decode_json(frame, d, Some(d))?;
+                if let Dialect::Classic(_) = i.ctx().dialect() {
+                    // Pushes follow the numbering of the latest request.
+                    self.last = i.ctx().dialect();
+                }
+                out.push(i);
+            }
+            Listen::Only(Dialect::GoChatroom) => out.push(go_chatroom::decode(frame)),
+            Listen::Only(Dialect::CChatroom) => self.c.decode(frame, now, out)?,
+            Listen::Only(Dialect::EpollChatroom) => {
+                if let Some(e) = &self.epoll {
+                    e.decode(frame, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decode one JSON value. `last`: the connection's latest dialect, for
+/// errors we cannot attribute; `only`: the one dialect of a dedicated port.
+fn decode_json(bytes: &[u8], last: Dialect, only: Option<Dialect>) -> Result<Incoming, ChatError> {
     let fallback = fallback_ctx(last);
     if std::str::from_utf8(bytes).is_err() {
         return Ok(Incoming::Invalid(
@@ -123,20 +390,50 @@ pub fn decode(bytes: &[u8], last: Dialect) -> Result<Incoming, ChatError> {
             ChatError::new(ErrorCode::BadUtf8, "request is not valid UTF-8"),
         ));
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ChatError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let sponge = only == Some(Dialect::Sponge)
+                || (only.is_none() && (last == Dialect::Sponge || sponge::looks_like(bytes)));
+            if !sponge {
+                return Err(ChatError::new(
+                    ErrorCode::BadJson,
+                    format!("malformed JSON: {e}"),
+                ));
+            }
+            // The sponge client writes JSON by string formatting; mend
+            // what it gets wrong, and keep the connection either way (the
+            // value's end was found, so the stream position is known).
+            match sponge::mend(bytes).and_then(|b| serde_json::from_slice(&b).ok()) {
+                Some(v) => v,
+                None => {
+                    return Ok(Incoming::Invalid(
+                        ReqCtx::Sponge(sponge::Kind::Unknown),
+                        ChatError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")),
+                    ))
+                }
+            }
+        }
+    };
     let Value::Object(map) = value else {
         return Ok(Incoming::Invalid(
             fallback,
             ChatError::new(ErrorCode::NotObject, "each request must be a JSON object"),
         ));
     };
-    Ok(decode_object(map))
+    Ok(match only {
+        Some(Dialect::Classic(_)) => classic::decode(map),
+        Some(Dialect::Sponge) => sponge::decode(map),
+        Some(_) => native::decode(map),
+        None => decode_object(map),
+    })
 }
 
 fn decode_object(map: Map<String, Value>) -> Incoming {
     if map.contains_key("msgid") {
         classic::decode(map)
+    } else if map.contains_key("msgType") {
+        sponge::decode(map)
     } else {
         native::decode(map)
     }
@@ -145,16 +442,17 @@ fn decode_object(map: Map<String, Value>) -> Incoming {
 /// Where to send an error for a value we could not attribute to a dialect.
 pub fn fallback_ctx(last: Dialect) -> ReqCtx {
     match last {
-        Dialect::Native => ReqCtx::Native { req: None },
         Dialect::Classic(numbering) => ReqCtx::Classic {
             numbering,
             kind: classic::Kind::Unknown,
         },
+        Dialect::Sponge => ReqCtx::Sponge(sponge::Kind::Unknown),
+        _ => ReqCtx::Native { req: None },
     }
 }
 
 /// The writes one reply or push turns into: each frame is written with its
-/// own write call, so a client reading one value per read gets one value.
+/// own write call when the dialect needs that.
 #[derive(Default)]
 pub struct Frames {
     buf: Vec<u8>,
@@ -169,13 +467,20 @@ impl Frames {
 
     /// Append one JSON value and its terminator as a frame.
     pub fn push_json<T: serde::Serialize + ?Sized>(&mut self, v: &T, terminator: u8) {
+        self.push_with(|buf| {
+            // Serializing our own types into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, v);
+            buf.push(terminator);
+        });
+    }
+
+    /// Append one frame built by `f` (which only appends to the buffer).
+    pub fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
         if self.buf.capacity() == 0 {
             // A typical value fits; growing from nothing takes many steps.
             self.buf.reserve(512);
         }
-        // Serializing our own types into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.buf, v);
-        self.buf.push(terminator);
+        f(&mut self.buf);
         self.ends.push(self.buf.len());
     }
 
@@ -207,12 +512,16 @@ impl Frames {
     }
 }
 
-/// Encode a reply for the request it answers (possibly nothing: the classic
-/// protocol answers chat requests with silence).
+/// Encode a reply for the request it answers (possibly nothing: several
+/// dialects answer chat requests with silence).
 pub fn encode_reply(ctx: &ReqCtx, reply: &Result<Reply, ChatError>, out: &mut Frames) {
     match ctx {
         ReqCtx::Native { req } => native::encode_reply(req.as_ref(), reply, out),
         ReqCtx::Classic { numbering, kind } => classic::encode_reply(*numbering, *kind, reply, out),
+        ReqCtx::Sponge(kind) => sponge::encode_reply(*kind, reply, out),
+        ReqCtx::GoChatroom(kind) => go_chatroom::encode_reply(*kind, reply, out),
+        ReqCtx::CChatroom => {}
+        ReqCtx::EpollChatroom(kind) => epoll_chatroom::encode_reply(*kind, reply, out),
     }
 }
 
@@ -221,5 +530,136 @@ pub fn encode_event(dialect: Dialect, event: &Event, out: &mut Frames) {
     match dialect {
         Dialect::Native => native::encode_event(event, out),
         Dialect::Classic(n) => classic::encode_event(n, event, out),
+        Dialect::Sponge => sponge::encode_event(event, out),
+        Dialect::GoChatroom => go_chatroom::encode_event(event, out),
+        Dialect::CChatroom => c_chatroom::encode_event(event, out),
+        Dialect::EpollChatroom => epoll_chatroom::encode_event(event, out),
+    }
+}
+
+/// The longest prefix of `s` that fits `max` bytes, cut on a character
+/// boundary.
+pub fn cut_at(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Split a text into pieces of at most `max` bytes, on character boundaries.
+pub fn split_bytes(text: &str, max: usize) -> Vec<&str> {
+    let max = max.max(4);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let piece = cut_at(rest, max);
+        out.push(piece);
+        rest = &rest[piece.len()..];
+    }
+    if out.is_empty() {
+        out.push("");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_keep_characters_whole() {
+        let text = "héllo 汉字 wörld".repeat(20);
+        let parts = split_bytes(&text, 7);
+        assert_eq!(parts.concat(), text);
+        assert!(parts.iter().all(|p| p.len() <= 7 && !p.is_empty()));
+        assert_eq!(cut_at("汉字", 4), "汉");
+        assert_eq!(split_bytes("", 9), vec![""]);
+    }
+
+    #[test]
+    fn values_are_told_apart_on_the_main_port() {
+        let edge = Edge::new(Listen::Auto);
+        let mut d = Decoder::new(&edge);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for v in [
+            &br#"{"msgid":1,"id":1,"password":"x"}"#[..],
+            br#"{"msgType":1,"USERID":1,"password":"x"}"#,
+            br#"{"type":"ping"}"#,
+        ] {
+            d.decode(v, now, &mut out).unwrap();
+        }
+        let dialects: Vec<Dialect> = out.iter().map(|i| i.ctx().dialect()).collect();
+        assert_eq!(
+            dialects,
+            [
+                Dialect::Classic(Numbering::Course),
+                Dialect::Sponge,
+                Dialect::Native
+            ]
+        );
+        assert_eq!(d.dialect(), Dialect::Native);
+        // Bad JSON closes a native stream but not a sponge one.
+        assert!(d.decode(br#"{"type":"x\q"}"#, now, &mut out).is_err());
+        assert!(d
+            .decode(br#"{"msgType":4,"msg":"a\q"}"#, now, &mut out)
+            .is_ok());
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, in whatever reads, no dialect panics.
+        #[test]
+        fn arbitrary_bytes_never_panic_a_decoder(
+            which in 0usize..7,
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..8),
+        ) {
+            let listen = match which {
+                0 => Listen::Auto,
+                1 => Listen::Only(Dialect::Native),
+                2 => Listen::Only(Dialect::Classic(Numbering::Course)),
+                3 => Listen::Only(Dialect::Sponge),
+                4 => Listen::Only(Dialect::GoChatroom),
+                5 => Listen::Only(Dialect::CChatroom),
+                _ => Listen::Only(Dialect::EpollChatroom),
+            };
+            let edge = Edge::new(listen);
+            let mut d = Decoder::new(&edge);
+            let mut framer = crate::framing::Framer::new(listen.framing(), 1 << 16);
+            let mut out = Vec::new();
+            let now = Instant::now();
+            'feed: for c in chunks {
+                framer.push(&c);
+                while let Ok(Some(v)) = framer.next_value() {
+                    if d.decode(v, now, &mut out).is_err() {
+                        break 'feed;
+                    }
+                }
+            }
+            // Every request decoded can be answered in its dialect.
+            let mut frames = Frames::default();
+            for i in &out {
+                encode_reply(i.ctx(), &Err(ChatError::new(ErrorCode::BadRequest, "x")), &mut frames);
+            }
+        }
+    }
+
+    #[test]
+    fn dialects_round_trip_through_u8() {
+        for d in [
+            Dialect::Native,
+            Dialect::Classic(Numbering::Course),
+            Dialect::Classic(Numbering::Thousand),
+            Dialect::Sponge,
+            Dialect::GoChatroom,
+            Dialect::CChatroom,
+            Dialect::EpollChatroom,
+        ] {
+            assert_eq!(Dialect::from_u8(d.to_u8()), d);
+            assert!(Listen::from_name(d.name()).is_some());
+        }
     }
 }

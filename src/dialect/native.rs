@@ -67,6 +67,7 @@ fn decode_body(f: &Fields, ctx: ReqCtx) -> Result<Incoming, ChatError> {
             ctx: ctx.clone(),
             name: f.str("name")?.to_string(),
             password: f.str("password")?.to_string(),
+            id: None,
         }),
         "login" => {
             let who = match (f.opt_id("id")?, f.opt_str("name")?) {
@@ -83,6 +84,7 @@ fn decode_body(f: &Fields, ctx: ReqCtx) -> Result<Incoming, ChatError> {
                 ctx: ctx.clone(),
                 who,
                 password: f.str("password")?.to_string(),
+                tell_unknown: false,
             })
         }
         "passwd" => Ok(Incoming::Passwd {
@@ -126,6 +128,8 @@ fn decode_body(f: &Fields, ctx: ReqCtx) -> Result<Incoming, ChatError> {
         "friends" => cmd(Command::Friends),
         "search" => cmd(Command::Search {
             query: f.str("query")?.to_string(),
+            users: true,
+            groups: false,
         }),
         "group_create" => cmd(Command::GroupCreate {
             name: f.str("name")?.to_string(),
@@ -218,6 +222,9 @@ pub struct MessageJson<'a> {
     ts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     cid: Option<&'a str>,
+    /// The sender is a guest (from a room-style client, with no account).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    guest: bool,
 }
 
 impl<'a> MessageJson<'a> {
@@ -236,6 +243,7 @@ impl<'a> MessageJson<'a> {
             text: &v.msg.text,
             ts: v.msg.id.millis(),
             cid: v.msg.cid.as_deref(),
+            guest: v.msg.from.is_guest(),
         }
     }
 }
@@ -281,6 +289,8 @@ struct MemberJson<'a> {
     name: &'a str,
     role: &'static str,
     online: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    guest: bool,
 }
 
 fn member(m: &MemberView) -> MemberJson<'_> {
@@ -289,6 +299,7 @@ fn member(m: &MemberView) -> MemberJson<'_> {
         name: &m.name,
         role: m.role.as_str(),
         online: m.online,
+        guest: m.id.is_guest(),
     }
 }
 
@@ -371,9 +382,13 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
             serde_json::json!({ "user": user(u), "sessions": sessions }),
         ),
         Reply::LoggedOut => put(out, "logged_out", req, Empty {}),
-        Reply::Ok => put(out, "ok", req, Empty {}),
+        // What other dialects say on joining or befriending, chatd's
+        // protocol says with pushes.
+        Reply::Ok | Reply::Joined(_) | Reply::Befriended(_) => put(out, "ok", req, Empty {}),
         Reply::Pong => put(out, "pong", req, Empty {}),
-        Reply::Sent { id, cid, duplicate } => {
+        Reply::Sent {
+            id, cid, duplicate, ..
+        } => {
             #[derive(Serialize)]
             struct Sent<'a> {
                 id: Stamp,
@@ -419,9 +434,38 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
                 serde_json::json!({ "friends": friends, "incoming": incoming, "outgoing": outgoing }),
             )
         }
-        Reply::Users(users) => {
+        Reply::Users { users, groups } => {
             let users: Vec<_> = users.iter().map(user).collect();
-            put(out, "users", req, serde_json::json!({ "users": users }))
+            if groups.is_empty() {
+                put(out, "users", req, serde_json::json!({ "users": users }))
+            } else {
+                let groups: Vec<_> = groups.iter().map(group).collect();
+                put(
+                    out,
+                    "users",
+                    req,
+                    serde_json::json!({ "users": users, "groups": groups }),
+                )
+            }
+        }
+        Reply::Contacts { friends, groups } => {
+            let friends: Vec<_> = friends.iter().map(friend).collect();
+            let groups: Vec<_> = groups.iter().map(group).collect();
+            put(
+                out,
+                "contacts",
+                req,
+                serde_json::json!({ "friends": friends, "groups": groups }),
+            )
+        }
+        Reply::Pending { messages, more } => {
+            let messages: Vec<_> = messages.iter().map(|m| MessageJson::new(m, None)).collect();
+            put(
+                out,
+                "pending",
+                req,
+                serde_json::json!({ "messages": messages, "more": more }),
+            )
         }
         Reply::Group(g) => put(out, "group", req, serde_json::json!({ "group": group(g) })),
         Reply::Groups(gs) => {
@@ -455,12 +499,14 @@ pub fn encode_event(event: &Event, out: &mut Frames) {
             None,
             serde_json::json!({ "from": user(from), "text": text }),
         ),
-        Event::FriendAdded(u) => put(
+        Event::FriendAdded { user: u, .. } => put(
             out,
             "friend_added",
             None,
             serde_json::json!({ "user": user(u) }),
         ),
+        // Lobby presence is for the room-style clients.
+        Event::RoomPresence { .. } => {}
         Event::FriendRemoved(u) => put(
             out,
             "friend_removed",

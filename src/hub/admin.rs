@@ -3,9 +3,8 @@
 //! or a broadcast reaches every node of a cluster.
 
 use super::{Hub, SessionId};
-use crate::api::{Command, ErrorCode, Reply};
+use crate::api::{Command, ErrorCode, Reply, Who};
 use crate::apply::is_registered;
-use crate::dialect::Who;
 use crate::ids::{Gid, Uid};
 use crate::model::{OpBody, User};
 use crate::rules;
@@ -98,7 +97,11 @@ impl Hub {
                 }))
             }
             AdminReq::CreateUser { name, hash } => {
-                match self.admin_decide(Command::Register { name, hash })? {
+                match self.admin_decide(Command::Register {
+                    name,
+                    hash,
+                    id: None,
+                })? {
                     Reply::Registered(u) => Ok(json!({"user": {"id": u.id, "name": u.name}})),
                     other => Err(format!("unexpected reply {other:?}")),
                 }
@@ -182,6 +185,12 @@ impl Hub {
                     .map_err(|e| e.to_string())?
                     .filter(|g| g.created != crate::ids::Stamp::ZERO && !g.dissolved)
                     .ok_or_else(|| format!("no group {group}"))?;
+                if g.id == crate::ids::LOBBY {
+                    return Err(
+                        "the lobby cannot be dissolved (it is where the room-style clients chat)"
+                            .into(),
+                    );
+                }
                 self.admin_op(OpBody::DissolveGroup {
                     group: g.id,
                     actor: OPERATOR,
@@ -245,7 +254,7 @@ impl Hub {
     fn user_json(&self, u: &User) -> Value {
         json!({
             "id": u.id, "name": u.name, "banned": u.banned, "deleted": u.deleted,
-            "online": self.online(u.id),
+            "online": self.online(u.id), "guest": u.id.is_guest(),
         })
     }
 
@@ -301,7 +310,7 @@ impl Hub {
                 .unwrap_or(0);
             rows.push(json!({
                 "session": id, "user": s.user, "name": name,
-                "dialect": s.link.dialect().name(), "remote": s.link.peer.to_string(),
+                "dialect": s.link.label(), "remote": s.link.peer.to_string(),
                 "node": self.node, "since_ms": since,
             }));
         }

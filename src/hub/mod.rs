@@ -21,17 +21,18 @@ mod outbox;
 pub use admin::AdminReq;
 pub use outbox::{Outbox, PushError};
 
-use crate::api::{ChatError, Command, ErrorCode, Event, GroupChange, MsgView, Reply, UserRef};
+use crate::api::{
+    ChatError, Command, ErrorCode, Event, GroupChange, MsgView, Reply, SessionTraits, UserRef, Who,
+};
 use crate::apply::{apply, is_registered, Effect};
 use crate::config::{Limits, Live};
-use crate::dialect::{ReqCtx, Who};
-use crate::ids::{Clock, Gid, NodeId, Stamp, Uid};
+use crate::ids::{Clock, Gid, NodeId, Stamp, Uid, LOBBY};
 use crate::model::{delivered_ops, Link, Op, OpBody, Role, Target};
 use crate::rules::{self, Ctx, IdAlloc, NameCache};
 use crate::store::{LogReader, Position, Store, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,6 +42,11 @@ pub type SessionId = u64;
 
 /// Messages a session's writer asks for at a time when replaying.
 pub const REPLAY_PAGE: usize = 512;
+
+/// Most messages, and about the most bytes of text, one `Pending` reply
+/// carries (clients that ask for their messages read the reply in one go).
+const PENDING_REPLY_MAX: usize = 100;
+const PENDING_REPLY_BYTES: usize = 12 * 1024;
 
 /// Operator notices older than this when they arrive are not shown.
 const NOTICE_FRESH_MS: u64 = 60_000;
@@ -68,7 +74,10 @@ pub struct SessionLink {
     /// When the client was last heard from, in ms after `born`.
     born: Instant,
     heard: AtomicU64,
-    dialect: AtomicU8,
+    /// What the session's dialect needs (`SessionTraits` bits).
+    traits: AtomicU16,
+    /// The dialect's name, for metrics and the operator.
+    label: std::sync::Mutex<&'static str>,
 }
 
 impl SessionLink {
@@ -82,7 +91,8 @@ impl SessionLink {
             opened: SystemTime::now(),
             born: Instant::now(),
             heard: AtomicU64::new(0),
-            dialect: AtomicU8::new(0),
+            traits: AtomicU16::new(0),
+            label: std::sync::Mutex::new("none"),
         }
     }
 
@@ -98,13 +108,18 @@ impl SessionLink {
         self.born.elapsed().saturating_sub(heard)
     }
 
-    /// The dialect pushes to this session are written in.
-    pub fn dialect(&self) -> crate::dialect::Dialect {
-        crate::dialect::Dialect::from_u8(self.dialect.load(Ordering::Relaxed))
+    pub fn traits(&self) -> SessionTraits {
+        SessionTraits::from_bits(self.traits.load(Ordering::Relaxed))
     }
 
-    pub fn set_dialect(&self, d: crate::dialect::Dialect) {
-        self.dialect.store(d.to_u8(), Ordering::Relaxed);
+    /// Describe the session's dialect: what it needs, and its name.
+    pub fn set_kind(&self, traits: SessionTraits, label: &'static str) {
+        self.traits.store(traits.to_bits(), Ordering::Relaxed);
+        *self.label.lock().unwrap_or_else(|e| e.into_inner()) = label;
+    }
+
+    pub fn label(&self) -> &'static str {
+        *self.label.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -114,8 +129,10 @@ pub struct Out {
     pub item: OutItem,
 }
 
+/// Replies go out in request order, so the session matches each with the
+/// request it answers; the hub never needs to know how a request was worded.
 pub enum OutItem {
-    Reply(Box<(ReqCtx, Result<Reply, ChatError>)>),
+    Reply(Box<Result<Reply, ChatError>>),
     Event(Arc<Event>),
     /// Deliver the user's pending messages now (the writer pulls them in pages).
     Replay,
@@ -130,14 +147,12 @@ pub enum HubMsg {
     Open(Arc<SessionLink>),
     Request {
         id: SessionId,
-        ctx: ReqCtx,
         cmd: Command,
     },
     /// Queue a reply the session worked out itself (an invalid request), in
     /// order with the replies the hub makes.
     Echo {
         id: SessionId,
-        ctx: ReqCtx,
         result: Result<Reply, ChatError>,
     },
     /// The user id and password hash of a login candidate (`None`: the
@@ -150,11 +165,11 @@ pub enum HubMsg {
     /// The password was verified against `hash`: attach the session.
     Login {
         id: SessionId,
-        ctx: ReqCtx,
         user: Uid,
         hash: String,
     },
-    /// A classic session wrote these messages of `user` to its socket.
+    /// A session whose client cannot acknowledge wrote these messages of
+    /// `user` to its socket.
     Delivered {
         user: Uid,
         ids: Vec<Stamp>,
@@ -301,6 +316,8 @@ impl HubHandle {
 struct Session {
     link: Arc<SessionLink>,
     user: Option<Uid>,
+    /// What the session's dialect needed when it logged in.
+    traits: SessionTraits,
     replay: Option<ReplayState>,
     /// The dialect this session is counted under in `chatd_sessions`.
     counted: Option<&'static str>,
@@ -334,6 +351,12 @@ pub struct Hub {
     by_user: HashMap<Uid, Vec<SessionId>>,
     /// Users with sessions on other nodes, by node.
     remote: HashMap<NodeId, HashSet<Uid>>,
+    /// The lobby's name, when this node serves room-style clients.
+    lobby: Option<String>,
+    /// Logged-in sessions that hear the lobby without being members (guests).
+    room: HashSet<SessionId>,
+    /// Logged-in sessions told when lobby participants come and go.
+    room_watchers: HashSet<SessionId>,
     /// Members of groups that recently had messages, for fan-out.
     members: HashMap<Gid, Arc<Vec<Uid>>>,
     /// This batch's operations, logged together at its end.
@@ -352,8 +375,6 @@ pub struct Hub {
     last_idle_sweep: Instant,
 }
 
-/// A storage failure leaves the hub unable to keep its promises; stop and
-/// let the supervisor restart chatd from the log.
 /// Whether a user has a session here (`by_user`) or on another node.
 fn online_in(
     by_user: &HashMap<Uid, Vec<SessionId>>,
@@ -363,6 +384,28 @@ fn online_in(
     by_user.contains_key(&u) || remote.values().any(|s| s.contains(&u))
 }
 
+/// Guests with a session here or on another node (at most a page of them).
+fn guests_in(
+    by_user: &HashMap<Uid, Vec<SessionId>>,
+    remote: &HashMap<NodeId, HashSet<Uid>>,
+) -> Vec<Uid> {
+    let mut out: Vec<Uid> = by_user
+        .keys()
+        .chain(remote.values().flatten())
+        .copied()
+        .filter(|u| u.is_guest())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out.truncate(ROOM_LIST_MAX);
+    out
+}
+
+/// Most lobby participants listed at once (a login reply, a member list).
+const ROOM_LIST_MAX: usize = 300;
+
+/// A storage failure leaves the hub unable to keep its promises; stop and
+/// let the supervisor restart chatd from the log.
 fn fatal(e: StoreError) -> ! {
     tracing::error!(error = %e, "storage failure; exiting");
     std::process::exit(1);
@@ -370,10 +413,13 @@ fn fatal(e: StoreError) -> ! {
 
 impl Hub {
     /// Bring the tables up to date with the log and start the hub thread.
+    /// `lobby`: the lobby's name, when this node serves room-style clients
+    /// (it makes sure the lobby exists).
     pub fn spawn(
         mut store: Store,
         node: NodeId,
         limits: Live<Limits>,
+        lobby: Option<String>,
     ) -> Result<HubHandle, StoreError> {
         let started = Instant::now();
         let mut clock = Clock::new(node);
@@ -405,6 +451,9 @@ impl Hub {
             sessions: HashMap::new(),
             by_user: HashMap::new(),
             remote: HashMap::new(),
+            lobby,
+            room: HashSet::new(),
+            room_watchers: HashSet::new(),
             members: HashMap::new(),
             new_ops: Vec::new(),
             peer_ops: BTreeMap::new(),
@@ -442,6 +491,8 @@ impl Hub {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        self.ensure_lobby();
+        self.finish_batch();
         let mut batch = Vec::with_capacity(512);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -489,23 +540,19 @@ impl Hub {
                         Session {
                             link,
                             user: None,
+                            traits: SessionTraits::default(),
                             replay: None,
                             counted: None,
                         },
                     );
                 }
             }
-            HubMsg::Request { id, ctx, cmd } => self.request(id, ctx, cmd),
-            HubMsg::Echo { id, ctx, result } => self.reply(id, ctx, result),
+            HubMsg::Request { id, cmd } => self.request(id, cmd),
+            HubMsg::Echo { id, result } => self.reply(id, result),
             HubMsg::Credentials { id, who, reply } => {
                 let _ = reply.send(self.credentials(id, who));
             }
-            HubMsg::Login {
-                id,
-                ctx,
-                user,
-                hash,
-            } => self.login(id, ctx, user, &hash),
+            HubMsg::Login { id, user, hash } => self.login(id, user, &hash),
             HubMsg::Delivered { user, ids } => {
                 self.marks.extend(ids.into_iter().map(|m| (user, m)));
             }
@@ -545,12 +592,14 @@ impl Hub {
     fn with_rules<R>(&mut self, f: impl FnOnce(&Store, &mut Ctx) -> R) -> R {
         let (by_user, remote) = (&self.by_user, &self.remote);
         let online = |u: Uid| online_in(by_user, remote, u);
+        let guests = || guests_in(by_user, remote);
         let mut cx = Ctx {
             clock: &mut self.clock,
             ids: &mut self.ids,
             names: &mut self.names,
             limits: &self.batch_limits,
             online: &online,
+            guests_online: &guests,
         };
         f(&self.store, &mut cx)
     }
@@ -616,28 +665,125 @@ impl Hub {
         self.sessions.get(&id).and_then(|s| s.user)
     }
 
-    fn reply(&mut self, id: SessionId, ctx: ReqCtx, result: Result<Reply, ChatError>) {
-        self.out.push((id, OutItem::Reply(Box::new((ctx, result)))));
+    fn reply(&mut self, id: SessionId, result: Result<Reply, ChatError>) {
+        self.out.push((id, OutItem::Reply(Box::new(result))));
     }
 
-    fn request(&mut self, id: SessionId, ctx: ReqCtx, cmd: Command) {
+    fn request(&mut self, id: SessionId, cmd: Command) {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
         let who = session.user;
-        if cmd == Command::Logout {
-            self.detach(id);
-            return self.reply(id, ctx, Ok(Reply::LoggedOut));
+        match cmd {
+            Command::Logout => {
+                self.detach(id);
+                return self.reply(id, Ok(Reply::LoggedOut));
+            }
+            Command::GuestLogin { name } => return self.guest_login(id, &name),
+            Command::Pending => return self.pending_reply(id),
+            _ => {}
         }
+        let group = match &cmd {
+            Command::Send {
+                to: Target::Group(g),
+                ..
+            } => Some(*g),
+            _ => None,
+        };
         match self.with_rules(|store, cx| rules::decide(store, cx, who, cmd)) {
-            Err(e) => self.reply(id, ctx, Err(e)),
-            Ok(d) => {
+            Err(e) => self.reply(id, Err(e)),
+            Ok(mut d) => {
+                if let (Reply::Sent { alone, .. }, Some(g), Some(me)) = (&mut d.reply, group, who) {
+                    if self
+                        .sessions
+                        .get(&id)
+                        .is_some_and(|s| s.traits.report_alone)
+                    {
+                        *alone = !self.anyone_else_in(g, me);
+                    }
+                }
                 // The reply goes out before the pushes the change causes.
-                self.reply(id, ctx, Ok(d.reply));
+                self.reply(id, Ok(d.reply));
                 for (stamp, body) in d.ops {
                     self.commit(stamp, body);
                 }
             }
+        }
+    }
+
+    /// Whether a member of `g` other than `me` is online (for the lobby,
+    /// guests count too).
+    fn anyone_else_in(&mut self, g: Gid, me: Uid) -> bool {
+        let members = self.group_members(g);
+        if members.iter().any(|u| *u != me && self.online(*u)) {
+            return true;
+        }
+        g == LOBBY
+            && guests_in(&self.by_user, &self.remote)
+                .iter()
+                .any(|u| *u != me)
+    }
+
+    /// Everyone online in the lobby: members and guests, at most a page.
+    fn room_online(&mut self) -> Vec<Uid> {
+        let mut out: Vec<Uid> = self
+            .group_members(LOBBY)
+            .iter()
+            .copied()
+            .filter(|u| self.online(*u))
+            .take(ROOM_LIST_MAX)
+            .collect();
+        out.extend(guests_in(&self.by_user, &self.remote));
+        out.truncate(ROOM_LIST_MAX);
+        out
+    }
+
+    /// Make sure the lobby exists (and has its configured name).
+    fn ensure_lobby(&mut self) {
+        let Some(name) = self.lobby.clone() else {
+            return;
+        };
+        match self.with_rules(|store, cx| rules::ensure_lobby(store, cx, &name)) {
+            Ok(Some((stamp, body))) => self.commit(stamp, body),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot set up the lobby"),
+        }
+    }
+
+    /// The messages waiting for the session's user, as a reply; what does
+    /// not fit follows as a replay.
+    fn pending_reply(&mut self, id: SessionId) {
+        let Some(user) = self.user_of(id) else {
+            return self.reply(
+                id,
+                Err(ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
+            );
+        };
+        // Deliveries reported earlier in this batch count.
+        self.commit_marks();
+        let msgs = match rules::pending(&self.store, user, None, PENDING_REPLY_MAX) {
+            Ok(m) => m,
+            Err(e) => return self.reply(id, Err(e)),
+        };
+        let mut budget = PENDING_REPLY_BYTES;
+        let mut messages = Vec::new();
+        let mut more = false;
+        for m in msgs {
+            let cost = m.text.len() + 128;
+            if !messages.is_empty() && cost > budget {
+                more = true;
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            match self.names.view(&self.store, m) {
+                Ok(v) => messages.push(v),
+                Err(e) => return self.reply(id, Err(e)),
+            }
+        }
+        more |= messages.len() == PENDING_REPLY_MAX;
+        self.reply(id, Ok(Reply::Pending { messages, more }));
+        if more {
+            self.out.push((id, OutItem::Replay));
         }
     }
 
@@ -684,64 +830,100 @@ impl Hub {
         is_registered(&user).then_some((uid, user.hash))
     }
 
-    fn login(&mut self, id: SessionId, ctx: ReqCtx, user: Uid, hash: &str) {
-        let Some(session) = self.sessions.get(&id) else {
+    fn login(&mut self, id: SessionId, user: Uid, hash: &str) {
+        if !self.sessions.contains_key(&id) {
             return;
-        };
-        let again = session.user == Some(user);
-        let checked = rules::check_login(&self.store, user, hash).and_then(|u| {
-            let n = self.by_user.get(&user).map_or(0, Vec::len);
-            if !again && n >= self.batch_limits.max_sessions_per_user {
-                return crate::api::fail(
-                    ErrorCode::TooManySessions,
-                    format!("{n} sessions are open for this account already"),
-                );
-            }
-            Ok(u)
-        });
-        let u = match checked {
-            Ok(u) => u,
-            Err(e) => return self.reply(id, ctx, Err(e)),
-        };
-        if self.user_of(id).is_some() {
-            self.detach(id);
         }
-        if let Some(s) = self.sessions.get(&id) {
-            s.link.set_dialect(ctx.dialect());
-        }
-        self.attach(id, user);
-        let roster = match ctx {
-            ReqCtx::Classic { .. } => self
-                .with_rules(|store, cx| rules::roster(store, cx, user))
-                .ok(),
-            ReqCtx::Native { .. } => None,
-        };
-        let sessions = self.by_user.get(&user).map_or(1, Vec::len);
-        self.reply(
-            id,
-            ctx,
-            Ok(Reply::LoggedIn {
-                user: UserRef {
+        match rules::check_login(&self.store, user, hash) {
+            Ok(u) => self.logged_in(
+                id,
+                UserRef {
                     id: user,
                     name: u.name,
                 },
+            ),
+            Err(e) => self.reply(id, Err(e)),
+        }
+    }
+
+    fn guest_login(&mut self, id: SessionId, name: &str) {
+        match self.with_rules(|store, cx| rules::guest_login(store, cx, name)) {
+            Ok((guest, op)) => {
+                if let Some((stamp, body)) = op {
+                    self.commit(stamp, body);
+                }
+                self.logged_in(id, guest)
+            }
+            Err(e) => self.reply(id, Err(e)),
+        }
+    }
+
+    /// Attach a session whose user was checked, and answer its login with
+    /// what its dialect needs.
+    fn logged_in(&mut self, id: SessionId, user: UserRef) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let uid = user.id;
+        let n = self.by_user.get(&uid).map_or(0, Vec::len);
+        if session.user != Some(uid) && n >= self.batch_limits.max_sessions_per_user {
+            let e = ChatError::new(
+                ErrorCode::TooManySessions,
+                format!("{n} sessions are open for this account already"),
+            );
+            return self.reply(id, Err(e));
+        }
+        let traits = session.link.traits();
+        if self.user_of(id).is_some() {
+            self.detach(id);
+        }
+        if traits.joins_lobby {
+            match self.with_rules(|store, cx| rules::join_lobby(store, cx, uid)) {
+                Ok(Some((stamp, body))) => self.commit(stamp, body),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, user = %uid, "cannot join the lobby"),
+            }
+        }
+        self.attach(id, uid);
+        let roster = if traits.roster_in_login {
+            self.with_rules(|store, cx| rules::roster(store, cx, uid))
+                .ok()
+        } else {
+            None
+        };
+        let room = traits.room_in_login.then(|| self.room_online());
+        let sessions = self.by_user.get(&uid).map_or(1, Vec::len);
+        self.reply(
+            id,
+            Ok(Reply::LoggedIn {
+                user,
                 sessions,
                 roster,
+                room,
             }),
         );
         if let Some(text) = self.batch_limits.welcome.clone() {
             self.out
                 .push((id, OutItem::Event(Arc::new(Event::Notice { text }))));
         }
-        self.out.push((id, OutItem::Replay));
+        if traits.replay_at_login {
+            self.out.push((id, OutItem::Replay));
+        }
     }
 
     fn attach(&mut self, id: SessionId, user: Uid) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.user = Some(user);
-            let dialect = s.link.dialect().name();
-            s.counted = Some(dialect);
-            metrics::gauge!("chatd_sessions", "dialect" => dialect).increment(1.0);
+            s.traits = s.link.traits();
+            let label = s.link.label();
+            s.counted = Some(label);
+            metrics::gauge!("chatd_sessions", "dialect" => label).increment(1.0);
+            if s.traits.room {
+                self.room.insert(id);
+            }
+            if s.traits.room_presence {
+                self.room_watchers.insert(id);
+            }
         }
         let was_online = self.online(user);
         let list = self.by_user.entry(user).or_default();
@@ -761,6 +943,8 @@ impl Hub {
         if let Some(dialect) = s.counted.take() {
             metrics::gauge!("chatd_sessions", "dialect" => dialect).decrement(1.0);
         }
+        self.room.remove(&id);
+        self.room_watchers.remove(&id);
         let Some(user) = s.user.take() else {
             return;
         };
@@ -779,8 +963,10 @@ impl Hub {
         }
     }
 
-    /// Tell a user's online friends that the user came or went.
+    /// Tell a user's online friends (and, for a lobby participant, the
+    /// sessions watching the lobby) that the user came or went.
     fn presence(&mut self, user: Uid, online: bool) {
+        self.room_presence(user, online);
         let Ok(edges) = self.store.edges(user) else {
             return;
         };
@@ -802,6 +988,26 @@ impl Hub {
         }
     }
 
+    fn room_presence(&mut self, user: Uid, online: bool) {
+        if self.room_watchers.is_empty() {
+            return;
+        }
+        let in_room = user.is_guest()
+            || matches!(self.store.member(LOBBY, user), Ok(Some(m)) if m.role.is_some());
+        if !in_room {
+            return;
+        }
+        let ev = Arc::new(Event::RoomPresence {
+            user: self.user_ref(user),
+            online,
+        });
+        for sid in &self.room_watchers {
+            if self.sessions.get(sid).and_then(|s| s.user) != Some(user) {
+                self.out.push((*sid, OutItem::Event(ev.clone())));
+            }
+        }
+    }
+
     /// Close every local session of a user, saying why.
     fn kick_user(&mut self, user: Uid, why: ErrorCode) -> usize {
         let sessions = self.by_user.get(&user).cloned().unwrap_or_default();
@@ -818,8 +1024,8 @@ impl Hub {
 
     /// Close sessions silent for longer than the idle timeout, saying why.
     /// One sweep here, rather than a timer in every connection, keeps idle
-    /// connections small. The classic client never pings, so its sessions
-    /// are left to TCP keepalive.
+    /// connections small. Clients that never ping (the seed clients) are
+    /// left to TCP keepalive.
     fn close_idle_sessions(&mut self) {
         self.last_idle_sweep = Instant::now();
         let Some(limit) = self.batch_limits.idle_timeout else {
@@ -828,7 +1034,7 @@ impl Hub {
         let silent: Vec<SessionId> = self
             .sessions
             .values()
-            .filter(|s| !matches!(s.link.dialect(), crate::dialect::Dialect::Classic(_)))
+            .filter(|s| !s.link.traits().idle_exempt)
             .filter(|s| s.link.silent_for() > limit)
             .map(|s| s.link.id)
             .collect();
@@ -918,6 +1124,14 @@ impl Hub {
                             for u in self.group_members(g).iter() {
                                 if *u != m.from {
                                     self.push(*u, &ev);
+                                }
+                            }
+                            if g == LOBBY {
+                                for sid in &self.room {
+                                    let to = self.sessions.get(sid).and_then(|s| s.user);
+                                    if to.is_some() && to != Some(m.from) {
+                                        self.out.push((*sid, OutItem::Event(ev.clone())));
+                                    }
                                 }
                             }
                         }
@@ -1037,8 +1251,16 @@ impl Hub {
             }
             (_, Link::Friends) => {
                 let them = self.user_ref(other);
-                self.push(other, &Arc::new(Event::FriendAdded(me)));
-                self.push(actor, &Arc::new(Event::FriendAdded(them)));
+                let to_other = Event::FriendAdded {
+                    user: me,
+                    by_you: false,
+                };
+                let to_actor = Event::FriendAdded {
+                    user: them,
+                    by_you: true,
+                };
+                self.push(other, &Arc::new(to_other));
+                self.push(actor, &Arc::new(to_actor));
             }
             (Link::Pending { from }, Link::None) if from != actor => {
                 self.push(from, &Arc::new(Event::FriendDeclined(me)));
@@ -1073,12 +1295,7 @@ impl Hub {
     /// Log this batch's operations as one segment, ask for a flush, and hand
     /// everything out with the ticket that flush will reach.
     fn finish_batch(&mut self) {
-        if !self.marks.is_empty() {
-            for body in delivered_ops(std::mem::take(&mut self.marks)) {
-                let stamp = self.clock.now();
-                self.commit(stamp, body);
-            }
-        }
+        self.commit_marks();
         if !self.new_ops.is_empty() {
             let next = Vec::with_capacity(self.new_ops.len());
             let ops = std::mem::replace(&mut self.new_ops, next);
@@ -1121,6 +1338,16 @@ impl Hub {
         }
         if let Err(e) = self.store.maintain() {
             fatal(e);
+        }
+    }
+
+    /// Log the deliveries sessions reported in this batch.
+    fn commit_marks(&mut self) {
+        if !self.marks.is_empty() {
+            for body in delivered_ops(std::mem::take(&mut self.marks)) {
+                let stamp = self.clock.now();
+                self.commit(stamp, body);
+            }
         }
     }
 

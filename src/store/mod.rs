@@ -7,7 +7,7 @@
 //!   one segment per iteration and acknowledges nothing before the
 //!   [`Durability`] thread has flushed it (group commit).
 //! * **The tables** (users, names, friends, groups, members, user_groups,
-//!   cursors, history, inbox) are derived from the log by `apply::apply`.
+//!   cursors, guests, history, inbox) are derived from the log by `apply::apply`.
 //!   Changes go to an in-memory layer first; every second or so the layer is
 //!   frozen and written to the sled trees by a background thread, which then
 //!   records a checkpoint (the log position the trees now reflect). After a
@@ -112,11 +112,12 @@ pub enum Table {
     Members,
     UserGroups,
     Cursors,
+    Guests,
     History,
     Inbox,
 }
 
-const TABLES: usize = 9;
+const TABLES: usize = 10;
 
 impl Table {
     pub const ALL: [Table; TABLES] = [
@@ -127,6 +128,7 @@ impl Table {
         Table::Members,
         Table::UserGroups,
         Table::Cursors,
+        Table::Guests,
         Table::History,
         Table::Inbox,
     ];
@@ -140,6 +142,7 @@ impl Table {
             Table::Members => "members",
             Table::UserGroups => "user_groups",
             Table::Cursors => "cursors",
+            Table::Guests => "guests",
             Table::History => "history",
             Table::Inbox => "inbox",
         }

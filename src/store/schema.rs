@@ -10,6 +10,7 @@
 //! | members      | gid, uid                          | `Member` (+tombstones) |
 //! | user_groups  | uid, gid                          | empty                  |
 //! | cursors      | uid, origin node (u16)            | last delivered msg id  |
+//! | guests       | node (u16), guest's given name    | uid                    |
 //! | history      | conversation (9 bytes), msg id    | message / chunk        |
 //! | inbox        | recipient uid, msg id             | message / chunk        |
 
@@ -55,6 +56,12 @@ fn k8(a: u32, b: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(8);
     k.extend_from_slice(&a.to_be_bytes());
     k.extend_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn guest_key(node: NodeId, name: &str) -> Vec<u8> {
+    let mut k = node.to_be_bytes().to_vec();
+    k.extend_from_slice(name.as_bytes());
     k
 }
 
@@ -104,12 +111,39 @@ impl Store {
         }
     }
 
+    /// The lowest user id in `range` with no record (a walk over the taken
+    /// ones below it: only needed once the top of a node's block is taken).
+    pub fn first_free_uid(&self, range: &std::ops::RangeInclusive<u32>) -> Result<Option<u32>> {
+        let lo = Bound::Included(k4(*range.start()));
+        let hi = Bound::Included(k4(*range.end()));
+        let mut want = *range.start();
+        for r in self.scan(Table::Users, lo, hi, false) {
+            let id = u32_at(&r?.0, 0);
+            if id > want {
+                break;
+            }
+            want = id + 1;
+        }
+        Ok((want <= *range.end()).then_some(want))
+    }
+
     pub fn max_uid(&self, range: &std::ops::RangeInclusive<u32>) -> Result<Option<u32>> {
         self.max_id(Table::Users, range)
     }
 
     pub fn max_gid(&self, range: &std::ops::RangeInclusive<u32>) -> Result<Option<u32>> {
         self.max_id(Table::Groups, range)
+    }
+
+    /// The guest a node made for a given name, if it made one.
+    pub fn guest_uid(&self, node: NodeId, name: &str) -> Result<Option<Uid>> {
+        Ok(self
+            .get(Table::Guests, &guest_key(node, name))?
+            .map(|v| Uid(u32_at(&v, 0))))
+    }
+
+    pub fn set_guest(&mut self, node: NodeId, name: &str, u: Uid) {
+        self.put(Table::Guests, guest_key(node, name), k4(u.0));
     }
 
     pub fn users(&self) -> impl Iterator<Item = Result<User>> + '_ {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod seeds;
 
 use chatd::config::Settings;
 use chatd::server::Server;
@@ -15,6 +16,9 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The lobby's group id (the same on every node).
+pub const LOBBY: u32 = 2_000_000_000;
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -64,6 +68,19 @@ impl TestServer {
             s.shutdown().await;
         }
         self.dir
+    }
+
+    /// A server with every dialect on a port of its own (and the lobby).
+    pub async fn with_all_dialects() -> TestServer {
+        TestServer::start_with(|s| s.listen_dialect = seeds::all_dialect_ports()).await
+    }
+
+    /// The port of a dialect given with `--listen-dialect`.
+    pub fn dialect(&self, name: &str) -> SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.dialect_addr(name))
+            .unwrap_or_else(|| panic!("no {name} listener"))
     }
 
     pub async fn client(&self) -> Client {
@@ -260,6 +277,18 @@ impl Client {
             .await;
         assert_eq!(r["type"], "sent");
         r
+    }
+
+    /// Join a group, and take the `joined` event that follows.
+    pub async fn join_group(&mut self, group: u32) {
+        self.ok(json!({"type": "group_join", "group": group})).await;
+        let ev = self.push_of("group_event").await;
+        assert_eq!(ev["event"], "joined");
+    }
+
+    /// Join the lobby.
+    pub async fn join_lobby(&mut self) {
+        self.join_group(LOBBY).await;
     }
 
     /// Receive `n` message pushes, acknowledge them, return them.
