@@ -1,8 +1,10 @@
 //! chatd: a self-contained chat server.
 //!
 //! One process keeps users, friends, groups and messages in an embedded sled
-//! database and serves clients JSON over TCP, in its own protocol and in the
-//! classic "msgid" dialect of the muduo course project's ChatClient.
+//! database and serves clients over TCP: its own JSON protocol, and the
+//! protocols of the seed systems' clients (the classic msgid ChatClient and
+//! the sponge client on the main port; the Go, C and epoll chatrooms on
+//! ports of their own), which all meet in one lobby.
 //!
 //! # How a request travels
 //!
@@ -13,16 +15,19 @@
 //!                                                 for the flush, encodes, writes one value per write
 //! ```
 //!
+//! Each dialect's port has its listener; behind the session, the hub sees
+//! only `api` types and what the session's dialect needs (`SessionTraits`).
+//!
 //! # Module map
 //!
 //! | module      | job                                                         | must not |
 //! |-------------|-------------------------------------------------------------|----------|
 //! | `server`    | start up, accept connections, shut down                     | know chat rules |
-//! | `session`   | one connection: read, throttle, decode; write, wait for durability, replay pending | touch the store |
-//! | `framing`   | split a byte stream into JSON values (seam for other framings) | parse JSON |
-//! | `dialect`   | translate wire JSON to/from `api` types: `native` (chatd's own), `classic` (msgid) | decide anything |
-//! | `api`       | the shared vocabulary: commands, replies, events, error codes | do I/O |
-//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes, presence; `hub::outbox` is each session's bounded queue of pushes | block on a client |
+//! | `session`   | one connection: read, throttle, decode; write, wait for durability, replay pending; match each reply with its request's context | touch the store |
+//! | `framing`   | the one place that turns a connection's bytes into values: JSON streams (with the sponge keepalive), length prefixes, fixed records | parse JSON |
+//! | `dialect`   | translate each client's wire format to/from `api` types, one file per dialect: `native`, `classic`, `sponge`, `go_chatroom`, `c_chatroom`, `epoll_chatroom`; say what each needs as `SessionTraits` | decide anything |
+//! | `api`       | the shared vocabulary: commands, replies, events, error codes, session traits | do I/O |
+//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes (the lobby to guests too), presence; `hub::outbox` is each session's bounded queue of pushes | block on a client; name a dialect |
 //! | `rules`     | chat rules: permissions, validation, which ops a command makes, queries (friends, history, pending) | write, or do I/O |
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
@@ -32,13 +37,14 @@
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
 //! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |
 //! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
-//! | `ids`       | user/group id blocks, stamps and the hybrid logical clock   | |
+//! | `ids`       | user/group/guest id blocks, the lobby's id, stamps and the hybrid logical clock | |
 //! | `config`    | settings (flags, `CHATD_*` variables, TOML file) and limits | |
 //! | `os`        | file-descriptor limit, signals, thread priority, returning freed memory | |
 //! | `bench`     | `chatbench`: load clients, scenarios, the relay ceiling     | use chatd's internals: it speaks only the wire protocols |
 //!
-//! Where is a command handled? `dialect::native` (or `classic`) decodes it
-//! into an `api::Command`; `rules::decide` handles it. Where is it stored?
+//! Where is a command handled? A file of `dialect` (`native`, `classic`,
+//! `sponge`, ...) decodes it into an `api::Command`; `rules::decide`
+//! handles it. Where is it stored?
 //! `apply::apply` writes its effect through `store::schema`. How does it reach
 //! a user? `hub::Hub::route` queues a push for each of the user's sessions.
 //! How does it reach another node? `mesh` streams the durable operation to

@@ -246,3 +246,74 @@ async fn the_lobby_exists_once_a_room_listener_runs_and_cannot_be_dissolved() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_dedicated_port_speaks_only_its_dialect() {
+    let srv = TestServer::with_all_dialects().await;
+    let mut native = Client::connect(srv.dialect("native")).await;
+    let r = native.call(json!({"type": "ping"})).await;
+    assert_eq!(r["type"], "pong");
+    native
+        .send_raw(&classic(json!({"msgid": 4, "name": "x", "password": "pw"})))
+        .await;
+    let r = native.next().await;
+    assert_eq!(
+        (r["type"].clone(), r["code"].clone()),
+        (json!("error"), json!("unknown_type"))
+    );
+    let mut old = Client::connect(srv.dialect("classic")).await;
+    old.send_raw(&classic(
+        json!({"msgid": 1004 - 1, "name": "cora", "password": "pw"}),
+    ))
+    .await;
+    assert_eq!(old.next().await["msgid"], 1004);
+    let mut sam = Sponge::connect(srv.dialect("sponge")).await;
+    let id = sam.register("sam").await;
+    sam.login(id, "sam").await;
+    sam.send_raw(b"keep this socket alive").await;
+    sam.send(json!({"type": "ping"})).await;
+    assert_eq!(
+        sam.next().await["errno"],
+        404,
+        "chatd's protocol is not spoken here"
+    );
+}
+
+#[tokio::test]
+async fn friends_of_any_dialect_see_a_go_user_come_and_go() {
+    let srv = TestServer::with_all_dialects().await;
+    let go = srv.dialect("go-chatroom");
+    let mut g = common::seeds::Go::connect(go).await;
+    assert_eq!(g.register(100, "pw", "tom").await["code"], 200);
+    // Tom and alice become friends (tom uses chatd's protocol for that).
+    let (mut alice, alice_id) = srv.user("alice").await;
+    let mut tom_native = srv.client().await;
+    tom_native.login("tom", "pw").await;
+    alice
+        .ok(json!({"type": "friend_request", "user": 100}))
+        .await;
+    tom_native
+        .ok(json!({"type": "friend_accept", "user": alice_id}))
+        .await;
+    let _ = alice.push_of("friend_added").await;
+    tom_native.ok(json!({"type": "logout"})).await;
+    let p = alice.push_of("presence").await;
+    assert_eq!(
+        (p["user"]["id"].clone(), p["online"].clone()),
+        (json!(100), json!(false))
+    );
+    // Tom's Go client logs in, then exits.
+    let mut tom = common::seeds::Go::connect(go).await;
+    assert_eq!(tom.login(100, "pw").await["code"], 200);
+    let p = alice.push_of("presence").await;
+    assert_eq!(
+        (p["user"]["id"].clone(), p["online"].clone()),
+        (json!(100), json!(true))
+    );
+    drop(tom);
+    let p = alice.push_of("presence").await;
+    assert_eq!(
+        (p["user"]["id"].clone(), p["online"].clone()),
+        (json!(100), json!(false))
+    );
+}

@@ -334,6 +334,43 @@ fn configuration_precedence_flag_over_variable_over_file_over_default() {
     let (ok, _, err) = check(&[], &["--config", "/nonexistent/chatd.toml"]);
     assert!(!ok);
     assert!(err.contains("cannot read config file"), "{err}");
+    // Dialect ports: a list in the file, comma-separated in the variable,
+    // repeatable on the command line; a bad name is refused.
+    std::fs::write(&file, "listen_dialect = [\"go-chatroom=127.0.0.1:8889\"]\n").unwrap();
+    let (ok, out, _) = check(&[], &["--config", f]);
+    assert!(ok);
+    assert!(
+        out.contains("listen_dialect = [\"go-chatroom=127.0.0.1:8889\"]"),
+        "{out}"
+    );
+    let (ok, out, _) = check(
+        &[(
+            "CHATD_LISTEN_DIALECT",
+            "c-chatroom=127.0.0.1:1,epoll-chatroom=127.0.0.1:2",
+        )],
+        &[],
+    );
+    assert!(ok);
+    assert!(
+        out.contains("\"c-chatroom=127.0.0.1:1\", \"epoll-chatroom=127.0.0.1:2\""),
+        "{out}"
+    );
+    let (ok, out, _) = check(
+        &[],
+        &[
+            "--listen-dialect",
+            "sponge=127.0.0.1:3",
+            "--listen-dialect",
+            "native=127.0.0.1:4",
+        ],
+    );
+    assert!(ok && out.contains("sponge=127.0.0.1:3") && out.contains("native=127.0.0.1:4"));
+    let (ok, _, err) = check(&[], &["--listen-dialect", "telnet=127.0.0.1:5"]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown dialect") && err.contains("go-chatroom"),
+        "{err}"
+    );
     // The shipped example is valid.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/chatd.toml");
     let (ok, out, err) = check(&[], &["--config", example]);
