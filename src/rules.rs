@@ -1216,27 +1216,8 @@ mod tests {
         }
 
         fn run(&mut self, who: Option<Uid>, cmd: Command) -> Res<Reply> {
-            let online = |_| false;
-            let guests = Vec::new;
-            let mut cx = Ctx {
-                clock: &mut self.clock,
-                ids: &mut self.ids,
-                names: &mut self.names,
-                limits: &self.limits,
-                online: &online,
-                guests_online: &guests,
-            };
-            let d = decide(&self.store, &mut cx, who, cmd)?;
-            for (stamp, body) in d.ops {
-                self.seq += 1;
-                let op = Op {
-                    origin: 1,
-                    seq: self.seq,
-                    stamp,
-                    body,
-                };
-                apply(&mut self.store, &op).unwrap();
-            }
+            let d = self.with_cx(|s, cx| decide(s, cx, who, cmd))?;
+            self.apply_ops(d.ops);
             Ok(d.reply)
         }
 
@@ -1397,6 +1378,7 @@ mod tests {
             }
         }
 
+        /// Everyone counts as online.
         fn with_cx<R>(&mut self, f: impl FnOnce(&Store, &mut Ctx) -> R) -> R {
             let online = |_| true;
             let guests = Vec::new;

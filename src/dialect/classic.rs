@@ -325,23 +325,7 @@ fn escaped_len(c: char) -> usize {
 
 /// Split a text into pieces that each fit `budget` bytes once escaped.
 fn split_text(text: &str, budget: usize) -> Vec<&str> {
-    let budget = budget.max(8);
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut used = 0;
-    for (i, c) in text.char_indices() {
-        let l = escaped_len(c);
-        if used + l > budget && i > start {
-            out.push(&text[start..i]);
-            start = i;
-            used = 0;
-        }
-        used += l;
-    }
-    if start < text.len() || out.is_empty() {
-        out.push(&text[start..]);
-    }
-    out
+    super::split_by(text, budget.max(8), escaped_len)
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in UTC, the classic client's time format.

@@ -231,26 +231,6 @@ fn twice_escaped_len(c: char) -> usize {
     }
 }
 
-/// Split a text into pieces that each take at most `budget` bytes once
-/// escaped twice, on character boundaries.
-fn split_escaped(text: &str, budget: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut used) = (0, 0);
-    for (i, c) in text.char_indices() {
-        let l = twice_escaped_len(c);
-        if used + l > budget && i > start {
-            out.push(&text[start..i]);
-            start = i;
-            used = 0;
-        }
-        used += l;
-    }
-    if start < text.len() || out.is_empty() {
-        out.push(&text[start..]);
-    }
-    out
-}
-
 fn sms(out: &mut Frames, from: Uid, from_name: &str, text: &str) {
     let data = |content: &str| {
         json!({
@@ -261,7 +241,8 @@ fn sms(out: &mut Frames, from: Uid, from_name: &str, text: &str) {
     let overhead = json!({"type": "SmsMes", "data": data("").to_string()})
         .to_string()
         .len();
-    for piece in split_escaped(text, MAX_FRAME.saturating_sub(overhead + 16).max(64)) {
+    let budget = MAX_FRAME.saturating_sub(overhead + 16).max(64);
+    for piece in super::split_by(text, budget, twice_escaped_len) {
         frame(out, "SmsMes", &data(piece));
     }
 }

@@ -552,16 +552,26 @@ pub fn cut_at(s: &str, max: usize) -> &str {
 
 /// Split a text into pieces of at most `max` bytes, on character boundaries.
 pub fn split_bytes(text: &str, max: usize) -> Vec<&str> {
-    let max = max.max(4);
+    split_by(text, max.max(4), char::len_utf8)
+}
+
+/// Split a text into pieces whose characters cost at most `budget` in
+/// all (a character's cost: its bytes once encoded, escapes included), on
+/// character boundaries. Never empty: an empty text is one empty piece.
+pub fn split_by(text: &str, budget: usize, cost: impl Fn(char) -> usize) -> Vec<&str> {
     let mut out = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let piece = cut_at(rest, max);
-        out.push(piece);
-        rest = &rest[piece.len()..];
+    let (mut start, mut used) = (0, 0);
+    for (i, c) in text.char_indices() {
+        let l = cost(c);
+        if used + l > budget && i > start {
+            out.push(&text[start..i]);
+            start = i;
+            used = 0;
+        }
+        used += l;
     }
-    if out.is_empty() {
-        out.push("");
+    if start < text.len() || out.is_empty() {
+        out.push(&text[start..]);
     }
     out
 }
