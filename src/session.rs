@@ -271,11 +271,6 @@ async fn read_loop(
                     return;
                 }
             }
-            let d = decoder.dialect();
-            if d != conn.dialect() {
-                conn.dialect.store(d.to_u8(), Ordering::Relaxed);
-                link.set_kind(d.traits(), d.name());
-            }
         }
         framer.shrink();
     }

@@ -28,10 +28,16 @@ async fn welcome_alone_public_private_and_absent() {
     two.say("hello room").await;
     assert_eq!(one.next().await, "Client 2 say >> hello room");
     two.quiet().await;
-    one.say(&format!("\\{b} just for you")).await;
+    // The text is the rest of the line after the digit.
+    one.say(&format!("\\{b}just for you")).await;
     assert_eq!(
         two.next().await,
         "Client 1 say to you privately >> just for you"
+    );
+    one.say(&format!("\\{b} with a space")).await;
+    assert_eq!(
+        two.next().await,
+        "Client 1 say to you privately >>  with a space"
     );
     one.quiet().await;
     one.say("\\7 are you there").await;
@@ -55,7 +61,7 @@ async fn chat_ids_fit_one_digit_and_are_reused() {
     let (mut c, id) = Epoll::join(at).await;
     assert_eq!(id, 4);
     // And can be reached privately.
-    clients[0].say("\\4 hi four").await;
+    clients[0].say("\\4hi four").await;
     assert_eq!(c.next().await, "Client 1 say to you privately >> hi four");
 }
 

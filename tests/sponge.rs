@@ -97,6 +97,14 @@ async fn login_failures_are_301_or_302_within_a_second() {
         .await;
     assert_eq!(c.next().await["errno"], 301, "already logged in");
     assert!(started.elapsed() < Duration::from_secs(1));
+    // A failed register still carries USERID, which the client reads first.
+    c.send(json!({"msgType": 2, "name": "amy", "password": "0000"}))
+        .await;
+    let r = c.next().await;
+    assert_eq!(
+        (r["errno"].clone(), r["code"].clone(), r["USERID"].clone()),
+        (json!(500), json!("name_taken"), json!(-1))
+    );
 }
 
 #[tokio::test]

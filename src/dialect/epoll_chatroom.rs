@@ -110,7 +110,8 @@ impl Conn {
                 ReqCtx::EpollChatroom(Kind::Private(to)),
                 Command::SendToGuest {
                     name: guest_name(to),
-                    text: line[2..].trim_start().to_string(),
+                    // The rest of the line after the digit, as the original.
+                    text: line[2..].to_string(),
                 },
             ),
             None => Incoming::Command(
@@ -215,7 +216,7 @@ mod tests {
         );
         assert!(matches!(&out[1],
             Incoming::Command(ReqCtx::EpollChatroom(Kind::Private(3)), Command::SendToGuest { name, text })
-            if name == "Client #3" && text == "psst"));
+            if name == "Client #3" && text == " psst"));
         let mut bad = rec("x");
         bad[RECORD - 1] = 1;
         assert!(c.decode(&bad, &mut out).is_err());
