@@ -57,6 +57,15 @@ pub struct Settings {
     #[arg(long, env = "CHATD_LOBBY", default_value = "lobby")]
     pub lobby: String,
 
+    /// Messages per second one user (or guest) may write into the lobby,
+    /// on average...
+    #[arg(long, env = "CHATD_LOBBY_RATE", default_value_t = 5.0)]
+    pub lobby_rate: f64,
+
+    /// ...and in a burst. Beyond it a lobby message is refused (rate_limited).
+    #[arg(long, env = "CHATD_LOBBY_BURST", default_value_t = 20.0)]
+    pub lobby_burst: f64,
+
     /// Largest JSON value a client may send, in bytes.
     #[arg(long, env = "CHATD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -400,6 +409,8 @@ impl Settings {
             idle_timeout: (self.idle_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.idle_timeout_secs)),
             classic_gap: Duration::from_millis(self.classic_push_gap_ms),
+            lobby_rate: self.lobby_rate.max(0.1),
+            lobby_burst: self.lobby_burst.max(1.0),
             welcome: (!self.welcome.is_empty()).then(|| self.welcome.clone()),
             ..Limits::default()
         }
@@ -432,6 +443,8 @@ pub struct Limits {
     pub session_queue: usize,
     pub idle_timeout: Option<Duration>,
     pub classic_gap: Duration,
+    pub lobby_rate: f64,
+    pub lobby_burst: f64,
     pub welcome: Option<String>,
 }
 
@@ -459,6 +472,8 @@ impl Default for Limits {
             session_queue: 4096,
             idle_timeout: Some(Duration::from_secs(90)),
             classic_gap: Duration::from_millis(20),
+            lobby_rate: 5.0,
+            lobby_burst: 20.0,
             welcome: None,
         }
     }

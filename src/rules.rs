@@ -238,7 +238,22 @@ pub fn check_user_name(name: &str, limits: &Limits) -> Res<()> {
             "names ending in \"(guest)\" are how guests are shown",
         );
     }
+    if looks_like_a_chat_id(name) {
+        return fail(
+            ErrorCode::InvalidName,
+            "names like \"Client 3\" are how the epoll chatroom shows its guests",
+        );
+    }
     Ok(())
+}
+
+/// `Client 3` or `Client #3`, in any case.
+fn looks_like_a_chat_id(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    lower
+        .strip_prefix("client")
+        .map(|r| r.trim_start().trim_start_matches('#'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Longest name a guest keeps, in characters.
@@ -354,7 +369,13 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
             if !(cx.online)(to) {
                 return Err(absent());
             }
-            send(s, cx, me, Target::User(to), text, None, None)
+            // The epoll chatroom lets one whisper to oneself, as the original.
+            let to = if to == me {
+                Whom::Myself
+            } else {
+                Whom::Other(Target::User(to))
+            };
+            send(s, cx, me, to, text, None, None)
         }
         Command::Contacts => {
             let me = logged_in(who)?;
@@ -394,7 +415,7 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
             text,
             cid,
             time,
-        } => send(s, cx, logged_in(who)?, to, text, cid, time),
+        } => send(s, cx, logged_in(who)?, Whom::Other(to), text, cid, time),
         Command::Ack { ids } => {
             let me = logged_in(who)?;
             if ids.len() > MAX_ACK_IDS {
@@ -754,15 +775,29 @@ pub fn decide(s: &Store, cx: &mut Ctx, who: Option<Uid>, cmd: Command) -> Res<De
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Whom a message goes to.
+enum Whom {
+    Other(Target),
+    /// The sender's own sessions (only the epoll chatroom asks for this).
+    Myself,
+}
+
 fn send(
     s: &Store,
     cx: &mut Ctx,
     me: Uid,
-    to: Target,
+    to: Whom,
     text: String,
     cid: Option<String>,
     time: Option<String>,
 ) -> Res<Decision> {
+    let to = match to {
+        Whom::Myself => Target::User(me),
+        Whom::Other(Target::User(u)) if u == me => {
+            return fail(ErrorCode::SelfTarget, "you cannot message yourself")
+        }
+        Whom::Other(t) => t,
+    };
     if text.trim().is_empty() {
         return fail(ErrorCode::EmptyText, "message text is empty");
     }
@@ -784,9 +819,6 @@ fn send(
     let time = time.filter(|t| t.len() <= 32 && !t.chars().any(char::is_control));
     match to {
         Target::User(u) => {
-            if u == me {
-                return fail(ErrorCode::SelfTarget, "you cannot message yourself");
-            }
             // The name cache knows (an empty name: no such user) without
             // decoding the recipient's record for every message.
             if cx.names.get(s, u)?.is_empty() {
@@ -1055,23 +1087,43 @@ fn search_groups(s: &Store, q: &str, limits: &Limits) -> Res<Vec<GroupView>> {
     Ok(out)
 }
 
-/// A guest's session called `raw`: the guest this node keeps for that name,
-/// or a new one (with the operation that records it).
+/// Most people connected under one guest name at once: the second `carol`
+/// is `carol 2`, and so on.
+const GUEST_NAME_SHARERS: u32 = 99;
+
+/// A guest's session called `raw`: a guest this node keeps for that name
+/// and that is not connected now (the first free of `carol`, `carol 2`,
+/// `carol 3`, ...), or a new one with the operation that records it. Two
+/// people who give one name are two guests; one who comes back is the same.
 pub fn guest_login(s: &Store, cx: &mut Ctx, raw: &str) -> Res<(UserRef, Option<(Stamp, OpBody)>)> {
-    let name = clean_guest_name(raw);
-    let shown = guest_display_name(&name);
-    if let Some(id) = s.guest_uid(cx.ids.node(), &name)? {
-        return Ok((UserRef { id, name: shown }, None));
+    let base = clean_guest_name(raw);
+    for k in 1..=GUEST_NAME_SHARERS {
+        let name = if k == 1 {
+            base.clone()
+        } else {
+            format!("{base} {k}")
+        };
+        let shown = guest_display_name(&name);
+        match s.guest_uid(cx.ids.node(), &name)? {
+            Some(id) if (cx.online)(id) => continue,
+            Some(id) => return Ok((UserRef { id, name: shown }, None)),
+            None => {
+                let user = cx.ids.guest()?;
+                let op = (cx.clock.now(), OpBody::Guest { user, name });
+                return Ok((
+                    UserRef {
+                        id: user,
+                        name: shown,
+                    },
+                    Some(op),
+                ));
+            }
+        }
     }
-    let user = cx.ids.guest()?;
-    let op = (cx.clock.now(), OpBody::Guest { user, name });
-    Ok((
-        UserRef {
-            id: user,
-            name: shown,
-        },
-        Some(op),
-    ))
+    fail(
+        ErrorCode::LimitReached,
+        format!("too many guests called {base:?} are here"),
+    )
 }
 
 /// The operation that makes `user` a lobby member, when the lobby exists
@@ -1199,6 +1251,8 @@ mod tests {
         names: NameCache,
         limits: Limits,
         seq: u64,
+        /// Who has a session.
+        online: std::collections::HashSet<Uid>,
     }
 
     impl World {
@@ -1212,6 +1266,7 @@ mod tests {
                 names: NameCache::default(),
                 limits: Limits::default(),
                 seq: 0,
+                online: Default::default(),
             }
         }
 
@@ -1378,9 +1433,9 @@ mod tests {
             }
         }
 
-        /// Everyone counts as online.
         fn with_cx<R>(&mut self, f: impl FnOnce(&Store, &mut Ctx) -> R) -> R {
-            let online = |_| true;
+            let on = &self.online;
+            let online = |u| on.contains(&u);
             let guests = Vec::new;
             let mut cx = Ctx {
                 clock: &mut self.clock,
@@ -1446,6 +1501,15 @@ mod tests {
         let carol = w.guest("carol");
         assert!(carol.is_guest());
         assert_eq!(w.guest("carol"), carol, "a name keeps its guest");
+        // Someone else under the same name while carol is here: carol 2.
+        w.online.insert(carol);
+        let carol2 = w.guest("carol");
+        assert_ne!(carol2, carol);
+        assert_eq!(&*w.names.get(&w.store, carol2).unwrap(), "carol 2 (guest)");
+        w.online.insert(carol2);
+        assert_ne!(w.guest("carol"), carol2);
+        w.online.clear();
+        assert_eq!(w.guest("carol"), carol, "and carol again once she left");
         let dave = w.guest("dave");
         assert_ne!(dave, carol);
         let erin = w.user("erin");

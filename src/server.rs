@@ -138,10 +138,11 @@ impl Server {
         let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         let next_id = Arc::new(AtomicU64::new(1));
         let mut acceptors = Vec::new();
+        let chat_ids = Arc::default();
         for (listen, listener) in listeners {
             acceptors.push(tokio::spawn(accept_loop(
                 listener,
-                Edge::new(listen),
+                Edge::sharing(listen, Arc::clone(&chat_ids)),
                 shared.clone(),
                 slots.clone(),
                 next_id.clone(),

@@ -587,12 +587,16 @@ impl Writer {
                     delivered.extend(messages.iter().map(|m| m.msg.id));
                 }
                 dialect::encode_reply(&ctx, &reply, &mut self.frames);
+                let fatal = reply.is_err() && ctx.fatal_on_error();
                 drop(reply);
                 if let Some(user) = switch {
                     self.switch_user(user).await;
                 }
                 self.write_frames().await?;
-                if ctx.dialect().written_is_delivered() && !delivered.is_empty() {
+                if fatal {
+                    return Err(Stop::Bye);
+                }
+                if ctx.dialect().written_is_delivered(false) && !delivered.is_empty() {
                     self.written.extend(delivered);
                     // Before the client can ask again.
                     self.report_written().await;
@@ -629,7 +633,8 @@ impl Writer {
             self.shared.messages_out.increment(1);
             let age = crate::ids::wall_millis().saturating_sub(v.msg.id.millis());
             self.shared.latency.record(age as f64 / 1000.0);
-            if dialect.written_is_delivered() {
+            let direct = matches!(v.msg.to, crate::model::Target::User(_));
+            if dialect.written_is_delivered(direct) {
                 self.written.push(v.msg.id);
             }
         }

@@ -200,3 +200,78 @@ async fn a_guest_named_like_a_user_is_never_that_user() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn two_people_with_one_name_are_two_guests() {
+    let srv = server().await;
+    let at = srv.dialect("c-chatroom");
+    let mut a = CRoom::join(at, "sam").await;
+    let mut b = CRoom::join(at, "sam").await;
+    assert_eq!(a.next().await, ("sam 2 (guest)".into(), String::new(), 1));
+    b.say("hello other sam").await;
+    assert_eq!(
+        a.next_chat().await,
+        ("sam 2 (guest)".into(), "hello other sam".into())
+    );
+    a.say("hi").await;
+    assert_eq!(b.next_chat().await, ("sam (guest)".into(), "hi".into()));
+    drop(b);
+    assert_eq!(a.next().await, ("sam 2 (guest)".into(), String::new(), 2));
+    // The one who comes back is the same guest again.
+    let (mut n, _) = srv.user("nora").await;
+    n.join_lobby().await;
+    let mut b = CRoom::join(at, "sam").await;
+    let _ = a.next().await;
+    b.say("back").await;
+    assert_eq!(n.push_of("message").await["from_name"], "sam 2 (guest)");
+}
+
+#[tokio::test]
+async fn a_guest_that_cannot_be_made_is_disconnected() {
+    let srv = server().await;
+    let at = srv.dialect("c-chatroom");
+    // 99 people may share a name at once; the hundredth is told by a close.
+    let mut same = Vec::new();
+    for _ in 0..99 {
+        same.push(CRoom::join(at, "x").await);
+    }
+    let mut last = CRoom::join(at, "x").await;
+    assert!(last.closed().await);
+    let mut other = CRoom::join(at, "y").await;
+    other.say("fine").await;
+    assert_eq!(
+        same[0].next_chat().await,
+        ("y (guest)".into(), "fine".into())
+    );
+}
+
+#[tokio::test]
+async fn nobody_may_flood_the_lobby() {
+    let srv = server().await;
+    let (mut n, _) = srv.user("nora").await;
+    n.join_lobby().await;
+    let mut carol = CRoom::join(srv.dialect("c-chatroom"), "carol").await;
+    for i in 0..60 {
+        carol.say(&format!("spam {i}")).await;
+    }
+    let mut got = 0;
+    while let Some(v) = n.read_value(QUIET).await {
+        if v["type"] == "message" {
+            got += 1;
+        }
+    }
+    // The burst (20), and what the rate (5 a second) allows meanwhile.
+    assert!((20..40).contains(&got), "{got}");
+    // Users are held to it too, and told.
+    let mut refused = false;
+    for _ in 0..40 {
+        let r = n
+            .call(json!({"type": "send", "group": LOBBY, "text": "hi"}))
+            .await;
+        if r["code"] == "rate_limited" {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+}

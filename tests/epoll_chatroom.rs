@@ -109,3 +109,14 @@ async fn a_record_out_of_step_closes_only_its_connection() {
         "chat id 2 came back"
     );
 }
+
+#[tokio::test]
+async fn one_may_whisper_to_oneself() {
+    let srv = server().await;
+    let (mut one, a) = Epoll::join(srv.dialect("epoll-chatroom")).await;
+    one.say(&format!("\\{a}note to self")).await;
+    assert_eq!(
+        one.next().await,
+        format!("Client {a} say to you privately >> note to self")
+    );
+}

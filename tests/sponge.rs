@@ -229,6 +229,50 @@ async fn waiting_messages_come_when_asked_and_count_as_delivered() {
 }
 
 #[tokio::test]
+async fn many_waiting_messages_come_once_each_what_does_not_fit_as_pushes() {
+    let srv = TestServer::start().await;
+    let (mut amy, _a) = sponge_user(&srv, "amy").await;
+    let mut ben = Sponge::connect(srv.addr).await;
+    let b = ben.register("ben").await;
+    drop(ben);
+    let sent: Vec<String> = (0..30)
+        .map(|i| format!("{i:03} {}", "x".repeat(120)))
+        .collect();
+    for t in &sent {
+        amy.send(json!({"msgType": 4, "FROMID": 1, "TOID": b, "msg": t, "sendTime": 1}))
+            .await;
+    }
+    amy.quiet().await;
+    let mut ben = Sponge::connect(srv.addr).await;
+    ben.login(b, "ben").await;
+    ben.quiet().await;
+    ben.send(json!({"msgType": 14, "FROMID": b})).await;
+    let r = ben.next().await;
+    assert_eq!(r["msgType"], 14);
+    // The reply stays about one packet long.
+    assert!(r.to_string().len() < 2000, "{}", r.to_string().len());
+    let mut got: Vec<String> = r["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            serde_json::from_str::<Value>(s.as_str().unwrap()).unwrap()["msg"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!got.is_empty() && got.len() < sent.len());
+    while got.len() < sent.len() {
+        got.push(ben.next_of(4).await["msg"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, sent, "all of them, in order, once");
+    ben.quiet().await;
+    ben.send(json!({"msgType": 14, "FROMID": b})).await;
+    assert_eq!(ben.next().await["msgs"], json!([]));
+}
+
+#[tokio::test]
 async fn the_keepalive_text_is_ignored_however_it_arrives() {
     let srv = TestServer::start().await;
     let (mut amy, a) = sponge_user(&srv, "amy").await;

@@ -27,8 +27,17 @@ const ONLINE: u8 = 1;
 const OFFLINE: u8 = 2;
 
 /// At end of input the client re-sends its last record in a tight loop; a
-/// record repeated within this time is that loop, not a person typing.
-const REPEAT: Duration = Duration::from_millis(250);
+/// record repeated within this time is that loop, not a person typing
+/// (the loop is read at the session's rate limit, at least one a second).
+const REPEAT: Duration = Duration::from_secs(2);
+
+/// What a request asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The first record: the connection's guest.
+    Join,
+    Say,
+}
 
 /// What the dialect remembers about a connection.
 #[derive(Default)]
@@ -64,7 +73,7 @@ impl Conn {
             // `#` marks the names the server gives (the epoll chatroom's).
             let name = String::from_utf8_lossy(field(&rec[..NAME])).replace('#', "");
             out.push(Incoming::Command(
-                ReqCtx::CChatroom,
+                ReqCtx::CChatroom(Kind::Join),
                 Command::GuestLogin { name },
             ));
         }
@@ -84,7 +93,7 @@ impl Conn {
             return Ok(());
         }
         out.push(Incoming::Command(
-            ReqCtx::CChatroom,
+            ReqCtx::CChatroom(Kind::Say),
             Command::Send {
                 to: Target::Group(LOBBY),
                 text: text.to_string(),
@@ -96,12 +105,23 @@ impl Conn {
     }
 }
 
+/// A name cut to fit `max` bytes, keeping a guest's ` (guest)` mark.
+fn fit_name(name: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    const MARK: &str = " (guest)";
+    match name.strip_suffix(MARK) {
+        Some(base) if name.len() > max => {
+            format!("{}{MARK}", super::cut_at(base, max - MARK.len())).into()
+        }
+        _ => super::cut_at(name, max).into(),
+    }
+}
+
 fn record(out: &mut Frames, name: &str, data: &str, ty: u8) {
     out.push_with(|buf| {
         let start = buf.len();
         buf.resize(start + RECORD, 0);
         let rec = &mut buf[start..];
-        let name = super::cut_at(name, NAME - 1);
+        let name = fit_name(name, NAME - 1);
         rec[..name.len()].copy_from_slice(name.as_bytes());
         rec[NAME..NAME + data.len()].copy_from_slice(data.as_bytes());
         rec[TYPE] = ty;
@@ -117,7 +137,8 @@ fn lines(out: &mut Frames, name: &str, text: &str) {
 pub fn encode_event(event: &Event, out: &mut Frames) {
     match event {
         Event::Message(v) => lines(out, &v.from_name, &v.msg.text),
-        Event::RoomPresence { user, online } => {
+        // A name not known yet (its record still on its way) says nothing.
+        Event::RoomPresence { user, online } if !user.name.is_empty() => {
             record(out, &user.name, "", if *online { ONLINE } else { OFFLINE })
         }
         Event::Notice { text } => lines(out, "system", text),
@@ -148,12 +169,13 @@ mod tests {
         c.decode(&rec("ca#rol", "garbage", ONLINE), t, &mut out)
             .unwrap();
         c.decode(&rec("carol", "hi", CHAT), t, &mut out).unwrap();
-        // The end-of-input loop: the same record again and again.
+        // The end-of-input loop: the same record again and again, as fast
+        // as the session's rate lets it be read.
         for i in 1..100 {
-            let at = t + Duration::from_millis(i);
+            let at = t + Duration::from_millis(i * 900);
             c.decode(&rec("carol", "hi", CHAT), at, &mut out).unwrap();
         }
-        let later = t + Duration::from_secs(5);
+        let later = t + Duration::from_secs(200);
         c.decode(&rec("carol", "hi", CHAT), later, &mut out)
             .unwrap();
         let cmds: Vec<&Command> = out
@@ -185,5 +207,12 @@ mod tests {
         }
         assert_eq!(out.len(), 3);
         assert_eq!(joined, text.as_bytes());
+        // A long guest name keeps its mark.
+        let long = format!("{} (guest)", "名".repeat(30));
+        let fitted = fit_name(&long, NAME - 1);
+        assert!(
+            fitted.len() <= 49 && fitted.ends_with(" (guest)"),
+            "{fitted}"
+        );
     }
 }

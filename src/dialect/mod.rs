@@ -152,13 +152,15 @@ impl Dialect {
     }
 
     /// Whether a message counts as delivered once written to the socket
-    /// (the client has no way to acknowledge). Guests are not counted:
-    /// nothing waits for them anyway.
-    pub fn written_is_delivered(self) -> bool {
-        matches!(
-            self,
-            Dialect::Classic(_) | Dialect::Sponge | Dialect::GoChatroom
-        )
+    /// (the client has no way to acknowledge). For guests only their
+    /// private messages are counted: what they hear in the lobby was never
+    /// waiting for them.
+    pub fn written_is_delivered(self, direct: bool) -> bool {
+        match self {
+            Dialect::Classic(_) | Dialect::Sponge | Dialect::GoChatroom => true,
+            Dialect::CChatroom | Dialect::EpollChatroom => direct,
+            Dialect::Native => false,
+        }
     }
 }
 
@@ -219,15 +221,19 @@ impl Listen {
 /// What the connections of one listener share.
 pub struct Edge {
     pub listen: Listen,
+    /// The epoll chatroom's chat ids: one numbering per node, so that `\N`
+    /// names one connection whatever listener it came in on.
     chat_ids: Arc<epoll_chatroom::ChatIds>,
 }
 
 impl Edge {
     pub fn new(listen: Listen) -> Arc<Edge> {
-        Arc::new(Edge {
-            listen,
-            chat_ids: Arc::default(),
-        })
+        Edge::sharing(listen, Arc::default())
+    }
+
+    /// A listener that numbers epoll chatroom connections with `chat_ids`.
+    pub fn sharing(listen: Listen, chat_ids: Arc<epoll_chatroom::ChatIds>) -> Arc<Edge> {
+        Arc::new(Edge { listen, chat_ids })
     }
 }
 
@@ -250,7 +256,7 @@ pub enum ReqCtx {
     },
     Sponge(sponge::Kind),
     GoChatroom(go_chatroom::Kind),
-    CChatroom,
+    CChatroom(c_chatroom::Kind),
     EpollChatroom(epoll_chatroom::Kind),
 }
 
@@ -261,9 +267,20 @@ impl ReqCtx {
             ReqCtx::Classic { numbering, .. } => Dialect::Classic(*numbering),
             ReqCtx::Sponge(_) => Dialect::Sponge,
             ReqCtx::GoChatroom(_) => Dialect::GoChatroom,
-            ReqCtx::CChatroom => Dialect::CChatroom,
+            ReqCtx::CChatroom(_) => Dialect::CChatroom,
             ReqCtx::EpollChatroom(_) => Dialect::EpollChatroom,
         }
+    }
+
+    /// Whether failing this request leaves the connection useless: a room
+    /// client whose guest could not be made has nothing to say, and
+    /// (having no error form) is better disconnected than ignored.
+    pub fn fatal_on_error(&self) -> bool {
+        matches!(
+            self,
+            ReqCtx::CChatroom(c_chatroom::Kind::Join)
+                | ReqCtx::EpollChatroom(epoll_chatroom::Kind::Welcome(_))
+        )
     }
 }
 
@@ -439,15 +456,18 @@ fn decode_object(map: Map<String, Value>) -> Incoming {
     }
 }
 
-/// Where to send an error for a value we could not attribute to a dialect.
+/// Where to send an error for a value we could not attribute to a request.
 pub fn fallback_ctx(last: Dialect) -> ReqCtx {
     match last {
+        Dialect::Native => ReqCtx::Native { req: None },
         Dialect::Classic(numbering) => ReqCtx::Classic {
             numbering,
             kind: classic::Kind::Unknown,
         },
         Dialect::Sponge => ReqCtx::Sponge(sponge::Kind::Unknown),
-        _ => ReqCtx::Native { req: None },
+        Dialect::GoChatroom => ReqCtx::GoChatroom(go_chatroom::Kind::Unknown),
+        Dialect::CChatroom => ReqCtx::CChatroom(c_chatroom::Kind::Say),
+        Dialect::EpollChatroom => ReqCtx::EpollChatroom(epoll_chatroom::Kind::Public),
     }
 }
 
@@ -520,7 +540,7 @@ pub fn encode_reply(ctx: &ReqCtx, reply: &Result<Reply, ChatError>, out: &mut Fr
         ReqCtx::Classic { numbering, kind } => classic::encode_reply(*numbering, *kind, reply, out),
         ReqCtx::Sponge(kind) => sponge::encode_reply(*kind, reply, out),
         ReqCtx::GoChatroom(kind) => go_chatroom::encode_reply(*kind, reply, out),
-        ReqCtx::CChatroom => {}
+        ReqCtx::CChatroom(_) => {}
         ReqCtx::EpollChatroom(kind) => epoll_chatroom::encode_reply(*kind, reply, out),
     }
 }

@@ -43,10 +43,11 @@ pub type SessionId = u64;
 /// Messages a session's writer asks for at a time when replaying.
 pub const REPLAY_PAGE: usize = 512;
 
-/// Most messages, and about the most bytes of text, one `Pending` reply
-/// carries (clients that ask for their messages read the reply in one go).
+/// Most messages, and about the most bytes, one `Pending` reply carries:
+/// the client that asks for its messages parses one read as one reply, so
+/// the reply should fit one packet; the rest follow as pushes.
 const PENDING_REPLY_MAX: usize = 100;
-const PENDING_REPLY_BYTES: usize = 12 * 1024;
+const PENDING_REPLY_BYTES: usize = 1200;
 
 /// Operator notices older than this when they arrive are not shown.
 const NOTICE_FRESH_MS: u64 = 60_000;
@@ -357,6 +358,12 @@ pub struct Hub {
     room: HashSet<SessionId>,
     /// Logged-in sessions told when lobby participants come and go.
     room_watchers: HashSet<SessionId>,
+    /// Lobby participants (members and guests) online anywhere; kept only
+    /// when this node serves room-style clients, who ask about it.
+    lobby_online: HashSet<Uid>,
+    /// Each sender's allowance for writing into the lobby, which anyone
+    /// (guests too) may do: one person must not flood every room client.
+    lobby_rate: HashMap<Uid, (f64, Instant)>,
     /// Members of groups that recently had messages, for fan-out.
     members: HashMap<Gid, Arc<Vec<Uid>>>,
     /// This batch's operations, logged together at its end.
@@ -401,7 +408,8 @@ fn guests_in(
     out
 }
 
-/// Most lobby participants listed at once (a login reply, a member list).
+/// Most lobby participants listed at once: in a login reply, and the
+/// guests in the lobby's member list.
 const ROOM_LIST_MAX: usize = 300;
 
 /// A storage failure leaves the hub unable to keep its promises; stop and
@@ -454,6 +462,8 @@ impl Hub {
             lobby,
             room: HashSet::new(),
             room_watchers: HashSet::new(),
+            lobby_online: HashSet::new(),
+            lobby_rate: HashMap::new(),
             members: HashMap::new(),
             new_ops: Vec::new(),
             peer_ops: BTreeMap::new(),
@@ -690,6 +700,11 @@ impl Hub {
             } => Some(*g),
             _ => None,
         };
+        if let (Some(LOBBY), Some(me)) = (group, who) {
+            if let Err(e) = self.lobby_allowance(me) {
+                return self.reply(id, Err(e));
+            }
+        }
         match self.with_rules(|store, cx| rules::decide(store, cx, who, cmd)) {
             Err(e) => self.reply(id, Err(e)),
             Ok(mut d) => {
@@ -714,28 +729,45 @@ impl Hub {
     /// Whether a member of `g` other than `me` is online (for the lobby,
     /// guests count too).
     fn anyone_else_in(&mut self, g: Gid, me: Uid) -> bool {
-        let members = self.group_members(g);
-        if members.iter().any(|u| *u != me && self.online(*u)) {
-            return true;
+        if g == LOBBY {
+            return self.lobby_online.iter().any(|u| *u != me);
         }
-        g == LOBBY
-            && guests_in(&self.by_user, &self.remote)
-                .iter()
-                .any(|u| *u != me)
+        let members = self.group_members(g);
+        members.iter().any(|u| *u != me && self.online(*u))
     }
 
-    /// Everyone online in the lobby: members and guests, at most a page.
-    fn room_online(&mut self) -> Vec<Uid> {
-        let mut out: Vec<Uid> = self
-            .group_members(LOBBY)
-            .iter()
-            .copied()
-            .filter(|u| self.online(*u))
-            .take(ROOM_LIST_MAX)
-            .collect();
-        out.extend(guests_in(&self.by_user, &self.remote));
+    /// Everyone online in the lobby, members and guests (at most a page).
+    fn room_online(&self) -> Vec<Uid> {
+        let mut out: Vec<Uid> = self.lobby_online.iter().copied().collect();
+        out.sort_unstable();
         out.truncate(ROOM_LIST_MAX);
         out
+    }
+
+    fn in_lobby(&self, user: Uid) -> bool {
+        user.is_guest() || matches!(self.store.member(LOBBY, user), Ok(Some(m)) if m.role.is_some())
+    }
+
+    /// Take one message from a sender's lobby allowance, or say how fast
+    /// they may write.
+    fn lobby_allowance(&mut self, me: Uid) -> Result<(), ChatError> {
+        let (rate, burst) = (self.batch_limits.lobby_rate, self.batch_limits.lobby_burst);
+        let now = Instant::now();
+        if self.lobby_rate.len() >= 10_000 {
+            self.lobby_rate.retain(|_, (left, at)| {
+                *left + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (left, at) = self.lobby_rate.get(&me).copied().unwrap_or((burst, now));
+        let left = (left + now.duration_since(at).as_secs_f64() * rate).min(burst);
+        if left < 1.0 {
+            return Err(ChatError::new(
+                ErrorCode::RateLimited,
+                format!("at most {rate} messages a second into the lobby"),
+            ));
+        }
+        self.lobby_rate.insert(me, (left - 1.0, now));
+        Ok(())
     }
 
     /// Make sure the lobby exists (and has its configured name).
@@ -769,7 +801,8 @@ impl Hub {
         let mut messages = Vec::new();
         let mut more = false;
         for m in msgs {
-            let cost = m.text.len() + 128;
+            // A message is a JSON string inside the reply: escaped twice.
+            let cost = 2 * m.text.len() + 100;
             if !messages.is_empty() && cost > budget {
                 more = true;
                 break;
@@ -989,12 +1022,15 @@ impl Hub {
     }
 
     fn room_presence(&mut self, user: Uid, online: bool) {
-        if self.room_watchers.is_empty() {
+        if self.lobby.is_none() || !self.in_lobby(user) {
             return;
         }
-        let in_room = user.is_guest()
-            || matches!(self.store.member(LOBBY, user), Ok(Some(m)) if m.role.is_some());
-        if !in_room {
+        if online {
+            self.lobby_online.insert(user);
+        } else {
+            self.lobby_online.remove(&user);
+        }
+        if self.room_watchers.is_empty() {
             return;
         }
         let ev = Arc::new(Event::RoomPresence {
@@ -1152,6 +1188,13 @@ impl Hub {
                     after,
                 } => {
                     self.members.remove(&group);
+                    if group == LOBBY && self.lobby.is_some() {
+                        if after.is_some() && self.online(user) {
+                            self.lobby_online.insert(user);
+                        } else if after.is_none() && !user.is_guest() {
+                            self.lobby_online.remove(&user);
+                        }
+                    }
                     let change = match (before, after) {
                         (None, Some(_)) if actor == user => GroupChange::Joined,
                         (None, Some(_)) => GroupChange::Invited,
