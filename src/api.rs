@@ -395,8 +395,12 @@ pub enum ErrorCode {
     NotFriends,
     SelfTarget,
     RateLimited,
+    TooManyAttempts,
     IdleTimeout,
+    LoginTimeout,
     SlowConsumer,
+    Busy,
+    StorageFull,
     Kicked,
     AccountDeleted,
     ShuttingDown,
@@ -434,8 +438,12 @@ impl ErrorCode {
             ErrorCode::NotFriends => "not_friends",
             ErrorCode::SelfTarget => "self_target",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::LoginTimeout => "login_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Busy => "busy",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Kicked => "kicked",
             ErrorCode::AccountDeleted => "account_deleted",
             ErrorCode::ShuttingDown => "shutting_down",
@@ -449,6 +457,8 @@ impl ErrorCode {
 pub struct ChatError {
     pub code: ErrorCode,
     pub message: String,
+    /// When trying again can succeed (`too_many_attempts`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ChatError {
@@ -456,7 +466,14 @@ impl ChatError {
         ChatError {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying when to try again.
+    pub fn retry_after(mut self, after: std::time::Duration) -> ChatError {
+        self.retry_after = Some(after);
+        self
     }
 }
 

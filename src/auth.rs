@@ -1,27 +1,72 @@
-//! Password hashing with argon2id, off the async worker threads.
+//! Password hashing with argon2id, on a small pool of threads of its own.
 //!
-//! Hashing is deliberately slow and memory-hungry, so it runs on tokio's
-//! blocking pool with at most one job per core at a time: a login storm
-//! queues instead of exhausting memory.
+//! Hashing is deliberately slow and memory-hungry (19 MiB a hash by
+//! default). A few threads (one per core, at most four) take the jobs from
+//! a bounded queue, each hashing into one memory block it keeps between
+//! jobs, so a login storm queues instead of allocating a block per
+//! request, and memory is bounded by the pool, not by the storm. A thread
+//! idle for a moment gives its block back, so RSS returns to what the
+//! sessions need once the storm is over (the binary sets the allocator to
+//! return blocks this large to the system at once: `os::tune_allocator`).
 
 use crate::api::{ChatError, ErrorCode};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngCore;
-use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Jobs waiting at most; beyond, a login is told the server is busy.
+const QUEUE: usize = 1024;
+
+/// How long a hashing thread keeps its memory with nothing to do.
+const KEEP_MEMORY: Duration = Duration::from_millis(500);
+
+enum Job {
+    Hash {
+        password: String,
+        done: oneshot::Sender<Result<String, ChatError>>,
+    },
+    Verify {
+        password: String,
+        hash: String,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    /// Set when the last handle is gone: the threads finish and stop.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// The pool's owner; its threads stop when the last one is dropped.
+struct Pool(Arc<Queue>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0.ready.notify_all();
+    }
+}
 
 #[derive(Clone)]
 pub struct Passwords {
     params: Params,
-    permits: Arc<Semaphore>,
+    pool: Arc<Pool>,
     /// A hash of nothing, verified against when the user does not exist so
     /// that "no such user" takes as long as "wrong password".
     dummy: Arc<str>,
 }
 
 impl Passwords {
-    pub fn new(memory_kib: u32, iterations: u32) -> Result<Passwords, String> {
+    /// `threads`: 0 for one per core, at most four.
+    pub fn new(memory_kib: u32, iterations: u32, threads: usize) -> Result<Passwords, String> {
         let params = Params::new(
             memory_kib.max(Params::MIN_M_COST),
             iterations.max(1),
@@ -29,45 +74,110 @@ impl Passwords {
             None,
         )
         .map_err(|e| format!("invalid argon2 settings: {e}"))?;
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let dummy = hash_blocking(&params, "chatd-dummy-password")
+        let mut memory = Vec::new();
+        let dummy = hash_with(&params, "chatd-dummy-password", &mut memory)
             .map_err(|e| format!("argon2 does not work here: {e}"))?;
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            n => n,
+        };
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            closed: Default::default(),
+        });
+        for i in 0..threads {
+            let (q, p) = (queue.clone(), params.clone());
+            std::thread::Builder::new()
+                .name(format!("chatd-hash-{i}"))
+                .spawn(move || work(&q, &p))
+                .map_err(|e| format!("cannot start a hashing thread: {e}"))?;
+        }
         Ok(Passwords {
             params,
-            permits: Arc::new(Semaphore::new(cores)),
+            pool: Arc::new(Pool(queue)),
             dummy: dummy.into(),
         })
     }
 
+    fn submit(&self, job: Job) -> bool {
+        let q = &self.pool.0;
+        let mut jobs = q.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.len() >= QUEUE {
+            return false;
+        }
+        jobs.push_back(job);
+        drop(jobs);
+        q.ready.notify_one();
+        true
+    }
+
     pub async fn hash(&self, password: String) -> Result<String, ChatError> {
-        let _permit = self.permits.acquire().await.map_err(|_| internal())?;
-        let params = self.params.clone();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, &password))
-            .await
-            .map_err(|_| internal())?
-            .map_err(|_| internal())
+        let (done, result) = oneshot::channel();
+        if !self.submit(Job::Hash { password, done }) {
+            return Err(busy());
+        }
+        result.await.unwrap_or_else(|_| Err(internal()))
     }
 
     /// Whether `password` matches `hash`; with no hash, spend the same time
     /// and say no.
     pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.to_string());
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
-        ok && known
+        let (done, result) = oneshot::channel();
+        if !self.submit(Job::Verify {
+            password,
+            hash,
+            done,
+        }) {
+            return false;
+        }
+        result.await.unwrap_or(false) && known
+    }
+
+    /// The argon2 parameters new hashes get.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+/// One hashing thread: take jobs until the pool is gone; keep one block of
+/// memory while busy, give it back when idle.
+fn work(q: &Queue, params: &Params) {
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let mut jobs = q.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let job = loop {
+            if let Some(j) = jobs.pop_front() {
+                break j;
+            }
+            if q.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let (guard, timeout) = q
+                .ready
+                .wait_timeout(jobs, KEEP_MEMORY)
+                .unwrap_or_else(|e| e.into_inner());
+            jobs = guard;
+            if timeout.timed_out() && jobs.is_empty() && !memory.is_empty() {
+                memory = Vec::new();
+            }
+        };
+        drop(jobs);
+        match job {
+            Job::Hash { password, done } => {
+                let r = hash_with(params, &password, &mut memory).map_err(|_| internal());
+                let _ = done.send(r);
+            }
+            Job::Verify {
+                password,
+                hash,
+                done,
+            } => {
+                let _ = done.send(verify_with(&password, &hash, &mut memory));
+            }
+        }
     }
 }
 
@@ -75,27 +185,130 @@ fn internal() -> ChatError {
     ChatError::new(ErrorCode::Internal, "could not hash the password")
 }
 
-fn hash_blocking(params: &Params, password: &str) -> Result<String, argon2::password_hash::Error> {
+fn busy() -> ChatError {
+    ChatError::new(
+        ErrorCode::Busy,
+        "the server is busy checking passwords; try again in a moment",
+    )
+}
+
+/// Hash into `memory` (grown to the size the parameters need).
+fn compute(
+    argon: &Argon2,
+    params: &Params,
+    password: &str,
+    salt: &[u8],
+    out: &mut [u8],
+    memory: &mut Vec<Block>,
+) -> Result<(), argon2::Error> {
+    if memory.len() < params.block_count() {
+        *memory = vec![Block::default(); params.block_count()];
+    }
+    argon.hash_password_into_with_memory(password.as_bytes(), salt, out, &mut memory[..])
+}
+
+/// A new PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
+fn hash_with(params: &Params, password: &str, memory: &mut Vec<Block>) -> Result<String, String> {
     let mut salt = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt)?;
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
+    let salt_b64 = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    compute(&argon, params, password, &salt, &mut out, memory).map_err(|e| e.to_string())?;
+    let hash = Output::new(&out).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        salt_b64.as_str(),
+        hash
+    ))
+}
+
+/// Check a password against a PHC string, with that string's own
+/// parameters (hashes made with other settings keep working).
+fn verify_with(password: &str, phc: &str, memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or_default();
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    if compute(&argon, &params, password, salt, &mut out, memory).is_err() {
+        return false;
+    }
+    // Output's comparison takes the same time wherever they differ.
+    Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::PasswordHasher;
 
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
-        let p = Passwords::new(256, 1).unwrap();
+        let p = Passwords::new(256, 1, 1).unwrap();
         let h = p.hash("secret".into()).await.unwrap();
-        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(h.starts_with("$argon2id$v=19$m=256,t=1,p=1$"), "{h}");
         assert!(!h.contains("secret"));
         assert!(p.verify("secret".into(), Some(h.clone())).await);
         assert!(!p.verify("wrong".into(), Some(h)).await);
         assert!(!p.verify("chatd-dummy-password".into(), None).await);
+    }
+
+    #[tokio::test]
+    async fn hashes_made_elsewhere_or_with_other_settings_verify() {
+        // As the argon2 crate makes them (as stored before this pool).
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let params = Params::new(512, 2, 1, None).unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string();
+        let p = Passwords::new(256, 1, 2).unwrap();
+        assert!(p.verify("pw".into(), Some(theirs.clone())).await);
+        assert!(!p.verify("px".into(), Some(theirs)).await);
+        // And ours parse as standard PHC strings.
+        let ours = p.hash("pw".into()).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(argon2::password_hash::PasswordVerifier::verify_password(
+            &Argon2::default(),
+            b"pw",
+            &parsed
+        )
+        .is_ok());
+        assert!(!p.verify("pw".into(), Some("not a hash".into())).await);
+    }
+
+    #[tokio::test]
+    async fn many_at_once_queue_on_the_pool() {
+        let p = Passwords::new(256, 1, 2).unwrap();
+        let jobs: Vec<_> = (0..50)
+            .map(|i| {
+                let p = p.clone();
+                tokio::spawn(async move { p.hash(format!("pw{i}")).await })
+            })
+            .collect();
+        for j in jobs {
+            assert!(j.await.unwrap().is_ok());
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! parsed, so clap applies the precedence itself.
 
 use crate::dialect::Listen;
+use crate::throttle::{Rate, ThrottleSettings};
 use clap::Parser;
 use serde::Serialize;
 use std::ffi::OsString;
@@ -110,6 +111,45 @@ pub struct Settings {
     #[arg(long, env = "CHATD_SESSION_QUEUE", default_value_t = 4096)]
     pub session_queue: usize,
 
+    /// Failed logins one account may have in a burst; then it gets one more
+    /// every --login-account-interval-secs (a few a minute: online guessing
+    /// is hopeless). An address that logged into the account before is not
+    /// held back by it.
+    #[arg(long, env = "CHATD_LOGIN_ACCOUNT_BURST", default_value_t = 5)]
+    pub login_account_burst: u32,
+
+    #[arg(
+        long,
+        env = "CHATD_LOGIN_ACCOUNT_INTERVAL_SECS",
+        default_value_t = 20.0
+    )]
+    pub login_account_interval_secs: f64,
+
+    /// Failed logins one client address may have in a burst (whatever
+    /// accounts it tries); then one more every --login-address-interval-secs.
+    #[arg(long, env = "CHATD_LOGIN_ADDRESS_BURST", default_value_t = 20)]
+    pub login_address_burst: u32,
+
+    #[arg(long, env = "CHATD_LOGIN_ADDRESS_INTERVAL_SECS", default_value_t = 6.0)]
+    pub login_address_interval_secs: f64,
+
+    /// Close a connection that has not logged in for this long (seconds;
+    /// time enough to type at a menu). 0 disables.
+    #[arg(long, env = "CHATD_LOGIN_TIMEOUT_SECS", default_value_t = 120)]
+    pub login_timeout_secs: u64,
+
+    /// Open connections from one client address at once.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 128)]
+    pub max_connections_per_address: usize,
+
+    /// Connections from one client address that have not logged in, at once.
+    #[arg(
+        long,
+        env = "CHATD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        default_value_t = 16
+    )]
+    pub max_unauthenticated_per_address: usize,
+
     /// Close a native-protocol session that sends nothing for this long
     /// (clients send "ping" to stay connected). Seconds; 0 disables.
     #[arg(long, env = "CHATD_IDLE_TIMEOUT_SECS", default_value_t = 90)]
@@ -132,9 +172,20 @@ pub struct Settings {
     #[arg(long, env = "CHATD_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
 
+    /// Threads that hash passwords (each holds one argon2 memory block
+    /// while busy). 0: one per core, at most 4.
+    #[arg(long, env = "CHATD_HASH_THREADS", default_value_t = 0)]
+    pub hash_threads: usize,
+
     /// sled page cache in MiB.
     #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 128)]
     pub cache_mb: u64,
+
+    /// Free disk space (MiB) below which chatd takes no new changes
+    /// (`storage_full`) and serves reads, logins and presence only, until
+    /// space returns.
+    #[arg(long, env = "CHATD_MIN_FREE_MB", default_value_t = 64)]
+    pub min_free_mb: u64,
 
     /// UDP address for the cluster mesh (QUIC). Without it (and without
     /// --join) chatd runs alone. Default with --join: the client address's
@@ -411,10 +462,30 @@ impl Settings {
             classic_gap: Duration::from_millis(self.classic_push_gap_ms),
             lobby_rate: self.lobby_rate.max(0.1),
             lobby_burst: self.lobby_burst.max(1.0),
+            throttle: ThrottleSettings {
+                account: Rate {
+                    burst: self.login_account_burst.max(1),
+                    interval: secs(self.login_account_interval_secs),
+                },
+                address: Rate {
+                    burst: self.login_address_burst.max(1),
+                    interval: secs(self.login_address_interval_secs),
+                },
+            },
+            login_timeout: (self.login_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.login_timeout_secs)),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            max_unauthenticated_per_address: self.max_unauthenticated_per_address.max(1),
+            min_free_bytes: self.min_free_mb << 20,
             welcome: (!self.welcome.is_empty()).then(|| self.welcome.clone()),
             ..Limits::default()
         }
     }
+}
+
+/// A duration from a setting in seconds (at least a millisecond).
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.clamp(0.001, 1e9))
 }
 
 /// Most message ids one acknowledgement may carry.
@@ -445,6 +516,11 @@ pub struct Limits {
     pub classic_gap: Duration,
     pub lobby_rate: f64,
     pub lobby_burst: f64,
+    pub throttle: ThrottleSettings,
+    pub login_timeout: Option<Duration>,
+    pub max_connections_per_address: usize,
+    pub max_unauthenticated_per_address: usize,
+    pub min_free_bytes: u64,
     pub welcome: Option<String>,
 }
 
@@ -474,6 +550,11 @@ impl Default for Limits {
             classic_gap: Duration::from_millis(20),
             lobby_rate: 5.0,
             lobby_burst: 20.0,
+            throttle: ThrottleSettings::default(),
+            login_timeout: Some(Duration::from_secs(120)),
+            max_connections_per_address: 128,
+            max_unauthenticated_per_address: 16,
+            min_free_bytes: 64 << 20,
             welcome: None,
         }
     }

@@ -466,6 +466,35 @@ mod tests {
     }
 
     proptest! {
+        /// Arbitrary bytes in any reads: every framing hands out values no
+        /// larger than its limit, or says the stream is lost, and never
+        /// holds much more than one value's worth.
+        #[test]
+        fn arbitrary_bytes_stay_within_the_limits(
+            which in 0usize..4,
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..400), 0..12),
+        ) {
+            let max = 256;
+            let framing = match which {
+                0 => Framing::JsonStream { keepalive: true },
+                1 => Framing::JsonStream { keepalive: false },
+                2 => Framing::LengthPrefixed { max },
+                _ => Framing::Records { size: 151 },
+            };
+            let mut f = Framer::new(framing, max);
+            'feed: for c in chunks {
+                f.push(&c);
+                loop {
+                    match f.next_value() {
+                        Ok(Some(v)) => prop_assert!(v.len() <= max.max(151)),
+                        Ok(None) => break,
+                        Err(FrameError::TooLarge) => break 'feed,
+                    }
+                }
+                prop_assert!(f.buffered() <= max + 1 + 400, "{}", f.buffered());
+            }
+        }
+
         /// However the stream is cut into reads, the same values come out.
         #[test]
         fn any_split_yields_the_same_values(

@@ -51,6 +51,7 @@
 //! every member, whose hub applies it (`HubMsg::PeerOps`) and routes it too.
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod apply;
 pub mod auth;
@@ -69,3 +70,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;

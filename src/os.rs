@@ -58,3 +58,16 @@ pub fn return_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Have the allocator hand blocks of a megabyte or more straight to and
+/// from the system. glibc otherwise raises that threshold after such a
+/// block is freed, and keeps later ones (an argon2 hash's 19 MiB) in its
+/// arenas for good: RSS after a login storm would stay at its peak.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's own tunables; called once
+    // at start, before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}

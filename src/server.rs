@@ -2,6 +2,7 @@
 //! connections, and on shutdown say goodbye and write everything down.
 
 use crate::admin;
+use crate::admission::Admission;
 use crate::auth::Passwords;
 use crate::config::{Limits, Live, Settings};
 use crate::dialect::{Edge, Listen};
@@ -87,8 +88,12 @@ impl Server {
             },
         };
         let limits = Live::new(settings.limits());
-        let passwords = Passwords::new(settings.argon2_memory_kib, settings.argon2_iterations)
-            .map_err(StartError)?;
+        let passwords = Passwords::new(
+            settings.argon2_memory_kib,
+            settings.argon2_iterations,
+            settings.hash_threads,
+        )
+        .map_err(StartError)?;
         let lobby = settings.lobby_needed();
         if let Some(name) = &lobby {
             crate::rules::check_group_name(name, &settings.limits())
@@ -139,6 +144,7 @@ impl Server {
         let next_id = Arc::new(AtomicU64::new(1));
         let mut acceptors = Vec::new();
         let chat_ids = Arc::default();
+        let admission = Arc::new(Admission::default());
         for (listen, listener) in listeners {
             acceptors.push(tokio::spawn(accept_loop(
                 listener,
@@ -146,6 +152,7 @@ impl Server {
                 shared.clone(),
                 slots.clone(),
                 next_id.clone(),
+                admission.clone(),
                 stop_accepting.clone(),
             )));
         }
@@ -230,6 +237,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
+    admission: Arc<Admission>,
     stop: CancellationToken,
 ) {
     loop {
@@ -248,8 +256,22 @@ async fn accept_loop(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
-            tokio::spawn(refuse(stream));
+            let why = "the server is full; try again later".to_string();
+            tokio::spawn(refuse(stream, edge.clone(), why));
             continue;
+        };
+        let limits = shared.limits.get();
+        let pass = match admission.admit(
+            peer.ip(),
+            limits.max_connections_per_address,
+            limits.max_unauthenticated_per_address,
+        ) {
+            Ok(p) => p,
+            Err(r) => {
+                tracing::warn!(peer = %peer.ip(), "per-address limit reached; refusing");
+                tokio::spawn(refuse(stream, edge.clone(), r.message()));
+                continue;
+            }
         };
         tune(&stream);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +279,7 @@ async fn accept_loop(
         let edge = edge.clone();
         tokio::spawn(async move {
             metrics::gauge!("chatd_connections").increment(1.0);
-            session::serve(stream, peer, id, shared, edge).await;
+            session::serve(stream, peer, id, shared, edge, pass).await;
             metrics::gauge!("chatd_connections").decrement(1.0);
             drop(slot);
         });
@@ -272,10 +294,20 @@ fn tune(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// Say why, in the listener's dialect (as far as it has a way to), and close.
+async fn refuse(mut stream: TcpStream, edge: Arc<Edge>, why: String) {
     use tokio::io::AsyncWriteExt;
-    let _ = stream
-        .write_all(b"{\"type\":\"error\",\"code\":\"limit_reached\",\"message\":\"the server is full; try again later\"}\n")
-        .await;
+    let dialect = match edge.listen {
+        Listen::Auto => crate::dialect::Dialect::Native,
+        Listen::Only(d) => d,
+    };
+    let error = crate::api::Event::Error(crate::api::ChatError::new(
+        crate::api::ErrorCode::LimitReached,
+        why,
+    ));
+    let mut frames = crate::dialect::Frames::default();
+    crate::dialect::encode_event(dialect, &error, &mut frames);
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), stream.write_all(frames.bytes_all())).await;
     let _ = stream.shutdown().await;
 }

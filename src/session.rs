@@ -21,14 +21,16 @@
 //!
 //! A session never touches the store; everything goes through the hub.
 
+use crate::admission::Pass;
 use crate::api::{ChatError, Command, ErrorCode, Event, Reply};
 use crate::auth::Passwords;
 use crate::config::{Limits, Live};
-use crate::dialect::{self, Decoder, Dialect, Edge, Frames, Incoming, Listen, ReqCtx, Writes};
+use crate::dialect::{self, Decoder, Dialect, Edge, Frames, Incoming, Listen, ReqCtx, Who, Writes};
 use crate::framing::{FrameError, Framer};
 use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, TrySend, REPLAY_PAGE};
 use crate::ids::{NodeId, Stamp, Uid};
 use crate::rules::{check_password, check_user_name};
+use crate::throttle::{Account, Attempt, LoginThrottle};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -47,26 +49,74 @@ pub struct Shared {
     pub hub: HubHandle,
     pub limits: Live<Limits>,
     pub passwords: Passwords,
+    /// Failed logins by account and address (never held across an await).
+    logins: std::sync::Mutex<LoginThrottle>,
     messages_out: metrics::Counter,
     latency: metrics::Histogram,
     queue_depth: metrics::Histogram,
+    login_failures: metrics::Counter,
+    login_throttled: metrics::Counter,
 }
 
 impl Shared {
     pub fn new(hub: HubHandle, limits: Live<Limits>, passwords: Passwords) -> Shared {
+        let throttle = LoginThrottle::new(limits.get().throttle);
         Shared {
             hub,
             limits,
             passwords,
+            logins: std::sync::Mutex::new(throttle),
             messages_out: metrics::counter!("chatd_messages_out_total"),
             latency: metrics::histogram!("chatd_delivery_latency_seconds"),
             queue_depth: metrics::histogram!("chatd_session_queue_depth"),
+            login_failures: metrics::counter!("chatd_login_failures_total"),
+            login_throttled: metrics::counter!("chatd_login_throttled_total"),
         }
+    }
+
+    fn logins(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        let mut t = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        // Settings may have been reloaded (SIGHUP).
+        t.set_settings(self.limits.get().throttle);
+        t
+    }
+
+    /// Before checking a password for `account` from `peer`: the attempt,
+    /// or the error that says how long to wait (and no hashing).
+    fn begin_attempt(&self, account: Account, peer: SocketAddr) -> Result<Attempt, ChatError> {
+        let begun = self
+            .logins()
+            .begin(account.clone(), peer.ip(), Instant::now());
+        begun.map_err(|wait| {
+            self.login_throttled.increment(1);
+            tracing::debug!(peer = %peer.ip(), %account, ?wait, "login throttled");
+            let secs = wait.as_secs_f64().ceil().max(1.0);
+            ChatError::new(
+                ErrorCode::TooManyAttempts,
+                format!("too many failed attempts; try again in {secs} s"),
+            )
+            .retry_after(wait)
+        })
+    }
+
+    /// After the check: a right password costs the attempt nothing.
+    fn end_attempt(&self, attempt: Attempt, ok: bool, peer: SocketAddr) {
+        if ok {
+            self.logins().succeeded(attempt, Instant::now());
+            return;
+        }
+        // fail2ban and friends can match this line.
+        tracing::warn!(peer = %peer.ip(), account = %attempt.account(), "login failed");
+        self.login_failures.increment(1);
+        self.logins().failed(attempt, Instant::now());
     }
 }
 
 /// What a connection's reader tells its writer.
 struct Conn {
+    /// The connection's place among its address's; the writer says when
+    /// the session logs in and out.
+    pass: Pass,
     /// The contexts of requests whose replies are not written yet, oldest first.
     ctxs: Mutex<VecDeque<ReqCtx>>,
     /// The dialect pushes are written in (`Dialect::to_u8`).
@@ -104,6 +154,7 @@ pub async fn serve(
     id: SessionId,
     shared: Arc<Shared>,
     edge: Arc<Edge>,
+    pass: Pass,
 ) {
     let (rd, wr) = stream.into_split();
     let limits = shared.limits.get();
@@ -118,6 +169,7 @@ pub async fn serve(
     let d = decoder.dialect();
     link.set_kind(d.traits(), d.name());
     let conn = Arc::new(Conn {
+        pass,
         ctxs: Mutex::new(VecDeque::new()),
         dialect: AtomicU8::new(d.to_u8()),
     });
@@ -368,7 +420,7 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
     }
     let msg = match plain(incoming, link.id) {
         Ok(msg) => msg,
-        Err(other) => match with_password(other, link.id, shared).await {
+        Err(other) => match with_password(other, link, shared).await {
             Some(msg) => msg,
             None => return false,
         },
@@ -376,8 +428,9 @@ async fn dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> bo
     shared.hub.send(msg).await
 }
 
-async fn with_password(incoming: Incoming, id: SessionId, shared: &Shared) -> Option<HubMsg> {
+async fn with_password(incoming: Incoming, link: &SessionLink, shared: &Shared) -> Option<HubMsg> {
     let hub = &shared.hub;
+    let id = link.id;
     let echo = |e: ChatError| HubMsg::Echo { id, result: Err(e) };
     let msg = match incoming {
         // `dispatch` hands these to `plain` first.
@@ -412,10 +465,21 @@ async fn with_password(incoming: Incoming, id: SessionId, shared: &Shared) -> Op
             tell_unknown,
             ..
         } => {
-            let cred = credentials(hub, id, Some(who)).await?;
+            let cred = credentials(hub, id, Some(who.clone())).await?;
+            // Guesses at accounts that do not exist count against the name.
+            let account = match (&cred, who) {
+                (Some((u, _)), _) => Account::User(*u),
+                (None, Who::Id(u)) => Account::User(u),
+                (None, Who::Name(n)) => Account::Name(n.to_lowercase()),
+            };
+            let attempt = match shared.begin_attempt(account, link.peer) {
+                Ok(a) => a,
+                Err(e) => return Some(echo(e)),
+            };
             let hash = cred.as_ref().map(|(_, h)| h.clone());
             let ok = password.len() <= shared.limits.get().max_password_bytes
                 && shared.passwords.verify(password, hash).await;
+            shared.end_attempt(attempt, ok, link.peer);
             match cred {
                 Some((user, hash)) if ok => HubMsg::Login { id, user, hash },
                 None if tell_unknown => echo(ChatError::new(
@@ -432,24 +496,29 @@ async fn with_password(incoming: Incoming, id: SessionId, shared: &Shared) -> Op
             let cred = credentials(hub, id, None).await?;
             match cred {
                 None => echo(ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
-                Some((_, old_hash)) => {
-                    if let Err(e) = check_password(&new, &shared.limits.get()) {
-                        echo(e)
-                    } else if !shared.passwords.verify(old, Some(old_hash.clone())).await {
-                        echo(ChatError::new(
-                            ErrorCode::InvalidCredentials,
-                            "old password is invalid",
-                        ))
-                    } else {
-                        match shared.passwords.hash(new).await {
-                            Ok(new_hash) => HubMsg::Request {
-                                id,
-                                cmd: Command::Passwd { old_hash, new_hash },
-                            },
-                            Err(e) => echo(e),
+                Some((me, old_hash)) => match check_password(&new, &shared.limits.get())
+                    .and_then(|_| shared.begin_attempt(Account::User(me), link.peer))
+                {
+                    Err(e) => echo(e),
+                    Ok(attempt) => {
+                        let ok = shared.passwords.verify(old, Some(old_hash.clone())).await;
+                        shared.end_attempt(attempt, ok, link.peer);
+                        if !ok {
+                            echo(ChatError::new(
+                                ErrorCode::InvalidCredentials,
+                                "old password is invalid",
+                            ))
+                        } else {
+                            match shared.passwords.hash(new).await {
+                                Ok(new_hash) => HubMsg::Request {
+                                    id,
+                                    cmd: Command::Passwd { old_hash, new_hash },
+                                },
+                                Err(e) => echo(e),
+                            }
                         }
                     }
-                }
+                },
             }
         }
     };
@@ -751,6 +820,7 @@ impl Writer {
     }
 
     async fn switch_user(&mut self, user: Option<Uid>) {
+        self.conn.pass.set_logged_in(user.is_some());
         self.report_written().await;
         self.user = user;
         self.replayed.clear();

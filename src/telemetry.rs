@@ -16,10 +16,13 @@
 //! | `chatd_commit_flush_seconds` | histogram | one group-commit flush |
 //! | `chatd_mesh_peers{state}` | gauge | cluster members by link state |
 //! | `chatd_mesh_lag_ops{node}` | gauge | operations a member has not confirmed |
+//! | `chatd_storage_full` | gauge | 1 while the disk is too full for changes |
+//! | `chatd_login_failures_total` | counter | wrong passwords (each also logged with the address) |
+//! | `chatd_login_throttled_total` | counter | login attempts refused as too many |
 //!
-//! `/health` answers 200 unless the hub does not answer within a second, or
-//! the node is in a cluster with other members and can reach none of them
-//! (503).
+//! `/health` answers 200 unless the hub does not answer within a second,
+//! the disk is too full to take changes, or the node is in a cluster with
+//! other members and can reach none of them (503).
 
 use crate::hub::HubHandle;
 use crate::mesh::Mesh;
@@ -185,6 +188,12 @@ fn mesh_gauges(mesh: &Mesh) {
 async fn health(hub: &HubHandle, mesh: Option<&Mesh>) -> (bool, Option<String>) {
     if !hub.ping(Duration::from_secs(1)).await {
         return (false, Some("the hub does not answer".into()));
+    }
+    if hub.storage_full() {
+        return (
+            false,
+            Some("the disk is nearly full: serving reads only".into()),
+        );
     }
     if let Some(m) = mesh {
         let status = m.status();

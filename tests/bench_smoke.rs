@@ -142,6 +142,51 @@ fn every_scenario_delivers_everything_it_sends() {
     );
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["extra"]["logins"], 20, "{r}");
+    assert!(
+        r["extra"]["rss_3s_after_kib"].as_u64().unwrap_or(0) > 0,
+        "{r}"
+    );
+
+    // Fuzzing every dialect: the server neither goes away nor stalls.
+    let dialects = spawn_chatd(
+        tempfile::tempdir().unwrap().path(),
+        &[
+            "--listen-dialect",
+            "go-chatroom=127.0.0.1:0,c-chatroom=127.0.0.1:0,epoll-chatroom=127.0.0.1:0",
+        ],
+    );
+    let port = |name: &str| {
+        dialects
+            .dialect_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.to_string())
+            .expect("a dialect port")
+    };
+    let (go, c, epoll) = (
+        port("go-chatroom"),
+        port("c-chatroom"),
+        port("epoll-chatroom"),
+    );
+    let (addr, pid) = (dialects.addr.to_string(), dialects.pid().to_string());
+    let r = chatbench(&[
+        "fuzz",
+        "--addr",
+        &addr,
+        "--pid",
+        &pid,
+        "--go",
+        &go,
+        "--c-room",
+        &c,
+        "--epoll",
+        &epoll,
+        "--duration",
+        "3",
+    ]);
+    assert_eq!(r["extra"]["server_gone"], false, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["sent"].as_u64().unwrap_or(0) > 100, "{r}");
 
     // The ceiling: the same load against the bare relay.
     let r = chatbench(&[

@@ -8,8 +8,11 @@
 //! * `scenarios`: 1:1 pairs (closed or open loop), group fan-out, offline
 //!   drain, idle sessions, login storm.
 //! * `relay`: the ceiling: a TCP relay with no JSON and no storage.
+//! * `fuzz`: mutated requests of every dialect, and a probe that checks the
+//!   server keeps answering.
 
 pub mod client;
+pub mod fuzz;
 pub mod relay;
 pub mod scenarios;
 

@@ -812,6 +812,19 @@ pub async fn logins(o: &LoginOpts) -> Res<Report> {
     let hists = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    // The servers' peak memory during the storm.
+    let peak = {
+        let (pids, next, total) = (c.pids.clone(), next.clone(), ids.len() as u64);
+        tokio::spawn(async move {
+            let mut peak = 0u64;
+            while next.load(Ordering::Relaxed) < total {
+                let now: u64 = rss_all(&pids).iter().filter_map(|(_, k)| *k).sum();
+                peak = peak.max(now);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
     let mut tasks = Vec::new();
     for w in 0..o.concurrency.max(1) {
         let (ids, next, hists, errors, c) = (
@@ -853,6 +866,10 @@ pub async fn logins(o: &LoginOpts) -> Res<Report> {
     }
     let secs = started.elapsed().as_secs_f64();
     let after = rss_all(&c.pids);
+    let peak = peak.await.unwrap_or(0);
+    // And a little after it, once the hashing pool has let go.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled: u64 = rss_all(&c.pids).iter().filter_map(|(_, k)| *k).sum();
     let mut all = new_histogram();
     if let Ok(hs) = hists.lock() {
         for h in hs.iter() {
@@ -874,5 +891,9 @@ pub async fn logins(o: &LoginOpts) -> Res<Report> {
     r.extra.insert("logins".into(), json!(all.len()));
     r.extra
         .insert("logins_per_sec".into(), json!(all.len() as f64 / secs));
+    if !c.pids.is_empty() {
+        r.extra.insert("rss_peak_kib".into(), json!(peak));
+        r.extra.insert("rss_3s_after_kib".into(), json!(settled));
+    }
     Ok(r)
 }

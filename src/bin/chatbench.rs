@@ -8,12 +8,14 @@
 //! chatbench idle   --addr ... --sessions 10000 --pid ...
 //! chatbench logins --addr ... --users 1000 --concurrency 64
 //! chatbench relay  --pairs 500 --window 4             # the machine's ceiling
+//! chatbench fuzz   --addr ... --go ... --c-room ... --epoll ... --duration 30
 //! ```
 //!
 //! Every scenario registers its own users (with a random name prefix), so a
 //! chatd meant for benchmarks runs with cheap password hashing and a high rate
 //! limit; README's "Performance" section has the exact commands.
 
+use chatd::bench::fuzz::{self, FuzzOpts, Ports};
 use chatd::bench::scenarios::{self, DrainOpts, FanoutOpts, IdleOpts, LoginOpts, PairsOpts};
 use chatd::bench::{relay, Common, Proto, Report};
 use clap::{Args, Parser, Subcommand};
@@ -155,6 +157,29 @@ enum Cmd {
         users: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// Mutated requests of every dialect while a probe checks the server
+    /// still answers; reports stalls, whether it went away, its memory.
+    Fuzz {
+        #[command(flatten)]
+        target: Target,
+        /// The Go chatroom port, if chatd has one.
+        #[arg(long)]
+        go: Option<SocketAddr>,
+        /// The C chatroom port.
+        #[arg(long)]
+        c_room: Option<SocketAddr>,
+        /// The epoll chatroom port.
+        #[arg(long)]
+        epoll: Option<SocketAddr>,
+        /// Fuzzing connections per dialect.
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// The ceiling: the pairs load against a minimal TCP relay (no JSON, no storage).
     Relay {
@@ -337,6 +362,28 @@ fn main() -> ExitCode {
                     concurrency: (*concurrency).max(1),
                 };
                 Ok(vec![scenarios::logins(&o).await?])
+            }
+            Cmd::Fuzz {
+                target,
+                go,
+                c_room,
+                epoll,
+                clients,
+                duration,
+                seed,
+            } => {
+                let o = FuzzOpts {
+                    common: target.common(),
+                    ports: Ports {
+                        go: *go,
+                        c: *c_room,
+                        epoll: *epoll,
+                    },
+                    clients: *clients,
+                    duration: Duration::from_secs_f64(duration.max(0.1)),
+                    seed: *seed,
+                };
+                Ok(vec![fuzz::fuzz(&o).await?])
             }
             Cmd::Relay { load, size } => Ok(vec![ceiling(load, *size).await?]),
             Cmd::RelayServer { listen } => {

@@ -44,6 +44,7 @@ fn log_filter(settings: &Settings) -> Result<EnvFilter, String> {
 }
 
 fn main() -> ExitCode {
+    chatd::os::tune_allocator();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match load(&args) {
         Ok(c) => c,

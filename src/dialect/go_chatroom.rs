@@ -169,7 +169,7 @@ fn res_code(kind: Kind, e: &ChatError) -> i64 {
         (Kind::Register, _) => 506,
         (Kind::Login, ErrorCode::UnknownUser) => 500,
         (Kind::Login, ErrorCode::InvalidCredentials | ErrorCode::Banned) => 403,
-        (Kind::Login, ErrorCode::TooManySessions) => 403,
+        (Kind::Login, ErrorCode::TooManySessions | ErrorCode::TooManyAttempts) => 403,
         _ => 505,
     }
 }

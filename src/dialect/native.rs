@@ -338,6 +338,16 @@ struct Empty {}
 struct ErrorJson<'a> {
     code: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+fn error_json(e: &ChatError) -> ErrorJson<'_> {
+    ErrorJson {
+        code: e.code.as_str(),
+        message: &e.message,
+        retry_after_ms: e.retry_after.map(|d| d.as_millis() as u64),
+    }
 }
 
 fn put<B: Serialize>(out: &mut Frames, ty: &'static str, req: Option<&ReqId>, body: B) {
@@ -354,17 +364,7 @@ fn put<B: Serialize>(out: &mut Frames, ty: &'static str, req: Option<&ReqId>, bo
 pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: &mut Frames) {
     let reply = match reply {
         Ok(r) => r,
-        Err(e) => {
-            return put(
-                out,
-                "error",
-                req,
-                ErrorJson {
-                    code: e.code.as_str(),
-                    message: &e.message,
-                },
-            )
-        }
+        Err(e) => return put(out, "error", req, error_json(e)),
     };
     match reply {
         Reply::Registered(u) => put(
@@ -559,14 +559,6 @@ pub fn encode_event(event: &Event, out: &mut Frames) {
             None,
             serde_json::json!({ "reason": reason.as_str() }),
         ),
-        Event::Error(e) => put(
-            out,
-            "error",
-            None,
-            ErrorJson {
-                code: e.code.as_str(),
-                message: &e.message,
-            },
-        ),
+        Event::Error(e) => put(out, "error", None, error_json(e)),
     }
 }

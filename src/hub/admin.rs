@@ -65,6 +65,18 @@ const OPERATOR: Uid = Uid(0);
 
 impl Hub {
     pub(super) fn admin(&mut self, req: AdminReq) -> Res {
+        let changes = matches!(
+            req,
+            AdminReq::CreateUser { .. }
+                | AdminReq::SetPassword { .. }
+                | AdminReq::Ban { .. }
+                | AdminReq::DeleteUser { .. }
+                | AdminReq::Dissolve { .. }
+                | AdminReq::Broadcast { .. }
+        );
+        if changes && self.storage_full {
+            return Err(Self::storage_full_error().message);
+        }
         match req {
             AdminReq::Status => self.admin_status(),
             AdminReq::Users {

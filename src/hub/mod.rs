@@ -55,6 +55,9 @@ const NOTICE_FRESH_MS: u64 = 60_000;
 /// How often silent sessions are looked for.
 const IDLE_SWEEP: Duration = Duration::from_millis(250);
 
+/// How often free disk space is looked at.
+const SPACE_CHECK: Duration = Duration::from_millis(500);
+
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -238,6 +241,7 @@ pub struct HubHandle {
     presence: tokio::sync::broadcast::Sender<PresenceChange>,
     logs: LogReader,
     node: NodeId,
+    storage_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What [`HubHandle::try_send`] did.
@@ -308,6 +312,11 @@ impl HubHandle {
         self.node
     }
 
+    /// Whether the disk is too full to take changes (reads still work).
+    pub fn storage_full(&self) -> bool {
+        self.storage_full.load(Ordering::Relaxed)
+    }
+
     /// Say goodbye to every session, write everything down, stop.
     pub async fn shutdown(&self) {
         self.ask(|done| HubMsg::Shutdown { done }).await;
@@ -319,6 +328,8 @@ struct Session {
     user: Option<Uid>,
     /// What the session's dialect needed when it logged in.
     traits: SessionTraits,
+    /// Since when it has not been logged in (it opened, or logged out).
+    waiting_since: Instant,
     replay: Option<ReplayState>,
     /// The dialect this session is counted under in `chatd_sessions`.
     counted: Option<&'static str>,
@@ -380,6 +391,11 @@ pub struct Hub {
     out: Vec<(SessionId, OutItem)>,
     shutting_down: Option<(Instant, oneshot::Sender<()>)>,
     last_idle_sweep: Instant,
+    /// The disk is too full for changes: only reads, logins and presence
+    /// are served until there is room (`--min-free-mb`).
+    storage_full: bool,
+    storage_full_flag: Arc<std::sync::atomic::AtomicBool>,
+    space_checked: Instant,
 }
 
 /// Whether a user has a session here (`by_user`) or on another node.
@@ -474,7 +490,11 @@ impl Hub {
             replays: Vec::new(),
             out: Vec::new(),
             shutting_down: None,
+            storage_full: false,
+            storage_full_flag: Arc::new(Default::default()),
+            space_checked: Instant::now(),
         };
+        let storage_full = hub.storage_full_flag.clone();
         let (tx, rx) = mpsc::channel(8192);
         std::thread::Builder::new()
             .name("chatd-hub".into())
@@ -497,10 +517,12 @@ impl Hub {
             presence,
             logs,
             node,
+            storage_full,
         })
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+        self.check_space();
         self.ensure_lobby();
         self.finish_batch();
         let mut batch = Vec::with_capacity(512);
@@ -519,6 +541,9 @@ impl Hub {
             }
             if self.last_idle_sweep.elapsed() >= IDLE_SWEEP {
                 self.close_idle_sessions();
+            }
+            if self.space_checked.elapsed() >= SPACE_CHECK {
+                self.check_space();
             }
             self.finish_batch();
             if let Some((deadline, _)) = &self.shutting_down {
@@ -551,6 +576,7 @@ impl Hub {
                             link,
                             user: None,
                             traits: SessionTraits::default(),
+                            waiting_since: Instant::now(),
                             replay: None,
                             counted: None,
                         },
@@ -617,7 +643,8 @@ impl Hub {
     /// Apply another node's operations in order: skip what we have, stop at
     /// a gap (the sender will send again from what we report having).
     fn peer_ops(&mut self, origin: NodeId, ops: Vec<Op>) {
-        if origin == self.node {
+        // With the disk full nothing is taken in; peers send again later.
+        if origin == self.node || self.storage_full {
             return;
         }
         let mut expected = match self.peer_ops.get(&origin).and_then(|v| v.last()) {
@@ -707,6 +734,9 @@ impl Hub {
         }
         match self.with_rules(|store, cx| rules::decide(store, cx, who, cmd)) {
             Err(e) => self.reply(id, Err(e)),
+            Ok(d) if self.storage_full && !d.ops.is_empty() => {
+                self.reply(id, Err(Self::storage_full_error()))
+            }
             Ok(mut d) => {
                 if let (Reply::Sent { alone, .. }, Some(g), Some(me)) = (&mut d.reply, group, who) {
                     if self
@@ -770,8 +800,50 @@ impl Hub {
         Ok(())
     }
 
+    /// Enter or leave read-only mode as free space crosses the watermark
+    /// (leaving it a little above, so it does not flap).
+    fn check_space(&mut self) {
+        self.space_checked = Instant::now();
+        let Some(free) = self.store.free_space() else {
+            return;
+        };
+        let floor = self.batch_limits.min_free_bytes;
+        let resume = floor + (floor / 8).max(crate::store::space::RESERVE_BYTES);
+        if !self.storage_full && free < floor {
+            self.storage_full = true;
+            tracing::error!(
+                free_mb = free >> 20,
+                min_free_mb = floor >> 20,
+                "the disk is nearly full: taking no changes until there is room"
+            );
+        } else if self.storage_full && free >= resume {
+            self.storage_full = false;
+            tracing::info!(
+                free_mb = free >> 20,
+                "there is room on the disk again: taking changes"
+            );
+            self.ensure_lobby();
+        }
+        if !self.storage_full {
+            self.store.ensure_reserve(resume);
+        }
+        self.storage_full_flag
+            .store(self.storage_full, Ordering::Relaxed);
+        metrics::gauge!("chatd_storage_full").set(if self.storage_full { 1.0 } else { 0.0 });
+    }
+
+    fn storage_full_error() -> ChatError {
+        ChatError::new(
+            ErrorCode::StorageFull,
+            "the server's disk is full; nothing can be changed until there is room (reading works)",
+        )
+    }
+
     /// Make sure the lobby exists (and has its configured name).
     fn ensure_lobby(&mut self) {
+        if self.storage_full {
+            return;
+        }
         let Some(name) = self.lobby.clone() else {
             return;
         };
@@ -881,6 +953,9 @@ impl Hub {
 
     fn guest_login(&mut self, id: SessionId, name: &str) {
         match self.with_rules(|store, cx| rules::guest_login(store, cx, name)) {
+            Ok((_, Some(_))) if self.storage_full => {
+                self.reply(id, Err(Self::storage_full_error()))
+            }
             Ok((guest, op)) => {
                 if let Some((stamp, body)) = op {
                     self.commit(stamp, body);
@@ -910,7 +985,7 @@ impl Hub {
         if self.user_of(id).is_some() {
             self.detach(id);
         }
-        if traits.joins_lobby {
+        if traits.joins_lobby && !self.storage_full {
             match self.with_rules(|store, cx| rules::join_lobby(store, cx, uid)) {
                 Ok(Some((stamp, body))) => self.commit(stamp, body),
                 Ok(None) => {}
@@ -981,6 +1056,7 @@ impl Hub {
         let Some(user) = s.user.take() else {
             return;
         };
+        s.waiting_since = Instant::now();
         if let Some(list) = self.by_user.get_mut(&user) {
             list.retain(|s| *s != id);
             if list.is_empty() {
@@ -1058,28 +1134,34 @@ impl Hub {
         self.sessions.remove(&id);
     }
 
-    /// Close sessions silent for longer than the idle timeout, saying why.
-    /// One sweep here, rather than a timer in every connection, keeps idle
-    /// connections small. Clients that never ping (the seed clients) are
-    /// left to TCP keepalive.
+    /// Close sessions silent for longer than the idle timeout, and those
+    /// that have not logged in within the login timeout, saying why. One
+    /// sweep here, rather than a timer in every connection, keeps idle
+    /// connections small. Logged-in clients that never ping (the seed
+    /// clients) are left to TCP keepalive.
     fn close_idle_sessions(&mut self) {
-        self.last_idle_sweep = Instant::now();
-        let Some(limit) = self.batch_limits.idle_timeout else {
-            return;
-        };
-        let silent: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| !s.link.traits().idle_exempt)
-            .filter(|s| s.link.silent_for() > limit)
-            .map(|s| s.link.id)
-            .collect();
-        for id in silent {
-            if let Some(s) = self.sessions.get(&id) {
-                let error = ChatError::new(
+        let now = Instant::now();
+        self.last_idle_sweep = now;
+        let idle = self.batch_limits.idle_timeout;
+        let deadline = self.batch_limits.login_timeout;
+        let mut closing: Vec<(SessionId, ChatError)> = Vec::new();
+        for s in self.sessions.values() {
+            let waited = now.saturating_duration_since(s.waiting_since);
+            if s.user.is_none() && deadline.is_some_and(|d| waited > d) {
+                let e = ChatError::new(ErrorCode::LoginTimeout, "not logged in in time");
+                closing.push((s.link.id, e));
+            } else if !s.link.traits().idle_exempt
+                && idle.is_some_and(|limit| s.link.silent_for() > limit)
+            {
+                let e = ChatError::new(
                     ErrorCode::IdleTimeout,
                     "nothing received for too long; send \"ping\" to stay connected",
                 );
+                closing.push((s.link.id, e));
+            }
+        }
+        for (id, error) in closing {
+            if let Some(s) = self.sessions.get(&id) {
                 let _ = s.link.outbox.push(Out {
                     ticket: 0,
                     item: OutItem::Event(Arc::new(Event::Error(error))),
@@ -1384,8 +1466,12 @@ impl Hub {
         }
     }
 
-    /// Log the deliveries sessions reported in this batch.
+    /// Log the deliveries sessions reported in this batch. With the disk
+    /// full they are forgotten: the messages are delivered again later.
     fn commit_marks(&mut self) {
+        if self.storage_full {
+            self.marks.clear();
+        }
         if !self.marks.is_empty() {
             for body in delivered_ops(std::mem::take(&mut self.marks)) {
                 let stamp = self.clock.now();

@@ -42,6 +42,9 @@ use wire::{Frame, MemberInfo};
 /// Operations per frame when streaming or relaying a log: small enough that
 /// the messages one frame brings a user fit their session queue easily.
 const BATCH: usize = 256;
+/// A peer stuck this long behind our own operations gets them again.
+const OWN_RESEND_DELAY: Duration = Duration::from_secs(5);
+
 /// A peer that has lacked another origin's operations this long gets them from us.
 const RELAY_DELAY: Duration = Duration::from_secs(1);
 /// How long a handshake step may take.
@@ -670,6 +673,8 @@ struct Sender {
     /// Our applied position over the last few seconds, for relaying.
     history: VecDeque<(Instant, Position)>,
     last_relay: HashMap<NodeId, Instant>,
+    /// Since when the peer has been stuck at this position of ours.
+    own_stall: Option<(u64, Instant)>,
 }
 
 impl Sender {
@@ -682,6 +687,7 @@ impl Sender {
             sent_own,
             history: VecDeque::new(),
             last_relay: HashMap::new(),
+            own_stall: None,
         }
     }
 
@@ -812,8 +818,24 @@ impl Sender {
             return Ok(());
         }
         let old = old.clone();
+        // Our own operations the peer stopped taking (its disk was full,
+        // say): once it has not moved for a while, send them again.
+        let me = self.inner.me.node;
+        let theirs = self.peer_applied.get(&me).copied().unwrap_or(0);
+        self.own_stall = match self.own_stall {
+            _ if theirs >= self.sent_own => None,
+            Some((t, since)) if t == theirs => {
+                if now.duration_since(since) >= OWN_RESEND_DELAY {
+                    self.sent_own = theirs;
+                    None
+                } else {
+                    Some((t, since))
+                }
+            }
+            _ => Some((theirs, now)),
+        };
         for (&origin, &had) in &old {
-            if origin == self.inner.me.node || origin == self.peer {
+            if origin == me || origin == self.peer {
                 continue;
             }
             let theirs = self.peer_applied.get(&origin).copied().unwrap_or(0);

@@ -265,6 +265,32 @@ mod tests {
         assert!(matches!(read(&mut r).await, Err(WireError::TooLarge(_))));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Whatever a peer sends, decoding answers (a frame or an error)
+        /// and never panics: arbitrary bytes, and real frames with bytes
+        /// changed.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 0..8),
+        ) {
+            let _ = decode(&junk);
+            let real = encode(&Frame::Ops { origin: 2, ops: vec![op(1, "hello"), op(2, "world")] });
+            let mut body = real[4..].to_vec();
+            for (at, b) in flips {
+                let i = at % body.len();
+                body[i] = b;
+            }
+            let _ = decode(&body);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut stream = &junk[..];
+            rt.block_on(async {
+                while let Ok(Some(_)) = read(&mut stream).await {}
+            });
+        }
+    }
+
     #[test]
     fn big_runs_are_split() {
         let big = "x".repeat(64 * 1024);

@@ -28,6 +28,7 @@
 mod flush;
 pub(crate) mod merge;
 pub mod schema;
+pub mod space;
 
 use crate::ids::{NodeId, Stamp};
 use crate::model::{Message, Op};
@@ -73,6 +74,13 @@ impl std::fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+impl StoreError {
+    /// Whether this is the disk being full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sled(sled::Error::Io(e)) if space::is_full(e))
+    }
+}
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -261,6 +269,8 @@ pub struct Durability {
     flushed: watch::Sender<Durable>,
     delay: Duration,
     no_flush: bool,
+    /// Where the reserve file is, to give it up when the disk fills.
+    dir: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -306,7 +316,15 @@ impl Durability {
                     .record(started.elapsed().as_secs_f64());
             }
             if let Err(e) = written {
-                // Nothing more can be acknowledged; let the supervisor restart us.
+                // Nothing more can be acknowledged (and nothing unwritten
+                // was); let the supervisor restart us. On a full disk, give
+                // up the reserve first, so that the restart can open the
+                // database and serve read-only.
+                if e.is_disk_full() {
+                    if let Some(d) = &self.dir {
+                        space::release(d);
+                    }
+                }
                 tracing::error!(error = %e, "cannot write the log; exiting");
                 std::process::exit(1);
             }
@@ -578,6 +596,42 @@ fn open_sled(
     }
 }
 
+/// How long opening waits for a data directory another process holds: a
+/// chatd killed a moment ago may not have finished exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Two databases: the log, written and fsynced for every commit, and the
+/// tables, written in bulk by checkpoints. Apart, a checkpoint's megabytes
+/// never stand between a commit and its fsync.
+fn open_both(opts: &StoreOptions) -> Result<(sled::Db, sled::Db)> {
+    let started = Instant::now();
+    let mut released = false;
+    loop {
+        // Without a sync per commit (unsafe), the log still reaches the
+        // disk within about a second.
+        let log_sync = opts.no_flush.then_some(1000);
+        let opened = open_sled(opts, "tables", opts.cache_bytes, None)
+            .and_then(|db| Ok((db, open_sled(opts, "log", LOG_CACHE_BYTES, log_sync)?)));
+        match (opened, &opts.path) {
+            (Err(StoreError::Locked(_)), _) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (Err(StoreError::Sled(sled::Error::Io(e))), Some(p))
+                if space::is_full(&e) && !released =>
+            {
+                // sled needs room to open: give up the reserve (we will
+                // serve read-only until there is room again).
+                released = true;
+                if !space::release(p) {
+                    return Err(StoreError::Sled(sled::Error::Io(e)));
+                }
+                tracing::warn!("the disk is full: opening with the space held in reserve");
+            }
+            (opened, _) => return opened,
+        }
+    }
+}
+
 impl Store {
     pub fn open(opts: StoreOptions) -> Result<Store> {
         if let Some(p) = &opts.path {
@@ -589,14 +643,7 @@ impl Store {
                 )));
             }
         }
-        // Two databases: the log, written and fsynced for every commit, and
-        // the tables, written in bulk by checkpoints. Apart, a checkpoint's
-        // megabytes never stand between a commit and its fsync.
-        let db = open_sled(&opts, "tables", opts.cache_bytes, None)?;
-        // Without a sync per commit (unsafe), the log still reaches the
-        // disk within about a second.
-        let log_sync = opts.no_flush.then_some(1000);
-        let log_db = open_sled(&opts, "log", LOG_CACHE_BYTES, log_sync)?;
+        let (db, log_db) = open_both(&opts)?;
         let log = log_db.open_tree("log")?;
         let meta = db.open_tree("meta")?;
         let trees = Table::ALL
@@ -613,6 +660,7 @@ impl Store {
             flushed: flushed_tx,
             delay: opts.commit_delay,
             no_flush: opts.no_flush,
+            dir: opts.path.clone(),
         });
         let commit_thread = {
             let d = durability.clone();
@@ -930,6 +978,11 @@ impl Store {
         if self.frozen.is_some() {
             let hard_limit = self.active.bytes > 4 * self.opts.checkpoint_bytes;
             if let Some(done) = self.checkpointer.poll(hard_limit) {
+                if let Err(e) = &done {
+                    if let (true, Some(p)) = (e.is_disk_full(), &self.opts.path) {
+                        space::release(p);
+                    }
+                }
                 done?;
                 if let Some(layer) = self.frozen.take() {
                     self.checkpointer.dispose(layer);
@@ -1007,6 +1060,20 @@ impl Store {
 
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0) + self.log_db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Free bytes on the disk that holds the database (None: in memory or
+    /// unknown).
+    pub fn free_space(&self) -> Option<u64> {
+        self.opts.path.as_deref().and_then(space::free_bytes)
+    }
+
+    /// Keep room for opening on a full disk, when there is `spare` room
+    /// besides.
+    pub fn ensure_reserve(&self, spare: u64) {
+        if let Some(p) = &self.opts.path {
+            space::ensure(p, spare);
+        }
     }
 
     pub fn path(&self) -> Option<&Path> {

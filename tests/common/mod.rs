@@ -32,6 +32,9 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.argon2_memory_kib = 64;
     s.argon2_iterations = 1;
     s.classic_push_gap_ms = 5;
+    // Every test client comes from 127.0.0.1.
+    s.max_connections_per_address = 100_000;
+    s.max_unauthenticated_per_address = 100_000;
     s
 }
 
@@ -75,6 +78,14 @@ impl TestServer {
         TestServer::start_with(|s| s.listen_dialect = seeds::all_dialect_ports()).await
     }
 
+    /// Where metrics and health are served (`metrics_listen` must be set).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.metrics_addr())
+            .expect("metrics_listen is set")
+    }
+
     /// The port of a dialect given with `--listen-dialect`.
     pub fn dialect(&self, name: &str) -> SocketAddr {
         self.server
@@ -107,6 +118,23 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            chunk: vec![0; 65536],
+            pushes: VecDeque::new(),
+            next_req: 1,
+        }
+    }
+
+    /// Connect from another loopback address (all of 127.0.0.0/8 is ours).
+    pub async fn connect_from(addr: SocketAddr, from: [u8; 4]) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from((from, 0)))
+            .expect("bind a loopback source address");
+        let stream = socket.connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         Client {
             stream,
@@ -344,6 +372,32 @@ pub fn chatctl_json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(out.stdout.trim()).expect("chatctl prints JSON")
 }
 
+// ---- HTTP ---------------------------------------------------------------------------
+
+/// GET a path; (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The sum of a metric's samples in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 // ---- chatd as a separate process ------------------------------------------------
 
 /// A chatd process; killed when dropped, so a failing test leaves none behind.
@@ -354,6 +408,21 @@ pub struct Proc {
     pub mesh: Option<SocketAddr>,
     /// The metrics (HTTP) address, when served.
     pub metrics: Option<SocketAddr>,
+    /// The log lines written so far (the latest 10,000).
+    pub log: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
+    /// The dialects' own ports (`--listen-dialect`), by name.
+    pub dialect_addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Proc {
+    /// Whether a log line contains all of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+    }
 }
 
 impl Proc {
@@ -416,6 +485,10 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
             "64",
             "--argon2-iterations",
             "1",
+            "--max-connections-per-address",
+            "100000",
+            "--max-unauthenticated-per-address",
+            "100000",
         ])
         .args(extra)
         .env("RUST_LOG", "info")
@@ -428,6 +501,7 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
     let mut lines = BufReader::new(stderr).lines();
     let mut mesh = None;
     let mut metrics = None;
+    let mut dialect_addrs = Vec::new();
     let addr = loop {
         let line = lines
             .next()
@@ -439,16 +513,39 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         if line.contains("metrics listening") {
             metrics = log_addr(&line);
         }
+        if line.contains("dialect listening") {
+            let name = line
+                .split("dialect=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(a) = log_addr(&line) {
+                dialect_addrs.push((name, a));
+            }
+        }
         if line.contains("chatd listening") {
             break log_addr(&line).expect("listen address");
         }
     };
     // Keep draining the log so chatd never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let log = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+    let keep = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut l = keep.lock().unwrap();
+            if l.len() >= 10_000 {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
+    });
     Proc {
         child,
         addr,
         mesh,
         metrics,
+        log,
+        dialect_addrs,
     }
 }
