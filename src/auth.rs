@@ -21,6 +21,19 @@ use tokio::sync::oneshot;
 /// Jobs waiting at most; beyond, a login is told the server is busy.
 const QUEUE: usize = 1024;
 
+#[cfg(test)]
+thread_local! {
+    /// Tests shrink the queue to see it fill.
+    static TEST_QUEUE: std::cell::Cell<usize> = const { std::cell::Cell::new(QUEUE) };
+}
+
+fn queue_limit() -> usize {
+    #[cfg(test)]
+    return TEST_QUEUE.with(|q| q.get());
+    #[cfg(not(test))]
+    QUEUE
+}
+
 /// How long a hashing thread keeps its memory with nothing to do.
 const KEEP_MEMORY: Duration = Duration::from_millis(500);
 
@@ -36,6 +49,15 @@ enum Job {
     },
 }
 
+/// What checking a password found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Right,
+    Wrong,
+    /// Not checked: too many are waiting (say `busy`, count nothing).
+    Busy,
+}
+
 struct Queue {
     jobs: Mutex<VecDeque<Job>>,
     ready: Condvar,
@@ -48,6 +70,8 @@ struct Pool(Arc<Queue>);
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // Under the lock, so no thread misses the wake-up.
+        let _jobs = self.0.jobs.lock().unwrap_or_else(|e| e.into_inner());
         self.0
             .closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -79,7 +103,7 @@ impl Passwords {
             .map_err(|e| format!("argon2 does not work here: {e}"))?;
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
-            n => n,
+            n => n.min(16),
         };
         let queue = Arc::new(Queue {
             jobs: Mutex::new(VecDeque::new()),
@@ -103,7 +127,7 @@ impl Passwords {
     fn submit(&self, job: Job) -> bool {
         let q = &self.pool.0;
         let mut jobs = q.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if jobs.len() >= QUEUE {
+        if jobs.len() >= queue_limit() {
             return false;
         }
         jobs.push_back(job);
@@ -122,7 +146,7 @@ impl Passwords {
 
     /// Whether `password` matches `hash`; with no hash, spend the same time
     /// and say no.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+    pub async fn check(&self, password: String, hash: Option<String>) -> Verdict {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.to_string());
         let (done, result) = oneshot::channel();
@@ -131,9 +155,18 @@ impl Passwords {
             hash,
             done,
         }) {
-            return false;
+            return Verdict::Busy;
         }
-        result.await.unwrap_or(false) && known
+        match result.await {
+            Ok(true) if known => Verdict::Right,
+            Ok(_) => Verdict::Wrong,
+            Err(_) => Verdict::Busy,
+        }
+    }
+
+    /// Whether `password` matches `hash` (false when it could not be checked).
+    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+        self.check(password, hash).await == Verdict::Right
     }
 
     /// The argon2 parameters new hashes get.
@@ -165,7 +198,9 @@ fn work(q: &Queue, params: &Params) {
             }
         };
         drop(jobs);
-        match job {
+        // A job that panicked answers nothing (its caller sees an error);
+        // the thread goes on, with fresh memory.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             Job::Hash { password, done } => {
                 let r = hash_with(params, &password, &mut memory).map_err(|_| internal());
                 let _ = done.send(r);
@@ -177,6 +212,9 @@ fn work(q: &Queue, params: &Params) {
             } => {
                 let _ = done.send(verify_with(&password, &hash, &mut memory));
             }
+        }));
+        if ran.is_err() {
+            memory = Vec::new();
         }
     }
 }
@@ -296,6 +334,48 @@ mod tests {
         )
         .is_ok());
         assert!(!p.verify("pw".into(), Some("not a hash".into())).await);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_says_busy_not_wrong() {
+        TEST_QUEUE.with(|q| q.set(2));
+        let p = Passwords::new(2048, 3, 1).unwrap();
+        let h = p.hash("pw".into()).await.unwrap();
+        let checks: Vec<_> = (0..20)
+            .map(|_| {
+                let (p, h) = (p.clone(), h.clone());
+                async move { p.check("pw".into(), Some(h)).await }
+            })
+            .collect();
+        let verdicts = futures_join(checks).await;
+        assert!(verdicts.contains(&Verdict::Busy), "{verdicts:?}");
+        assert!(verdicts.contains(&Verdict::Right), "{verdicts:?}");
+        assert!(!verdicts.contains(&Verdict::Wrong), "{verdicts:?}");
+        TEST_QUEUE.with(|q| q.set(QUEUE));
+    }
+
+    /// Poll futures together on this thread (so the test's queue size holds).
+    async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+        let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
+        let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
+                if o.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *o = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().flatten().collect()
     }
 
     #[tokio::test]

@@ -133,6 +133,18 @@ pub struct Settings {
     #[arg(long, env = "CHATD_LOGIN_ADDRESS_INTERVAL_SECS", default_value_t = 6.0)]
     pub login_address_interval_secs: f64,
 
+    /// Accounts one client address may register in a burst (each costs a
+    /// password hash); then one more every --register-address-interval-secs.
+    #[arg(long, env = "CHATD_REGISTER_ADDRESS_BURST", default_value_t = 20)]
+    pub register_address_burst: u32,
+
+    #[arg(
+        long,
+        env = "CHATD_REGISTER_ADDRESS_INTERVAL_SECS",
+        default_value_t = 30.0
+    )]
+    pub register_address_interval_secs: f64,
+
     /// Close a connection that has not logged in for this long (seconds;
     /// time enough to type at a menu). 0 disables.
     #[arg(long, env = "CHATD_LOGIN_TIMEOUT_SECS", default_value_t = 120)]
@@ -436,6 +448,9 @@ impl Settings {
         if self.cache_mb != new.cache_mb {
             out.push("cache_mb");
         }
+        if self.hash_threads != new.hash_threads {
+            out.push("hash_threads");
+        }
         out
     }
 
@@ -470,6 +485,10 @@ impl Settings {
                 address: Rate {
                     burst: self.login_address_burst.max(1),
                     interval: secs(self.login_address_interval_secs),
+                },
+                register: Rate {
+                    burst: self.register_address_burst.max(1),
+                    interval: secs(self.register_address_interval_secs),
                 },
             },
             login_timeout: (self.login_timeout_secs > 0)

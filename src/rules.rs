@@ -16,7 +16,7 @@ use crate::ids::{guest_block, id_block, Clock, Gid, NodeId, Stamp, Uid, LOBBY};
 use crate::model::{delivered_ops, Group, Link, Message, OpBody, Role, Target, User};
 use crate::store::schema::{conv_direct, conv_group};
 use crate::store::{merge::Merge, Store};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 type Res<T> = Result<T, ChatError>;
@@ -1095,7 +1095,13 @@ const GUEST_NAME_SHARERS: u32 = 99;
 /// and that is not connected now (the first free of `carol`, `carol 2`,
 /// `carol 3`, ...), or a new one with the operation that records it. Two
 /// people who give one name are two guests; one who comes back is the same.
-pub fn guest_login(s: &Store, cx: &mut Ctx, raw: &str) -> Res<(UserRef, Option<(Stamp, OpBody)>)> {
+/// `allow_new`: whether a new guest may be made (not while the disk is full).
+pub fn guest_login(
+    s: &Store,
+    cx: &mut Ctx,
+    raw: &str,
+    allow_new: bool,
+) -> Res<(UserRef, Option<(Stamp, OpBody)>)> {
     let base = clean_guest_name(raw);
     for k in 1..=GUEST_NAME_SHARERS {
         let name = if k == 1 {
@@ -1107,6 +1113,12 @@ pub fn guest_login(s: &Store, cx: &mut Ctx, raw: &str) -> Res<(UserRef, Option<(
         match s.guest_uid(cx.ids.node(), &name)? {
             Some(id) if (cx.online)(id) => continue,
             Some(id) => return Ok((UserRef { id, name: shown }, None)),
+            None if !allow_new => {
+                return fail(
+                    ErrorCode::StorageFull,
+                    "the server's disk is full: no new guests until there is room",
+                )
+            }
             None => {
                 let user = cx.ids.guest()?;
                 let op = (cx.clock.now(), OpBody::Guest { user, name });
@@ -1197,8 +1209,21 @@ pub fn roster(s: &Store, cx: &mut Ctx, me: Uid) -> Res<Roster> {
 /// direct messages from the inbox and group messages from each group's
 /// history, each newer than the user's cursor for the node it came from
 /// (and, for groups, newer than the user's membership).
-pub fn pending(s: &Store, me: Uid, after: Option<Stamp>, limit: usize) -> Res<Vec<Arc<Message>>> {
-    let cursors = s.cursors(me)?;
+///
+/// `held`: deliveries not written to the store yet (while the disk is
+/// full), which count like the cursors.
+pub fn pending(
+    s: &Store,
+    me: Uid,
+    after: Option<Stamp>,
+    limit: usize,
+    held: &BTreeMap<NodeId, Stamp>,
+) -> Res<Vec<Arc<Message>>> {
+    let mut cursors = s.cursors(me)?;
+    for (origin, id) in held {
+        let c = cursors.entry(*origin).or_default();
+        *c = (*c).max(*id);
+    }
     let floor = |m: &Message| cursors.get(&m.origin()).copied().unwrap_or(Stamp::ZERO);
     // Everything at or below every origin's cursor is delivered.
     let low = s
@@ -1369,7 +1394,7 @@ mod tests {
             }
         }
         let texts = |w: &World| -> Vec<String> {
-            pending(&w.store, b, None, 100)
+            pending(&w.store, b, None, 100, &BTreeMap::new())
                 .unwrap()
                 .iter()
                 .map(|m| m.text.clone())
@@ -1379,7 +1404,7 @@ mod tests {
         w.run(Some(b), Command::Ack { ids: vec![ids[2]] }).unwrap();
         assert_eq!(texts(&w), ["m3", "m4"], "an ack covers earlier messages");
         // Paging.
-        let page = pending(&w.store, b, Some(ids[3]), 100).unwrap();
+        let page = pending(&w.store, b, Some(ids[3]), 100, &BTreeMap::new()).unwrap();
         assert_eq!(page.len(), 1);
         // A group joined later: only messages after joining are pending.
         let g = match w.run(
@@ -1460,7 +1485,9 @@ mod tests {
         }
 
         fn guest(&mut self, name: &str) -> Uid {
-            let (u, op) = self.with_cx(|s, cx| guest_login(s, cx, name)).unwrap();
+            let (u, op) = self
+                .with_cx(|s, cx| guest_login(s, cx, name, true))
+                .unwrap();
             self.apply_ops(op.into_iter().collect());
             u.id
         }

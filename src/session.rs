@@ -23,7 +23,7 @@
 
 use crate::admission::Pass;
 use crate::api::{ChatError, Command, ErrorCode, Event, Reply};
-use crate::auth::Passwords;
+use crate::auth::{Passwords, Verdict};
 use crate::config::{Limits, Live};
 use crate::dialect::{self, Decoder, Dialect, Edge, Frames, Incoming, Listen, ReqCtx, Who, Writes};
 use crate::framing::{FrameError, Framer};
@@ -89,27 +89,68 @@ impl Shared {
             .begin(account.clone(), peer.ip(), Instant::now());
         begun.map_err(|wait| {
             self.login_throttled.increment(1);
-            tracing::debug!(peer = %peer.ip(), %account, ?wait, "login throttled");
-            let secs = wait.as_secs_f64().ceil().max(1.0);
-            ChatError::new(
-                ErrorCode::TooManyAttempts,
-                format!("too many failed attempts; try again in {secs} s"),
-            )
-            .retry_after(wait)
+            tracing::debug!(peer = %peer.ip().to_canonical(), %account, ?wait, "login throttled");
+            too_many(wait, "failed attempts")
         })
     }
 
-    /// After the check: a right password costs the attempt nothing.
-    fn end_attempt(&self, attempt: Attempt, ok: bool, peer: SocketAddr) {
-        if ok {
-            self.logins().succeeded(attempt, Instant::now());
-            return;
+    /// After the check: a right password costs the attempt nothing; one
+    /// that could not be checked (the hashing queue is full) costs nothing
+    /// either, and says so.
+    fn end_attempt(
+        &self,
+        attempt: Attempt,
+        verdict: Verdict,
+        peer: SocketAddr,
+    ) -> Result<(), ChatError> {
+        match verdict {
+            Verdict::Right => {
+                self.logins().succeeded(attempt, Instant::now());
+                Ok(())
+            }
+            Verdict::Busy => Err(ChatError::new(
+                ErrorCode::Busy,
+                "the server is busy checking passwords; try again in a moment",
+            )),
+            Verdict::Wrong => {
+                // fail2ban and friends can match this line.
+                let ip = peer.ip().to_canonical();
+                tracing::warn!(peer = %ip, account = %attempt.account(), "login failed");
+                self.login_failures.increment(1);
+                self.logins().failed(attempt, Instant::now());
+                Err(ChatError::new(
+                    ErrorCode::InvalidCredentials,
+                    "id or password is invalid",
+                ))
+            }
         }
-        // fail2ban and friends can match this line.
-        tracing::warn!(peer = %peer.ip(), account = %attempt.account(), "login failed");
-        self.login_failures.increment(1);
-        self.logins().failed(attempt, Instant::now());
     }
+
+    /// Before a registration (a hash, and an account) from `peer`.
+    fn may_register(&self, peer: SocketAddr) -> Result<(), ChatError> {
+        if self.hub.storage_full() {
+            return Err(storage_full());
+        }
+        self.logins()
+            .register(peer.ip(), Instant::now())
+            .map_err(|wait| too_many(wait, "registrations"))
+    }
+}
+
+fn too_many(wait: Duration, what: &str) -> ChatError {
+    let secs = wait.as_secs_f64().ceil().max(1.0);
+    ChatError::new(
+        ErrorCode::TooManyAttempts,
+        format!("too many {what} from here; try again in {secs} s"),
+    )
+    .retry_after(wait)
+}
+
+fn storage_full() -> ChatError {
+    ChatError::new(
+        ErrorCode::StorageFull,
+        "the server's disk is full; nothing can be changed until there is room (reading works)",
+    )
 }
 
 /// What a connection's reader tells its writer.
@@ -442,8 +483,9 @@ async fn with_password(incoming: Incoming, link: &SessionLink, shared: &Shared) 
             ..
         } => {
             let limits = shared.limits.get();
-            let checked =
-                check_user_name(&name, &limits).and_then(|_| check_password(&password, &limits));
+            let checked = check_user_name(&name, &limits)
+                .and_then(|_| check_password(&password, &limits))
+                .and_then(|_| shared.may_register(link.peer));
             match checked {
                 Err(e) => echo(e),
                 Ok(()) => match shared.passwords.hash(password).await {
@@ -465,6 +507,14 @@ async fn with_password(incoming: Incoming, link: &SessionLink, shared: &Shared) 
             tell_unknown,
             ..
         } => {
+            // No account has a name this long: nothing to look up or keep.
+            let max_name = shared.limits.get().max_name_chars + 12;
+            if matches!(&who, Who::Name(n) if n.chars().count() > max_name) {
+                return Some(echo(ChatError::new(
+                    ErrorCode::InvalidCredentials,
+                    "id or password is invalid",
+                )));
+            }
             let cred = credentials(hub, id, Some(who.clone())).await?;
             // Guesses at accounts that do not exist count against the name.
             let account = match (&cred, who) {
@@ -477,16 +527,20 @@ async fn with_password(incoming: Incoming, link: &SessionLink, shared: &Shared) 
                 Err(e) => return Some(echo(e)),
             };
             let hash = cred.as_ref().map(|(_, h)| h.clone());
-            let ok = password.len() <= shared.limits.get().max_password_bytes
-                && shared.passwords.verify(password, hash).await;
-            shared.end_attempt(attempt, ok, link.peer);
-            match cred {
-                Some((user, hash)) if ok => HubMsg::Login { id, user, hash },
-                None if tell_unknown => echo(ChatError::new(
+            let verdict = if password.len() <= shared.limits.get().max_password_bytes {
+                shared.passwords.check(password, hash).await
+            } else {
+                Verdict::Wrong
+            };
+            match (shared.end_attempt(attempt, verdict, link.peer), cred) {
+                (Ok(()), Some((user, hash))) => HubMsg::Login { id, user, hash },
+                (Err(e), _) if e.code == ErrorCode::Busy => echo(e),
+                (_, None) if tell_unknown => echo(ChatError::new(
                     ErrorCode::UnknownUser,
                     "no such user; register first",
                 )),
-                _ => echo(ChatError::new(
+                (Err(e), _) => echo(e),
+                (Ok(()), None) => echo(ChatError::new(
                     ErrorCode::InvalidCredentials,
                     "id or password is invalid",
                 )),
@@ -496,29 +550,36 @@ async fn with_password(incoming: Incoming, link: &SessionLink, shared: &Shared) 
             let cred = credentials(hub, id, None).await?;
             match cred {
                 None => echo(ChatError::new(ErrorCode::NotLoggedIn, "log in first")),
-                Some((me, old_hash)) => match check_password(&new, &shared.limits.get())
-                    .and_then(|_| shared.begin_attempt(Account::User(me), link.peer))
-                {
-                    Err(e) => echo(e),
-                    Ok(attempt) => {
-                        let ok = shared.passwords.verify(old, Some(old_hash.clone())).await;
-                        shared.end_attempt(attempt, ok, link.peer);
-                        if !ok {
-                            echo(ChatError::new(
-                                ErrorCode::InvalidCredentials,
-                                "old password is invalid",
-                            ))
-                        } else {
-                            match shared.passwords.hash(new).await {
-                                Ok(new_hash) => HubMsg::Request {
-                                    id,
-                                    cmd: Command::Passwd { old_hash, new_hash },
-                                },
+                Some((me, old_hash)) => {
+                    let ready = check_password(&new, &shared.limits.get())
+                        .and_then(|_| match hub.storage_full() {
+                            true => Err(storage_full()),
+                            false => Ok(()),
+                        })
+                        .and_then(|_| shared.begin_attempt(Account::User(me), link.peer));
+                    match ready {
+                        Err(e) => echo(e),
+                        Ok(attempt) => {
+                            let v = shared.passwords.check(old, Some(old_hash.clone())).await;
+                            match shared.end_attempt(attempt, v, link.peer) {
+                                Err(e) if e.code == ErrorCode::InvalidCredentials => {
+                                    echo(ChatError::new(
+                                        ErrorCode::InvalidCredentials,
+                                        "old password is invalid",
+                                    ))
+                                }
                                 Err(e) => echo(e),
+                                Ok(()) => match shared.passwords.hash(new).await {
+                                    Ok(new_hash) => HubMsg::Request {
+                                        id,
+                                        cmd: Command::Passwd { old_hash, new_hash },
+                                    },
+                                    Err(e) => echo(e),
+                                },
                             }
                         }
                     }
-                },
+                }
             }
         }
     };

@@ -153,6 +153,11 @@ fn every_scenario_delivers_everything_it_sends() {
         &[
             "--listen-dialect",
             "go-chatroom=127.0.0.1:0,c-chatroom=127.0.0.1:0,epoll-chatroom=127.0.0.1:0",
+            // The fuzzers' bad logins must not hold back the probe's good one.
+            "--login-address-burst",
+            "1000000",
+            "--login-account-burst",
+            "1000000",
         ],
     );
     let port = |name: &str| {

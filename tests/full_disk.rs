@@ -219,3 +219,130 @@ async fn a_node_started_on_a_full_disk_comes_up_read_only() {
     );
     let _ = Duration::ZERO;
 }
+
+fn classic(v: Value) -> Vec<u8> {
+    let mut b = v.to_string().into_bytes();
+    b.push(0);
+    b
+}
+
+/// A classic client's chat pushes until quiet: their texts.
+async fn classic_texts(c: &mut Client) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(v) = c.read_value(Duration::from_millis(500)).await {
+        if v["msgid"] == 6 {
+            out.push(v["msg"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+async fn classic_login(srv: &TestServer, id: u64) -> Client {
+    let mut c = srv.client().await;
+    c.send_raw(&classic(json!({"msgid": 1, "id": id, "password": "pw"})))
+        .await;
+    assert_eq!(c.next().await["errno"], 0);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_classic_client_got_while_the_disk_was_full_does_not_come_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(disk) = SmallDisk::mount(64) else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(disk.path()).unwrap();
+    let srv = TestServer::start_in(dir, settings).await;
+    let (mut alice, _) = srv.user("alice").await;
+    let mut c = srv.client().await;
+    c.send_raw(&classic(
+        json!({"msgid": 4, "name": "cora", "password": "pw"}),
+    ))
+    .await;
+    let cora = c.next().await["id"].as_u64().unwrap();
+    drop(c);
+    send_all(&mut alice, cora as u32, 0, 5).await;
+    let filler = disk.fill(10 << 20);
+    eventually!("chatd notices the disk is full", health(&srv) == 503);
+    // Delivered while full (written to the classic client: that counts).
+    let mut c = classic_login(&srv, cora).await;
+    assert_eq!(classic_texts(&mut c).await.len(), 5);
+    drop(c);
+    let mut c = classic_login(&srv, cora).await;
+    assert_eq!(
+        classic_texts(&mut c).await,
+        Vec::<String>::new(),
+        "not again"
+    );
+    drop(c);
+    std::fs::remove_file(filler).unwrap();
+    eventually!("chatd takes changes again", health(&srv) == 200);
+    let mut c = classic_login(&srv, cora).await;
+    assert_eq!(
+        classic_texts(&mut c).await,
+        Vec::<String>::new(),
+        "nor after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_ran_out_of_disk_restarts_read_only_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(disk) = SmallDisk::mount(64) else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(disk.path()).unwrap();
+    // No watermark: chatd writes until the disk itself says no.
+    let p = spawn_chatd(dir.path(), &["--min-free-mb", "0"]);
+    let mut alice = Client::connect(p.addr).await;
+    alice.register("alice", "pw").await;
+    alice.login("alice", "pw").await;
+    let mut bob = Client::connect(p.addr).await;
+    let bob_id = bob.register("bob", "pw").await;
+    drop(bob);
+    // Fill most of it, then write until chatd gives up.
+    let filler = disk.fill(6 << 20);
+    let mut acked = 0;
+    let big = "x".repeat(3000);
+    loop {
+        alice
+            .send(&json!({"type": "send", "to": bob_id, "text": big, "req": acked}))
+            .await;
+        match alice.read_value(Duration::from_secs(10)).await {
+            Some(r) if r["type"] == "sent" => acked += 1,
+            _ => break,
+        }
+    }
+    assert!(acked > 0);
+    let mut p = p;
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "chatd stopped on the full disk");
+    // It comes back up, read-only, with everything it acknowledged.
+    let again = spawn_chatd(
+        dir.path(),
+        &["--min-free-mb", "8", "--metrics-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(http_get(again.metrics.unwrap(), "/health").0, 503);
+    let mut alice = Client::connect(again.addr).await;
+    alice.login("alice", "pw").await;
+    let mut stored = 0;
+    let mut before = Value::Null;
+    loop {
+        let h = alice
+            .ok(json!({"type": "history", "with": bob_id, "limit": 200, "before": before}))
+            .await;
+        let page = h["messages"].as_array().unwrap();
+        stored += page.len();
+        if h["more"] != true {
+            break;
+        }
+        before = page[0]["id"].clone();
+    }
+    assert!(stored >= acked, "{stored} stored, {acked} acknowledged");
+    std::fs::remove_file(filler).unwrap();
+    eventually!(
+        "writes resume",
+        http_get(again.metrics.unwrap(), "/health").0 == 200
+    );
+    alice.send_text(bob_id, "after").await;
+}

@@ -132,7 +132,7 @@ async fn an_address_guessing_many_accounts_is_slowed_and_failures_are_logged() {
 #[tokio::test]
 async fn connections_that_never_log_in_are_closed() {
     let srv = TestServer::start_with(|s| {
-        s.login_timeout_secs = 1;
+        s.login_timeout_secs = 2;
         s.listen_dialect = vec![
             "c-chatroom=127.0.0.1:0".into(),
             "go-chatroom=127.0.0.1:0".into(),
@@ -224,7 +224,10 @@ async fn one_address_cannot_hold_more_than_its_share() {
     drop(fifth);
     eventually!("the place comes back", {
         let mut c = srv.client().await;
-        c.read_value(Duration::from_millis(50)).await.is_none()
+        c.send(&json!({"type": "ping"})).await;
+        c.read_value(WAIT)
+            .await
+            .is_some_and(|v| v["type"] == "pong")
     });
 }
 
@@ -247,5 +250,89 @@ async fn a_restart_right_after_kill_9_comes_up() {
     let again = spawn_chatd(dir.path(), &[]);
     let mut c = Client::connect(again.addr).await;
     c.login("alice", "pw").await;
+    assert!(
+        again.logged(&["waiting for another process"]),
+        "it did wait"
+    );
     drop(p);
+}
+
+#[tokio::test]
+async fn guesses_made_at_once_from_many_addresses_cannot_overtake_their_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_chatd(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let mut alice = Client::connect(p.addr).await;
+    alice.register("alice", "right").await;
+    // Thirty guessers, each on its own address, all at the same moment.
+    let mut guessers = Vec::new();
+    for n in 0..30u8 {
+        guessers.push(Client::connect_from(p.addr, [127, 0, 1, n + 1]).await);
+    }
+    for g in &mut guessers {
+        g.send(&json!({"type": "login", "name": "alice", "password": "guess", "req": 1}))
+            .await;
+    }
+    let mut wrong = 0;
+    let mut refused = 0;
+    for g in &mut guessers {
+        let r = g.next().await;
+        match r["code"].as_str() {
+            Some("invalid_credentials") => wrong += 1,
+            Some("too_many_attempts") => refused += 1,
+            other => panic!("{other:?}: {r}"),
+        }
+    }
+    assert_eq!(
+        (wrong, refused),
+        (5, 25),
+        "only the account's burst was checked"
+    );
+    let (_, text) = http_get(p.metrics.unwrap(), "/metrics");
+    assert_eq!(metric(&text, "chatd_login_failures_total"), 5.0);
+}
+
+#[tokio::test]
+async fn guessing_the_old_password_is_slowed_too() {
+    let srv = TestServer::start().await;
+    let (mut alice, _) = srv.user("alice").await;
+    let wrong = json!({"type": "passwd", "old": "guess", "new": "x"});
+    for _ in 0..5 {
+        alice.err(wrong.clone(), "invalid_credentials").await;
+    }
+    let r = alice.err(wrong.clone(), "too_many_attempts").await;
+    assert!(r["retry_after_ms"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn the_go_client_is_told_in_its_own_form() {
+    let srv =
+        TestServer::start_with(|s| s.listen_dialect = vec!["go-chatroom=127.0.0.1:0".into()]).await;
+    let go = srv.dialect("go-chatroom");
+    let mut g = Go::connect(go).await;
+    assert_eq!(g.register(100, "pw", "tom").await["code"], 200);
+    let mut g = Go::connect(go).await;
+    for _ in 0..5 {
+        assert_eq!(g.login(100, "guess").await["code"], 403);
+    }
+    let r = g.login(100, "guess").await;
+    assert_eq!(r["code"], 403);
+    assert!(r["error"].as_str().unwrap().contains("try again"), "{r}");
+}
+
+#[tokio::test]
+async fn registrations_from_one_address_are_limited() {
+    let srv = TestServer::start_with(|s| s.register_address_burst = 3).await;
+    let mut c = srv.client().await;
+    for i in 0..3 {
+        c.register(&format!("u{i}"), "pw").await;
+    }
+    let r = c
+        .err(
+            json!({"type": "register", "name": "u3", "password": "pw"}),
+            "too_many_attempts",
+        )
+        .await;
+    assert!(r["retry_after_ms"].as_u64().unwrap() > 0);
+    let mut elsewhere = Client::connect_from(srv.addr, [127, 0, 2, 1]).await;
+    elsewhere.register("u3", "pw").await;
 }

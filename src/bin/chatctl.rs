@@ -292,6 +292,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     ("groups", "groups"),
                     ("messages", "messages"),
                     ("storage_bytes", "storage (bytes)"),
+                    ("storage_full", "disk full"),
                 ] {
                     println!("{label:<16} {}", plain(&v[k]));
                 }

@@ -353,7 +353,12 @@ impl Hub {
                 groups += 1;
             }
         }
-        let messages = self.store.count_messages().map_err(err)?;
+        // Counting writes the tables out first: not on a full disk.
+        let messages = if self.storage_full {
+            None
+        } else {
+            Some(self.store.count_messages().map_err(err)?)
+        };
         let sessions = self.sessions.values().filter(|s| s.user.is_some()).count();
         let online: std::collections::HashSet<Uid> = self
             .by_user
@@ -370,6 +375,7 @@ impl Hub {
             "groups": groups,
             "messages": messages,
             "storage_bytes": self.store.size_on_disk(),
+            "storage_full": self.storage_full,
             "log": self.store.applied(),
         }))
     }

@@ -55,6 +55,9 @@ const NOTICE_FRESH_MS: u64 = 60_000;
 /// How often silent sessions are looked for.
 const IDLE_SWEEP: Duration = Duration::from_millis(250);
 
+/// Users whose deliveries are held in memory at most while the disk is full.
+const HELD_USERS_MAX: usize = 100_000;
+
 /// How often free disk space is looked at.
 const SPACE_CHECK: Duration = Duration::from_millis(500);
 
@@ -372,6 +375,9 @@ pub struct Hub {
     /// Lobby participants (members and guests) online anywhere; kept only
     /// when this node serves room-style clients, who ask about it.
     lobby_online: HashSet<Uid>,
+    /// Deliveries made while the disk was full, not logged yet: they count
+    /// for what is pending, and are logged once there is room.
+    held_marks: HashMap<Uid, BTreeMap<NodeId, Stamp>>,
     /// Each sender's allowance for writing into the lobby, which anyone
     /// (guests too) may do: one person must not flood every room client.
     lobby_rate: HashMap<Uid, (f64, Instant)>,
@@ -479,6 +485,7 @@ impl Hub {
             room: HashSet::new(),
             room_watchers: HashSet::new(),
             lobby_online: HashSet::new(),
+            held_marks: HashMap::new(),
             lobby_rate: HashMap::new(),
             members: HashMap::new(),
             new_ops: Vec::new(),
@@ -607,7 +614,13 @@ impl Hub {
                 let _ = reply.send(self.by_user.keys().copied().collect());
             }
             HubMsg::Digest { reply } => {
-                let _ = reply.send(self.store.digest().map_err(|e| e.to_string()));
+                // A digest writes the tables out first: not on a full disk.
+                let d = if self.storage_full {
+                    Err(Self::storage_full_error().message)
+                } else {
+                    self.store.digest().map_err(|e| e.to_string())
+                };
+                let _ = reply.send(d);
             }
             HubMsg::Admin { req, reply } => {
                 let _ = reply.send(self.admin(req));
@@ -735,7 +748,24 @@ impl Hub {
         match self.with_rules(|store, cx| rules::decide(store, cx, who, cmd)) {
             Err(e) => self.reply(id, Err(e)),
             Ok(d) if self.storage_full && !d.ops.is_empty() => {
-                self.reply(id, Err(Self::storage_full_error()))
+                // Acknowledgements are held until there is room; any other
+                // change must wait.
+                let acks: Option<Vec<(Uid, Stamp)>> = d
+                    .ops
+                    .iter()
+                    .map(|(_, body)| match body {
+                        OpBody::Delivered { marks } => Some(marks.clone()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.concat());
+                match acks {
+                    Some(marks) => {
+                        self.marks.extend(marks);
+                        self.reply(id, Ok(d.reply))
+                    }
+                    None => self.reply(id, Err(Self::storage_full_error())),
+                }
             }
             Ok(mut d) => {
                 if let (Reply::Sent { alone, .. }, Some(g), Some(me)) = (&mut d.reply, group, who) {
@@ -865,7 +895,8 @@ impl Hub {
         };
         // Deliveries reported earlier in this batch count.
         self.commit_marks();
-        let msgs = match rules::pending(&self.store, user, None, PENDING_REPLY_MAX) {
+        let held = self.held_marks.get(&user).cloned().unwrap_or_default();
+        let msgs = match rules::pending(&self.store, user, None, PENDING_REPLY_MAX, &held) {
             Ok(m) => m,
             Err(e) => return self.reply(id, Err(e)),
         };
@@ -952,10 +983,8 @@ impl Hub {
     }
 
     fn guest_login(&mut self, id: SessionId, name: &str) {
-        match self.with_rules(|store, cx| rules::guest_login(store, cx, name)) {
-            Ok((_, Some(_))) if self.storage_full => {
-                self.reply(id, Err(Self::storage_full_error()))
-            }
+        let allow_new = !self.storage_full;
+        match self.with_rules(|store, cx| rules::guest_login(store, cx, name, allow_new)) {
             Ok((guest, op)) => {
                 if let Some((stamp, body)) = op {
                     self.commit(stamp, body);
@@ -1461,16 +1490,33 @@ impl Hub {
                 self.kill(id, None);
             }
         }
-        if let Err(e) = self.store.maintain() {
+        if let Err(e) = self.store.maintain(!self.storage_full) {
             fatal(e);
         }
     }
 
     /// Log the deliveries sessions reported in this batch. With the disk
-    /// full they are forgotten: the messages are delivered again later.
+    /// full they are held in memory (bounded; past that, those messages
+    /// come again later) and logged once there is room.
     fn commit_marks(&mut self) {
         if self.storage_full {
-            self.marks.clear();
+            for (user, id) in std::mem::take(&mut self.marks) {
+                if self.held_marks.len() >= HELD_USERS_MAX && !self.held_marks.contains_key(&user) {
+                    continue;
+                }
+                let c = self
+                    .held_marks
+                    .entry(user)
+                    .or_default()
+                    .entry(id.node())
+                    .or_default();
+                *c = (*c).max(id);
+            }
+            return;
+        }
+        for (user, cursors) in std::mem::take(&mut self.held_marks) {
+            self.marks
+                .extend(cursors.into_values().map(|id| (user, id)));
         }
         if !self.marks.is_empty() {
             for body in delivered_ops(std::mem::take(&mut self.marks)) {
@@ -1493,7 +1539,8 @@ impl Hub {
                 });
             }
         }
-        let msgs = match rules::pending(&self.store, user, after, REPLAY_PAGE) {
+        let held = self.held_marks.get(&user).cloned().unwrap_or_default();
+        let msgs = match rules::pending(&self.store, user, after, REPLAY_PAGE, &held) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pending messages");

@@ -42,8 +42,10 @@ use wire::{Frame, MemberInfo};
 /// Operations per frame when streaming or relaying a log: small enough that
 /// the messages one frame brings a user fit their session queue easily.
 const BATCH: usize = 256;
-/// A peer stuck this long behind our own operations gets them again.
+/// A peer stuck this long behind our own operations gets them again (and,
+/// still stuck, after twice as long each time, up to the maximum).
 const OWN_RESEND_DELAY: Duration = Duration::from_secs(5);
+const OWN_RESEND_MAX: Duration = Duration::from_secs(300);
 
 /// A peer that has lacked another origin's operations this long gets them from us.
 const RELAY_DELAY: Duration = Duration::from_secs(1);
@@ -673,8 +675,9 @@ struct Sender {
     /// Our applied position over the last few seconds, for relaying.
     history: VecDeque<(Instant, Position)>,
     last_relay: HashMap<NodeId, Instant>,
-    /// Since when the peer has been stuck at this position of ours.
-    own_stall: Option<(u64, Instant)>,
+    /// Since when the peer has been stuck at this position of ours, and
+    /// how long to wait before sending it all again.
+    own_stall: Option<(u64, Instant, Duration)>,
 }
 
 impl Sender {
@@ -822,17 +825,27 @@ impl Sender {
         // say): once it has not moved for a while, send them again.
         let me = self.inner.me.node;
         let theirs = self.peer_applied.get(&me).copied().unwrap_or(0);
+        // Each resend to a peer that stays stuck waits twice as long.
+        let ours = self
+            .inner
+            .hub
+            .durable()
+            .borrow()
+            .position
+            .get(&me)
+            .copied()
+            .unwrap_or(0);
         self.own_stall = match self.own_stall {
-            _ if theirs >= self.sent_own => None,
-            Some((t, since)) if t == theirs => {
-                if now.duration_since(since) >= OWN_RESEND_DELAY {
+            _ if theirs >= ours => None,
+            Some((t, since, wait)) if t == theirs => {
+                if now.duration_since(since) >= wait {
                     self.sent_own = theirs;
-                    None
+                    Some((t, now, (wait * 2).min(OWN_RESEND_MAX)))
                 } else {
-                    Some((t, since))
+                    Some((t, since, wait))
                 }
             }
-            _ => Some((theirs, now)),
+            _ => Some((theirs, now, OWN_RESEND_DELAY)),
         };
         for (&origin, &had) in &old {
             if origin == me || origin == self.peer {

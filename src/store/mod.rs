@@ -467,6 +467,8 @@ pub struct Store {
     last_stamps: BTreeMap<NodeId, Stamp>,
     opts: StoreOptions,
     last_rotate: Instant,
+    /// A reserve file is being made.
+    reserving: Arc<std::sync::atomic::AtomicBool>,
     pub recent_cids: RecentCids,
 }
 
@@ -606,6 +608,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 fn open_both(opts: &StoreOptions) -> Result<(sled::Db, sled::Db)> {
     let started = Instant::now();
     let mut released = false;
+    let mut waited = false;
     loop {
         // Without a sync per commit (unsafe), the log still reaches the
         // disk within about a second.
@@ -614,6 +617,10 @@ fn open_both(opts: &StoreOptions) -> Result<(sled::Db, sled::Db)> {
             .and_then(|db| Ok((db, open_sled(opts, "log", LOG_CACHE_BYTES, log_sync)?)));
         match (opened, &opts.path) {
             (Err(StoreError::Locked(_)), _) if started.elapsed() < LOCK_WAIT => {
+                if !waited {
+                    waited = true;
+                    tracing::info!("waiting for another process to let go of the data directory");
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             (Err(StoreError::Sled(sled::Error::Io(e))), Some(p))
@@ -698,6 +705,7 @@ impl Store {
             last_stamps: BTreeMap::new(),
             opts,
             last_rotate: Instant::now(),
+            reserving: Arc::default(),
             recent_cids: RecentCids::default(),
         };
         let (applied, last_stamps) = store.log_end()?;
@@ -708,6 +716,14 @@ impl Store {
         });
         store.applied = applied;
         store.last_stamps = last_stamps;
+        if let Some(p) = &store.opts.path {
+            if !space::has_reserve(p) {
+                tracing::info!(
+                    "no reserve file yet: a disk that fills up completely could keep chatd from \
+                     starting until it is made (when there is room)"
+                );
+            }
+        }
         Ok(store)
     }
 
@@ -973,8 +989,10 @@ impl Store {
 
     /// Called by the hub between iterations: retire a written layer, and
     /// freeze the active one when it is old or big enough. Waits for the
-    /// writer only when memory would otherwise grow without bound.
-    pub fn maintain(&mut self) -> Result<()> {
+    /// writer only when memory would otherwise grow without bound. With
+    /// `write` false (the disk is full) nothing new is written: the tables
+    /// wait in memory, and reads see them there.
+    pub fn maintain(&mut self, write: bool) -> Result<()> {
         if self.frozen.is_some() {
             let hard_limit = self.active.bytes > 4 * self.opts.checkpoint_bytes;
             if let Some(done) = self.checkpointer.poll(hard_limit) {
@@ -991,7 +1009,7 @@ impl Store {
         }
         let due = self.last_rotate.elapsed() >= self.opts.checkpoint_interval
             || self.active.bytes >= self.opts.checkpoint_bytes;
-        if self.frozen.is_none() && due {
+        if self.frozen.is_none() && due && write {
             self.rotate();
         }
         Ok(())
@@ -1069,10 +1087,29 @@ impl Store {
     }
 
     /// Keep room for opening on a full disk, when there is `spare` room
-    /// besides.
+    /// besides: made on a thread of its own, once at a time.
     pub fn ensure_reserve(&self, spare: u64) {
-        if let Some(p) = &self.opts.path {
-            space::ensure(p, spare);
+        let Some(p) = self.opts.path.clone() else {
+            return;
+        };
+        if space::has_reserve(&p)
+            || self
+                .reserving
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let busy = self.reserving.clone();
+        let spawned = std::thread::Builder::new()
+            .name("chatd-reserve".into())
+            .spawn(move || {
+                crate::os::background_thread();
+                space::ensure(&p, spare);
+                busy.store(false, std::sync::atomic::Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.reserving
+                .store(false, std::sync::atomic::Ordering::Release);
         }
     }
 

@@ -31,9 +31,15 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     (rc == 0).then(|| u64::from(st.f_bavail) * u64::from(st.f_frsize))
 }
 
-/// Whether an error is the disk being full.
+/// Whether an error is the disk being full (or our quota on it).
 pub fn is_full(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Whether a reserve file is there.
+pub fn has_reserve(dir: &Path) -> bool {
+    reserve_path(dir).exists()
 }
 
 /// Give the reserve up (true: there was one).
@@ -42,7 +48,7 @@ pub fn release(dir: &Path) -> bool {
 }
 
 /// Make the reserve if it is missing and there is room for it and `spare`
-/// more besides.
+/// more besides. (It writes and syncs megabytes: call it off the hub.)
 pub fn ensure(dir: &Path, spare: u64) {
     let path = reserve_path(dir);
     if path.exists() || free_bytes(dir).is_none_or(|f| f < RESERVE_BYTES + spare) {

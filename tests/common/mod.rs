@@ -35,6 +35,7 @@ pub fn test_settings(dir: &Path) -> Settings {
     // Every test client comes from 127.0.0.1.
     s.max_connections_per_address = 100_000;
     s.max_unauthenticated_per_address = 100_000;
+    s.register_address_burst = 100_000;
     s
 }
 
@@ -437,6 +438,18 @@ impl Proc {
         }
     }
 
+    /// Wait up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL, and wait for it to be gone.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -489,6 +502,8 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
             "100000",
             "--max-unauthenticated-per-address",
             "100000",
+            "--register-address-burst",
+            "100000",
         ])
         .args(extra)
         .env("RUST_LOG", "info")
@@ -502,11 +517,13 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
     let mut mesh = None;
     let mut metrics = None;
     let mut dialect_addrs = Vec::new();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let addr = loop {
         let line = lines
             .next()
             .expect("chatd exited before listening")
             .expect("read chatd log");
+        log.lock().unwrap().push_back(line.clone());
         if line.contains("mesh listening") {
             mesh = log_addr(&line);
         }
@@ -529,7 +546,6 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         }
     };
     // Keep draining the log so chatd never blocks on a full pipe.
-    let log = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let keep = log.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
