@@ -18,7 +18,7 @@
 //! concerned. It does no I/O beyond the store.
 
 use crate::ids::{Gid, Stamp, Uid};
-use crate::model::{Group, Link, Member, Message, Op, OpBody, Role, User};
+use crate::model::{Group, Link, Member, Message, Op, OpBody, Role, TokenRec, User};
 use crate::store::{Result, Store};
 use std::sync::Arc;
 
@@ -99,6 +99,35 @@ fn placeholder_group(id: Gid) -> Group {
     }
 }
 
+/// No token of `user` issued at or before `floor` works any more (a
+/// password change, a ban, a deletion, or an operator's kick). The floor
+/// only rises, so the order of these does not matter.
+fn revoke_tokens_before(s: &mut Store, user: Uid, floor: Stamp) -> Result<()> {
+    if floor <= s.token_floor(user)? {
+        return Ok(());
+    }
+    s.set_token_floor(user, floor);
+    for issued in s.token_stamps(user)? {
+        if issued <= floor {
+            s.del_token(user, issued);
+        }
+    }
+    Ok(())
+}
+
+/// Keep a user's newest tokens only: the newest [`KEEP_PER_USER`] keys
+/// are the same whatever order their operations came in.
+///
+/// [`KEEP_PER_USER`]: crate::tokens::KEEP_PER_USER
+fn keep_newest_tokens(s: &mut Store, user: Uid) -> Result<()> {
+    let stamps = s.token_stamps(user)?;
+    let extra = stamps.len().saturating_sub(crate::tokens::KEEP_PER_USER);
+    for issued in &stamps[..extra] {
+        s.del_token(user, *issued);
+    }
+    Ok(())
+}
+
 /// Whether a user record is a live account: its registration has been
 /// applied, the operator has not deleted it, and it is not a guest.
 pub fn is_registered(u: &User) -> bool {
@@ -135,9 +164,13 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
                 s.put_user(&u);
                 fx.push(Effect::PasswordChanged { user: *user });
             }
+            revoke_tokens_before(s, *user, st)?;
         }
         OpBody::SetBanned { user, banned } => {
             let mut u = s.user(*user)?.unwrap_or_else(|| placeholder_user(*user));
+            if *banned {
+                revoke_tokens_before(s, *user, st)?;
+            }
             if st > u.ban_stamp {
                 let changed = u.banned != *banned;
                 u.banned = *banned;
@@ -152,6 +185,7 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
             }
         }
         OpBody::DeleteUser { user } => {
+            revoke_tokens_before(s, *user, st)?;
             let mut u = s.user(*user)?.unwrap_or_else(|| placeholder_user(*user));
             if !u.deleted {
                 u.deleted = true;
@@ -177,6 +211,36 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
                 });
             }
         }
+        OpBody::Token {
+            user,
+            hash,
+            expires_ms,
+        } => {
+            if st > s.token_floor(*user)? {
+                // A revocation may have come first.
+                let revoked = s.token(*user, st)?.is_some_and(|t| t.revoked);
+                let t = TokenRec {
+                    hash: *hash,
+                    expires_ms: *expires_ms,
+                    revoked,
+                };
+                s.put_token(*user, st, &t);
+                keep_newest_tokens(s, *user)?;
+            }
+        }
+        OpBody::RevokeToken { user, issued } => {
+            if *issued > s.token_floor(*user)? {
+                let mut t = s.token(*user, *issued)?.unwrap_or(TokenRec {
+                    hash: [0; 32],
+                    expires_ms: 0,
+                    revoked: true,
+                });
+                t.revoked = true;
+                s.put_token(*user, *issued, &t);
+                keep_newest_tokens(s, *user)?;
+            }
+        }
+        OpBody::RevokeTokens { user } => revoke_tokens_before(s, *user, st)?,
         OpBody::Link {
             actor,
             other,
@@ -484,8 +548,26 @@ mod tests {
             for (o, e) in s.edges(Uid(u)).unwrap() {
                 out.push(format!("edge {u} {o} {:?} {}", e.link, e.remark));
             }
+            for t in s.token_stamps(Uid(u)).unwrap() {
+                let r = s.token(Uid(u), t).unwrap().unwrap();
+                out.push(format!("token {u} {t} {:?}", r));
+            }
+            out.push(format!("floor {u} {}", s.token_floor(Uid(u)).unwrap()));
         }
         out
+    }
+
+    fn token(origin: u16, seq: u64, millis: u64, user: u32, hash: u8) -> Op {
+        op(
+            origin,
+            seq,
+            millis,
+            OpBody::Token {
+                user: Uid(user),
+                hash: [hash; 32],
+                expires_ms: millis + 1000,
+            },
+        )
     }
 
     fn apply_all(ops: &[Op]) -> Vec<String> {
@@ -643,7 +725,46 @@ mod tests {
                     name: "carol".into(),
                 },
             ),
+            // Tokens: one revoked from another node (maybe before it
+            // arrives), and all of bob's older ones revoked at once.
+            token(1, 50, 120, 1, 0xa1),
+            token(2, 50, 121, 1, 0xa2),
+            op(
+                2,
+                51,
+                122,
+                OpBody::RevokeToken {
+                    user: Uid(1),
+                    issued: Stamp(120 << 22 | 1),
+                },
+            ),
+            token(1, 51, 123, 2, 0xb1),
+            op(2, 52, 124, OpBody::RevokeTokens { user: Uid(2) }),
+            token(1, 52, 125, 2, 0xb2),
         ]
+    }
+
+    #[test]
+    fn a_user_keeps_the_newest_tokens_whatever_the_order() {
+        let n = crate::tokens::KEEP_PER_USER as u64 + 5;
+        let ops: Vec<Op> = (0..n)
+            .map(|i| token((i % 2 + 1) as u16, i, 1000 + i, 1, i as u8))
+            .collect();
+        let expected = apply_all(&ops);
+        let kept = expected
+            .iter()
+            .filter(|l| l.starts_with("token 1 "))
+            .count();
+        assert_eq!(kept, crate::tokens::KEEP_PER_USER);
+        assert!(!expected
+            .iter()
+            .any(|l| l.contains(&format!(" {} ", 1004u64 << 22 | 1))));
+        let mut rev = ops.clone();
+        rev.reverse();
+        assert_eq!(apply_all(&rev), expected);
+        let mut odd_first: Vec<Op> = ops.iter().skip(1).step_by(2).cloned().collect();
+        odd_first.extend(ops.iter().step_by(2).cloned());
+        assert_eq!(apply_all(&odd_first), expected);
     }
 
     #[test]
@@ -662,6 +783,16 @@ mod tests {
             .any(|l| l.starts_with("member 7 2 Some(Member)")
                 && l.ends_with(&(108u64 << 22 | 1).to_string())));
         assert!(expected.iter().any(|l| l == "edge 1 2 Friends bobby"));
+        let revoked = format!("token 1 {} ", 120u64 << 22 | 1);
+        assert!(expected
+            .iter()
+            .any(|l| l.starts_with(&revoked) && l.contains("revoked: true")));
+        let bobs: Vec<_> = expected
+            .iter()
+            .filter(|l| l.starts_with("token 2 "))
+            .collect();
+        assert_eq!(bobs.len(), 1, "{bobs:?}");
+        assert!(bobs[0].starts_with(&format!("token 2 {} ", 125u64 << 22 | 1)));
         let lobby = format!(
             "group {LOBBY} hall d false created {} by 0",
             112u64 << 22 | 2

@@ -45,6 +45,39 @@ pub struct Settings {
     #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:6000")]
     pub listen: SocketAddr,
 
+    /// HTTP address of the web client (`/`) and of chatd's protocol over
+    /// WebSocket (`/ws`); HTTPS and WSS with --tls-cert and --tls-key.
+    /// An empty value turns it off.
+    #[arg(long, env = "CHATD_WEB_LISTEN", default_value = "127.0.0.1:6080",
+          value_parser = check_optional_addr)]
+    pub web_listen: String,
+
+    /// Origins (`https://chat.example.com`) whose pages may open WebSocket
+    /// sessions, besides the web listener's own (a page is always allowed
+    /// on the host it was served from). Repeatable; comma-separated in
+    /// CHATD_WEB_ORIGIN. `*` allows any origin.
+    #[arg(long = "web-origin", env = "CHATD_WEB_ORIGIN", value_delimiter = ',')]
+    pub web_origin: Vec<String>,
+
+    /// PEM certificate chain for TLS: serves the web listener as HTTPS and
+    /// WSS, and allows --tls-listen. Re-read on SIGHUP.
+    #[arg(long, env = "CHATD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CHATD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// TCP address for chatd's protocol over TLS (needs --tls-cert).
+    #[arg(long, env = "CHATD_TLS_LISTEN", requires = "tls_cert")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// How long a session token lets a client log in again without its
+    /// password, in days; a token in its second half of life is replaced
+    /// when used, so a client that comes back within this stays logged in.
+    #[arg(long, env = "CHATD_TOKEN_DAYS", default_value_t = 30.0)]
+    pub token_days: f64,
+
     /// A dialect on a port of its own, `NAME=ADDR`, NAME one of go-chatroom,
     /// c-chatroom, epoll-chatroom (the seed chatrooms' clients), native,
     /// classic or sponge. Repeatable; comma-separated in
@@ -265,6 +298,16 @@ fn split_dialect_listen(v: &str) -> Result<(Listen, SocketAddr), String> {
     Ok((listen, addr))
 }
 
+/// An address, or empty for "off".
+fn check_optional_addr(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if !v.is_empty() {
+        v.parse::<SocketAddr>()
+            .map_err(|e| format!("bad address {v:?}: {e} (an empty value turns it off)"))?;
+    }
+    Ok(v.to_string())
+}
+
 fn check_dialect_listen(v: &str) -> Result<String, String> {
     split_dialect_listen(v).map(|_| v.trim().to_string())
 }
@@ -410,12 +453,16 @@ impl Settings {
             .collect()
     }
 
-    /// The lobby's name, when some listener serves room-style clients.
+    /// Where the web listener is, if it is on.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_listen.parse().ok()
+    }
+
+    /// The lobby's name, when some listener serves room-style clients or
+    /// the web client (which offers it to everyone).
     pub fn lobby_needed(&self) -> Option<String> {
-        self.dialect_listeners()
-            .iter()
-            .any(|(l, _)| l.is_room())
-            .then(|| self.lobby.clone())
+        let rooms = self.dialect_listeners().iter().any(|(l, _)| l.is_room());
+        (rooms || self.web_addr().is_some()).then(|| self.lobby.clone())
     }
 
     /// The settings as a TOML document (what `--check-config` prints).
@@ -441,6 +488,12 @@ impl Settings {
         }
         if self.mesh_listen != new.mesh_listen || self.join != new.join {
             out.push("mesh_listen/join");
+        }
+        if self.web_listen != new.web_listen || self.tls_listen != new.tls_listen {
+            out.push("web_listen/tls_listen");
+        }
+        if self.tls_cert.is_some() != new.tls_cert.is_some() {
+            out.push("tls_cert");
         }
         if self.metrics_listen != new.metrics_listen {
             out.push("metrics_listen");
@@ -497,6 +550,7 @@ impl Settings {
             max_unauthenticated_per_address: self.max_unauthenticated_per_address.max(1),
             min_free_bytes: self.min_free_mb << 20,
             welcome: (!self.welcome.is_empty()).then(|| self.welcome.clone()),
+            token_lifetime: Duration::from_secs_f64((self.token_days * 86_400.0).clamp(1.0, 3.2e9)),
             ..Limits::default()
         }
     }
@@ -541,6 +595,7 @@ pub struct Limits {
     pub max_unauthenticated_per_address: usize,
     pub min_free_bytes: u64,
     pub welcome: Option<String>,
+    pub token_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -575,6 +630,7 @@ impl Default for Limits {
             max_unauthenticated_per_address: 16,
             min_free_bytes: 64 << 20,
             welcome: None,
+            token_lifetime: Duration::from_secs(30 * 86_400),
         }
     }
 }

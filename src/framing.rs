@@ -11,6 +11,7 @@
 //! * [`LengthPrefixed`]: a 4-byte big-endian length, then that many bytes
 //!   (the Go chatroom).
 //! * [`Records`]: fixed-size binary records (the C and epoll chatrooms).
+//! * [`Messages`]: values that arrive whole, one per WebSocket message.
 //!
 //! TCP splits and packs all of them any way it likes; each splitter yields
 //! whole values only.
@@ -25,6 +26,8 @@ pub enum Framing {
     LengthPrefixed { max: usize },
     /// Fixed-size records.
     Records { size: usize },
+    /// Each push is one whole value (a WebSocket message).
+    Messages,
 }
 
 /// What the sponge client writes every five minutes to keep its socket open.
@@ -41,6 +44,7 @@ pub enum Framer {
     Json(JsonStream),
     Length(LengthPrefixed),
     Records(Records),
+    Messages(Messages),
 }
 
 impl Framer {
@@ -54,6 +58,7 @@ impl Framer {
             }
             Framing::LengthPrefixed { max: m } => Framer::Length(LengthPrefixed::new(m.min(max))),
             Framing::Records { size } => Framer::Records(Records::new(size)),
+            Framing::Messages => Framer::Messages(Messages::new(max)),
         }
     }
 
@@ -62,6 +67,7 @@ impl Framer {
             Framer::Json(s) => s.push(data),
             Framer::Length(s) => s.buf.push(data),
             Framer::Records(s) => s.buf.push(data),
+            Framer::Messages(s) => s.push(data),
         }
     }
 
@@ -70,6 +76,7 @@ impl Framer {
             Framer::Json(s) => s.next_value(),
             Framer::Length(s) => s.next_value(),
             Framer::Records(s) => Ok(s.next_value()),
+            Framer::Messages(s) => s.next_value(),
         }
     }
 
@@ -79,6 +86,7 @@ impl Framer {
             Framer::Json(s) => s.buffered(),
             Framer::Length(s) => s.buf.len(),
             Framer::Records(s) => s.buf.len(),
+            Framer::Messages(s) => s.waiting.iter().map(Vec::len).sum(),
         }
     }
 
@@ -88,6 +96,7 @@ impl Framer {
             Framer::Json(s) => s.shrink(),
             Framer::Length(s) => s.buf.shrink(),
             Framer::Records(s) => s.buf.shrink(),
+            Framer::Messages(s) => s.shrink(),
         }
     }
 }
@@ -130,6 +139,45 @@ impl Pending {
         if self.start == self.buf.len() {
             self.buf = Vec::new();
             self.start = 0;
+        }
+    }
+}
+
+/// Values that arrive whole: each push is one value, handed out as it came.
+pub struct Messages {
+    waiting: std::collections::VecDeque<Vec<u8>>,
+    current: Vec<u8>,
+    max: usize,
+}
+
+impl Messages {
+    pub fn new(max: usize) -> Messages {
+        Messages {
+            waiting: Default::default(),
+            current: Vec::new(),
+            max,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.waiting.push_back(data.to_vec());
+    }
+
+    pub fn next_value(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        match self.waiting.pop_front() {
+            None => Ok(None),
+            Some(v) if v.len() > self.max => Err(FrameError::TooLarge),
+            Some(v) => {
+                self.current = v;
+                Ok(Some(&self.current))
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        if self.waiting.is_empty() {
+            self.current = Vec::new();
+            self.waiting = Default::default();
         }
     }
 }

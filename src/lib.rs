@@ -1,7 +1,8 @@
 //! chatd: a self-contained chat server.
 //!
 //! One process keeps users, friends, groups and messages in an embedded sled
-//! database and serves clients over TCP: its own JSON protocol, and the
+//! database and serves clients over TCP: its own JSON protocol (also over
+//! TLS, and over WebSocket for the web client it serves itself), and the
 //! protocols of the seed systems' clients (the classic msgid ChatClient and
 //! the sponge client on the main port; the Go, C and epoll chatrooms on
 //! ports of their own), which all meet in one lobby.
@@ -9,7 +10,8 @@
 //! # How a request travels
 //!
 //! ```text
-//! TCP bytes -> session (framing, dialect) -> hub -> rules::decide -> apply -> store (layer)
+//! TCP / TLS bytes, WebSocket messages (web) -> transport -> session (framing, dialect)
+//!     -> hub -> rules::decide -> apply -> store (layer)
 //!                                             |-> log segment + group commit (flush)
 //!                                             '-> routed effects -> sessions' queues -> writer waits
 //!                                                 for the flush, encodes, writes one value per write
@@ -22,7 +24,10 @@
 //!
 //! | module      | job                                                         | must not |
 //! |-------------|-------------------------------------------------------------|----------|
-//! | `server`    | start up, accept connections, shut down                     | know chat rules |
+//! | `server`    | start up, accept connections (the door every listener shares: slots, per-address caps), TLS handshakes, shut down | know chat rules |
+//! | `web`       | the web listener: the embedded web client's files over HTTP(S), the WebSocket upgrade at `/ws` with its Origin check | know chat rules; speak anything but chatd's protocol over WebSocket |
+//! | `transport` | what a session runs over (TCP, TLS, WebSocket): reading into a framer, writing encoded values | decode values |
+//! | `tls`       | client TLS from PEM files, reloaded on SIGHUP; `init-tls` | serve the mesh (it has its own) |
 //! | `session`   | one connection: read, throttle, decode; write, wait for durability, replay pending; match each reply with its request's context | touch the store |
 //! | `framing`   | the one place that turns a connection's bytes into values: JSON streams (with the sponge keepalive), length prefixes, fixed records | parse JSON |
 //! | `dialect`   | translate each client's wire format to/from `api` types, one file per dialect: `native`, `classic`, `sponge`, `go_chatroom`, `c_chatroom`, `epoll_chatroom`; say what each needs as `SessionTraits` | decide anything |
@@ -37,6 +42,7 @@
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
 //! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |
 //! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
+//! | `tokens`    | session tokens: making them, taking them apart, their hash | store or check them (the rules do) |
 //! | `ids`       | user/group/guest id blocks, the lobby's id, stamps and the hybrid logical clock | |
 //! | `config`    | settings (flags, `CHATD_*` variables, TOML file) and limits | |
 //! | `os`        | file-descriptor limit, signals, thread priority, returning freed memory | |
@@ -71,3 +77,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
+pub mod tokens;
+pub mod transport;
+pub mod web;

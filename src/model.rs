@@ -24,6 +24,16 @@ pub struct User {
     pub deleted: bool,
 }
 
+/// A session token as stored (see `tokens`): keyed by user and the stamp
+/// that issued it. A revocation that arrives before its token leaves a
+/// record with no hash yet, which the token then fills in, still revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRec {
+    pub hash: [u8; 32],
+    pub expires_ms: u64,
+    pub revoked: bool,
+}
+
 /// The state of the friendship between two users; the same value is kept
 /// under both (a, b) and (b, a).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +241,22 @@ pub enum OpBody {
     Guest {
         user: Uid,
         name: String,
+    },
+    /// A session token for `user`, issued at this operation's stamp (its
+    /// key). Only the SHA-256 of its secret is kept.
+    Token {
+        user: Uid,
+        hash: [u8; 32],
+        expires_ms: u64,
+    },
+    /// The token issued at `issued` no longer works.
+    RevokeToken {
+        user: Uid,
+        issued: Stamp,
+    },
+    /// No token of `user` issued before this operation works any more.
+    RevokeTokens {
+        user: Uid,
     },
 }
 

@@ -306,6 +306,34 @@ pub fn check_login(s: &Store, u: Uid, verified_hash: &str) -> Res<User> {
     Ok(user)
 }
 
+/// The user a session token logs in, and the token as stored. Every way a
+/// token can be wrong gives the same answer.
+pub fn check_token(
+    s: &Store,
+    t: &crate::tokens::Presented,
+    now_ms: u64,
+) -> Res<(User, crate::model::TokenRec)> {
+    let bad = || {
+        ChatError::new(
+            ErrorCode::InvalidToken,
+            "this session token is not valid (expired, revoked or unknown); log in with the password",
+        )
+    };
+    let rec = s.token(t.user, t.issued)?.ok_or_else(bad)?;
+    if rec.revoked
+        || rec.hash != t.hash
+        || rec.expires_ms <= now_ms
+        || t.issued <= s.token_floor(t.user)?
+    {
+        return Err(bad());
+    }
+    let user = registered(s, t.user).map_err(|_| bad())?;
+    if user.banned {
+        return fail(ErrorCode::Banned, "this account is banned");
+    }
+    Ok((user, rec))
+}
+
 /// What a guest may ask for: to chat, and nothing else.
 fn guest_may(cmd: &Command) -> bool {
     matches!(

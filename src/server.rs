@@ -2,7 +2,7 @@
 //! connections, and on shutdown say goodbye and write everything down.
 
 use crate::admin;
-use crate::admission::Admission;
+use crate::admission::{Admission, Pass};
 use crate::auth::Passwords;
 use crate::config::{Limits, Live, Settings};
 use crate::dialect::{Edge, Listen};
@@ -11,12 +11,15 @@ use crate::mesh::{self, Mesh};
 use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry;
+use crate::tls::Tls;
+use crate::transport::Transport;
+use crate::web::Origins;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +29,10 @@ pub struct Server {
     /// The dialects' own ports, as bound.
     dialect_addrs: Vec<(Listen, SocketAddr)>,
     metrics_addr: Option<SocketAddr>,
+    web_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    tls: Option<Arc<Tls>>,
+    origins: Live<Origins>,
     hub: HubHandle,
     mesh: Option<Mesh>,
     limits: Live<Limits>,
@@ -115,6 +122,7 @@ impl Server {
             listeners.push((listen, l));
         }
         let stop_accepting = CancellationToken::new();
+        let origins = Live::new(Origins::new(&settings.web_origin));
         admin::serve(
             &settings.data_dir,
             hub.clone(),
@@ -140,19 +148,54 @@ impl Server {
         // After the metrics recorder is in place: sessions' metric handles
         // are made here, once.
         let shared = Arc::new(Shared::new(hub.clone(), limits.clone(), passwords));
-        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-        let next_id = Arc::new(AtomicU64::new(1));
+        let door = Arc::new(Door::new(shared, settings.max_connections));
         let mut acceptors = Vec::new();
         let chat_ids = Arc::default();
-        let admission = Arc::new(Admission::default());
         for (listen, listener) in listeners {
             acceptors.push(tokio::spawn(accept_loop(
                 listener,
                 Edge::sharing(listen, Arc::clone(&chat_ids)),
-                shared.clone(),
-                slots.clone(),
-                next_id.clone(),
-                admission.clone(),
+                door.clone(),
+                None,
+                stop_accepting.clone(),
+            )));
+        }
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(c), Some(k)) => Some(Arc::new(Tls::new(c, k).map_err(StartError)?)),
+            _ => None,
+        };
+        let mut tls_addr = None;
+        if let (Some(at), Some(tls)) = (settings.tls_listen, &tls) {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|e| StartError(format!("cannot listen on {at} for --tls-listen: {e}")))?;
+            let bound = l.local_addr().map_err(err)?;
+            tracing::info!(addr = %bound, "TLS listening");
+            tls_addr = Some(bound);
+            acceptors.push(tokio::spawn(accept_loop(
+                l,
+                Edge::sharing(Listen::Auto, Arc::clone(&chat_ids)),
+                door.clone(),
+                Some(tls.clone()),
+                stop_accepting.clone(),
+            )));
+        }
+        let mut web_addr = None;
+        if let Some(at) = settings.web_addr() {
+            let l = TcpListener::bind(at).await.map_err(|e| {
+                StartError(format!(
+                    "cannot listen on {at} for the web client: {e} (--web-listen \"\" turns it off)"
+                ))
+            })?;
+            let bound = l.local_addr().map_err(err)?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %bound, url = %format!("{scheme}://{bound}/"), "web listening");
+            web_addr = Some(bound);
+            acceptors.push(tokio::spawn(crate::web::serve(
+                l,
+                door.clone(),
+                tls.clone(),
+                origins.clone(),
                 stop_accepting.clone(),
             )));
         }
@@ -172,6 +215,10 @@ impl Server {
             addr,
             dialect_addrs,
             metrics_addr,
+            web_addr,
+            tls_addr,
+            tls,
+            origins,
             hub,
             mesh,
             limits,
@@ -203,6 +250,16 @@ impl Server {
         self.metrics_addr
     }
 
+    /// Where the web client and WebSocket are served, if they are.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// Where chatd's protocol is served over TLS, if it is.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
     /// Whether the hub answers (for the watchdog).
     pub async fn alive(&self) -> bool {
         self.hub.ping(Duration::from_secs(2)).await
@@ -212,6 +269,13 @@ impl Server {
     /// the welcome notice); returns the changed settings that need one.
     pub fn reload(&self, new: &Settings) -> Vec<&'static str> {
         self.limits.set(new.limits());
+        self.origins.set(Origins::new(&new.web_origin));
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate read again"),
+                Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),
+            }
+        }
         self.settings.restart_needed(new)
     }
 
@@ -229,64 +293,136 @@ impl Server {
     }
 }
 
-/// Accept one listener's connections. Every listener shares the server's
-/// connection slots and session numbering.
-async fn accept_loop(
-    listener: TcpListener,
-    edge: Arc<Edge>,
-    shared: Arc<Shared>,
+/// What every listener shares: the connection slots, the session
+/// numbering, the per-address caps, and what sessions need.
+pub struct Door {
+    pub shared: Arc<Shared>,
     slots: Arc<Semaphore>,
-    next_id: Arc<AtomicU64>,
+    next_id: AtomicU64,
     admission: Arc<Admission>,
-    stop: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors, usually: wait rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+}
+
+/// A connection let in: it holds a slot and its address's place until dropped.
+pub struct Entry {
+    _slot: OwnedSemaphorePermit,
+    pass: Pass,
+}
+
+impl Door {
+    fn new(shared: Arc<Shared>, max_connections: usize) -> Door {
+        Door {
+            shared,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            next_id: AtomicU64::new(1),
+            admission: Arc::new(Admission::default()),
+        }
+    }
+
+    /// Let a connection from `peer` in, or say why not.
+    pub fn admit(&self, peer: SocketAddr) -> Result<Entry, String> {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
-            let why = "the server is full; try again later".to_string();
-            tokio::spawn(refuse(stream, edge.clone(), why));
-            continue;
+            return Err("the server is full; try again later".into());
         };
-        let limits = shared.limits.get();
-        let pass = match admission.admit(
+        let limits = self.shared.limits.get();
+        match self.admission.admit(
             peer.ip(),
             limits.max_connections_per_address,
             limits.max_unauthenticated_per_address,
         ) {
-            Ok(p) => p,
+            Ok(pass) => Ok(Entry { _slot: slot, pass }),
             Err(r) => {
                 tracing::warn!(peer = %peer.ip(), "per-address limit reached; refusing");
-                tokio::spawn(refuse(stream, edge.clone(), r.message()));
+                Err(r.message())
+            }
+        }
+    }
+
+    /// Serve a session on a connection that was let in.
+    pub async fn serve(&self, entry: Entry, t: Transport, peer: SocketAddr, edge: Arc<Edge>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let Entry { _slot, pass } = entry;
+        metrics::gauge!("chatd_connections").increment(1.0);
+        session::serve(t, peer, id, self.shared.clone(), edge, pass).await;
+        metrics::gauge!("chatd_connections").decrement(1.0);
+    }
+}
+
+/// Accept one listener's connections: plain TCP, or TLS with `tls`.
+async fn accept_loop(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    door: Arc<Door>,
+    tls: Option<Arc<Tls>>,
+    stop: CancellationToken,
+) {
+    while let Some((stream, peer)) = accept(&listener, &stop).await {
+        let entry = match door.admit(peer) {
+            Ok(e) => e,
+            Err(why) if tls.is_none() => {
+                tokio::spawn(refuse(stream, edge.clone(), why));
                 continue;
             }
+            // Before the handshake there is no way to say why.
+            Err(_) => continue,
         };
         tune(&stream);
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
-        let edge = edge.clone();
+        let (door, edge, tls) = (door.clone(), edge.clone(), tls.clone());
         tokio::spawn(async move {
-            metrics::gauge!("chatd_connections").increment(1.0);
-            session::serve(stream, peer, id, shared, edge, pass).await;
-            metrics::gauge!("chatd_connections").decrement(1.0);
-            drop(slot);
+            let t = match tls {
+                None => Transport::Tcp(stream),
+                // Boxed: its state is freed when the session starts.
+                Some(tls) => match Box::pin(handshake(&tls, stream)).await {
+                    Some(s) => Transport::Bytes(Box::new(s)),
+                    None => return,
+                },
+            };
+            door.serve(entry, t, peer, edge).await;
         });
     }
 }
 
-fn tune(stream: &TcpStream) {
+/// The next connection, or None once told to stop.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(a) => return Some(a),
+            Err(e) => {
+                // Out of file descriptors, usually: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A TLS handshake, bounded in time (a client that never finishes it must
+/// not hold its slot).
+pub async fn handshake(
+    tls: &Tls,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIME, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+
+pub fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))

@@ -31,14 +31,12 @@ use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, TrySen
 use crate::ids::{NodeId, Stamp, Uid};
 use crate::rules::{check_password, check_user_name};
 use crate::throttle::{Account, Attempt, LoginThrottle};
+use crate::transport::{Read, ReadHalf, Transport, WriteHalf};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Bytes gathered for one write before it is made.
@@ -190,14 +188,14 @@ impl Conn {
 
 /// Serve one connection until either side closes it.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     id: SessionId,
     shared: Arc<Shared>,
     edge: Arc<Edge>,
     pass: Pass,
 ) {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.split();
     let limits = shared.limits.get();
     // Half the queue for replies to this session's own requests, half for pushes.
     let link = Arc::new(SessionLink::new(
@@ -239,7 +237,7 @@ pub async fn serve(
 /// Not async, so the writer's future is never part of the reader's: every
 /// byte of a session's futures is paid for by every idle connection.
 fn spawn_writer(
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     link: Arc<SessionLink>,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
@@ -294,7 +292,7 @@ fn stream_error(link: &SessionLink, code: ErrorCode, message: String) {
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     link: &Arc<SessionLink>,
     conn: &Conn,
     shared: &Shared,
@@ -318,11 +316,15 @@ async fn read_loop(
         bucket.burst = limits.rate_burst;
         let read = tokio::select! {
             _ = link.kill.cancelled() => return,
-            r = read_some(&mut rd, &mut framer) => r,
+            r = rd.read_into(&mut framer) => r,
         };
         match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => link.heard(),
+            Ok(Read::Data(_)) => link.heard(),
+            Ok(Read::Refused(why)) => {
+                stream_error(link, ErrorCode::BadRequest, why.into());
+                return;
+            }
+            Ok(Read::Closed) | Err(_) => return,
         }
         loop {
             let frame = match framer.next_value() {
@@ -355,8 +357,12 @@ async fn read_loop(
                 bucket.take();
             }
             if let Err(e) = decoder.decode(frame, Instant::now(), &mut incoming) {
-                // We no longer know where the next value starts.
                 say(link, Event::Error(e));
+                // In a stream we no longer know where the next value
+                // starts; a WebSocket message is one value, the next is whole.
+                if listen.framing() == crate::framing::Framing::Messages {
+                    continue;
+                }
                 return;
             }
             for one in incoming.drain(..) {
@@ -386,28 +392,6 @@ async fn hand_over(incoming: Incoming, link: &SessionLink, conn: &Conn, shared: 
         Dispatch::Wait(incoming) => Box::pin(dispatch(incoming, link, shared)).await,
         Dispatch::Send(msg) => Box::pin(shared.hub.send(msg)).await,
     }
-}
-
-/// Read what has arrived into `framer`: the byte count (0: the peer
-/// closed). The buffer lives on the stack only while a read is made, so a
-/// waiting connection holds none; and a short read tells tokio the socket
-/// is drained, which saves the read that would only find it empty. (Silent
-/// sessions are closed by the hub, which sweeps them all at once.)
-async fn read_some(rd: &mut OwnedReadHalf, framer: &mut Framer) -> std::io::Result<usize> {
-    use tokio::io::{AsyncRead, ReadBuf};
-    std::future::poll_fn(|cx| {
-        let mut buf = [0u8; 8192];
-        let mut rb = ReadBuf::new(&mut buf);
-        match std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb) {
-            std::task::Poll::Ready(Ok(())) => {
-                framer.push(rb.filled());
-                std::task::Poll::Ready(Ok(rb.filled().len()))
-            }
-            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
-    .await
 }
 
 /// Hand one decoded value to the hub. False when the hub is gone.
@@ -546,6 +530,14 @@ async fn with_password(incoming: Incoming, link: &SessionLink, shared: &Shared) 
                 )),
             }
         }
+        // The secret is hashed here, off the hub.
+        Incoming::Resume { token, .. } => match crate::tokens::parse(&token) {
+            Some(token) => HubMsg::Resume { id, token },
+            None => echo(ChatError::new(
+                ErrorCode::InvalidToken,
+                "this is not a session token; log in with the password",
+            )),
+        },
         Incoming::Passwd { old, new, .. } => {
             let cred = credentials(hub, id, None).await?;
             match cred {
@@ -597,7 +589,7 @@ async fn credentials(
 }
 
 struct Writer {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     link: Arc<SessionLink>,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
@@ -623,12 +615,7 @@ enum Stop {
     Bye,
 }
 
-async fn write_loop(
-    wr: OwnedWriteHalf,
-    link: Arc<SessionLink>,
-    conn: Arc<Conn>,
-    shared: Arc<Shared>,
-) {
+async fn write_loop(wr: WriteHalf, link: Arc<SessionLink>, conn: Arc<Conn>, shared: Arc<Shared>) {
     let mut w = Writer {
         wr,
         durable: shared.hub.durable(),
@@ -674,7 +661,7 @@ async fn write_loop(
     }
     let _ = w.flush().await;
     w.report_written().await;
-    let _ = w.wr.shutdown().await;
+    w.wr.shutdown().await;
     w.link.kill.cancel();
 }
 
@@ -837,7 +824,7 @@ impl Writer {
                     }
                 }
             }
-            if let Err(e) = self.write(frame).await {
+            if let Err(e) = self.write(frame, std::iter::once(frame)).await {
                 result = Err(e);
                 break;
             }
@@ -848,33 +835,37 @@ impl Writer {
         result
     }
 
-    /// Write everything encoded and not written yet, in one write.
+    /// Write everything encoded and not written yet: in one write on a
+    /// byte stream, a message per value over WebSocket.
     async fn flush(&mut self) -> Result<(), Stop> {
         if self.frames.is_empty() {
             return Ok(());
         }
         let frames = std::mem::take(&mut self.frames);
-        let result = self.write(frames.bytes_all()).await;
+        let result = self.write(frames.bytes_all(), frames.iter()).await;
         self.frames = frames;
         self.frames.clear();
         result
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), Stop> {
+    /// Write `bytes`, which are `values` back to back.
+    async fn write<'a>(
+        &mut self,
+        bytes: &'a [u8],
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<(), Stop> {
         // Usually the socket takes it all at once.
-        let n = match self.wr.try_write(bytes) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(_) => return Err(Stop::Gone),
+        let done = match self.wr.try_write(bytes) {
+            Some(Ok(n)) if n == bytes.len() => return Ok(()),
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return Err(Stop::Gone),
+            None => 0,
         };
-        if n == bytes.len() {
-            return Ok(());
-        }
         let (wr, kill) = (&mut self.wr, &self.link.kill);
         Box::pin(async move {
             tokio::select! {
                 _ = kill.cancelled() => Err(Stop::Gone),
-                r = wr.write_all(&bytes[n..]) => r.map_err(|_| Stop::Gone),
+                r = wr.write(&bytes[done..], values) => r.map_err(|_| Stop::Gone),
             }
         })
         .await

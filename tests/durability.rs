@@ -248,7 +248,7 @@ async fn a_second_chatd_on_the_same_data_dir_is_refused_clearly() {
     let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--web-listen", ""])
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -221,7 +221,7 @@ async fn sponge_classic_and_native_users_write_to_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lobby_exists_once_a_room_listener_runs_and_cannot_be_dissolved() {
+async fn the_lobby_exists_with_a_room_listener_or_the_web_and_cannot_be_dissolved() {
     let srv = TestServer::with_all_dialects().await;
     let (mut alice, _) = srv.user("alice").await;
     // Before anyone spoke in it.
@@ -237,8 +237,9 @@ async fn the_lobby_exists_once_a_room_listener_runs_and_cannot_be_dissolved() {
             "forbidden",
         )
         .await;
-    // A server with no room-style listener has no lobby.
-    let plain = TestServer::start().await;
+    // A server with neither a room-style listener nor the web client (which
+    // offers the lobby) has no lobby.
+    let plain = TestServer::start_with(|s| s.web_listen = String::new()).await;
     let (mut bob, _) = plain.user("bob").await;
     bob.err(
         json!({"type": "group_join", "group": LOBBY}),

@@ -53,7 +53,8 @@ async fn chatctl_reports_and_manages_a_running_chatd() {
             s["groups"].clone(),
             s["messages"].clone()
         ),
-        (json!(2), json!(1), json!(1))
+        // "ops", and the lobby the web client offers.
+        (json!(2), json!(2), json!(1))
     );
     assert_eq!(s["sessions"], 2);
     assert_eq!(s["node"], 1);
@@ -227,7 +228,8 @@ async fn a_backup_of_a_running_node_restores_into_a_fresh_directory() {
             after["groups"].clone(),
             after["messages"].clone()
         ),
-        (json!(2), json!(1), json!(100))
+        // A group, and the lobby.
+        (json!(2), json!(2), json!(100))
     );
     let mut b = Client::connect(q.addr).await;
     b.login("bob", "pw").await;
@@ -506,7 +508,7 @@ fn systemd_is_told_ready_watchdog_and_stopping() {
         .arg(env!("CARGO_BIN_EXE_chatd"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--web-listen", ""])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
         .stderr(Stdio::null())

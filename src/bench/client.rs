@@ -2,22 +2,26 @@
 //! request/reply exchanges, then the hot path: encoding sends and picking
 //! receipts out of the byte stream without full JSON parsing.
 
-use super::Proto;
+use super::{Proto, Transport};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub type Res<T> = Result<T, String>;
+
+/// A connection's halves, whatever it runs over.
+pub type Rd = Box<dyn AsyncRead + Send + Unpin>;
+pub type Wr = Box<dyn AsyncWrite + Send + Unpin>;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection during setup: one request, one reply.
 pub struct Setup {
-    stream: TcpStream,
+    rd: Rd,
+    wr: Wr,
     buf: Vec<u8>,
     proto: Proto,
     next_req: u64,
@@ -25,12 +29,33 @@ pub struct Setup {
 
 impl Setup {
     pub async fn connect(addr: SocketAddr, proto: Proto) -> Res<Setup> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Setup::open(addr, proto, Transport::Tcp).await
+    }
+
+    /// `addr` is the web listener's for WebSocket.
+    pub async fn open(addr: SocketAddr, proto: Proto, transport: Transport) -> Res<Setup> {
+        let (rd, wr): (Rd, Wr) = match transport {
+            Transport::Tcp => {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Transport::Ws if proto != Proto::Native => {
+                return Err(
+                    "over WebSocket only chatd's own protocol (--dialect native) is spoken".into(),
+                )
+            }
+            Transport::Ws => {
+                let (r, w) = super::ws::connect(addr).await?;
+                (Box::new(r), Box::new(w))
+            }
+        };
         Ok(Setup {
-            stream,
+            rd,
+            wr,
             buf: Vec::new(),
             proto,
             next_req: 1,
@@ -61,7 +86,7 @@ impl Setup {
                     .map_err(|e| format!("bad JSON from server: {e}"));
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(SETUP_TIMEOUT, self.stream.read(&mut chunk))
+            let n = tokio::time::timeout(SETUP_TIMEOUT, self.rd.read(&mut chunk))
                 .await
                 .map_err(|_| "server did not answer".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -79,7 +104,7 @@ impl Setup {
         req["req"] = json!(id);
         let mut line = req.to_string();
         line.push('\n');
-        self.stream
+        self.wr
             .write_all(line.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
@@ -98,10 +123,7 @@ impl Setup {
     async fn classic(&mut self, req: Value, ack: i64) -> Res<Value> {
         let mut bytes = req.to_string().into_bytes();
         bytes.push(0);
-        self.stream
-            .write_all(&bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.wr.write_all(&bytes).await.map_err(|e| e.to_string())?;
         loop {
             let v = self.read_value().await?;
             if v["msgid"] == json!(ack) {
@@ -145,16 +167,15 @@ impl Setup {
 
     /// Introduce ourselves to the relay (ceiling runs).
     pub async fn relay_hello(&mut self, id: u32) -> Res<()> {
-        self.stream
+        self.wr
             .write_all(format!("hello {id}\n").as_bytes())
             .await
             .map_err(|e| e.to_string())
     }
 
     /// Hand the connection over to the load (anything buffered is pushes).
-    pub fn into_parts(self) -> (OwnedReadHalf, OwnedWriteHalf, Vec<u8>) {
-        let (r, w) = self.stream.into_split();
-        (r, w, self.buf)
+    pub fn into_parts(self) -> (Rd, Wr, Vec<u8>) {
+        (self.rd, self.wr, self.buf)
     }
 }
 
@@ -222,7 +243,8 @@ pub enum Seen {
 struct NativeIn<'a> {
     #[serde(rename = "type")]
     ty: &'a str,
-    #[serde(default)]
+    /// A number over TCP, a string over WebSocket.
+    #[serde(default, deserialize_with = "id_either")]
     id: u64,
     #[serde(default, borrow)]
     text: Option<&'a str>,
@@ -237,6 +259,19 @@ struct ClassicIn<'a> {
     msg: Option<&'a str>,
     #[serde(default, borrow)]
     code: Option<&'a str>,
+}
+
+fn id_either<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<'a> {
+        Num(u64),
+        Str(&'a str),
+    }
+    match Either::deserialize(d)? {
+        Either::Num(n) => Ok(n),
+        Either::Str(s) => s.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 fn tag_of(text: &str) -> Option<(u64, u32, u64)> {

@@ -10,11 +10,13 @@
 //! * `relay`: the ceiling: a TCP relay with no JSON and no storage.
 //! * `fuzz`: mutated requests of every dialect, and a probe that checks the
 //!   server keeps answering.
+//! * `ws`: connections over WebSocket, seen by the rest as byte streams.
 
 pub mod client;
 pub mod fuzz;
 pub mod relay;
 pub mod scenarios;
+pub mod ws;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -34,11 +36,22 @@ pub enum Proto {
     Relay,
 }
 
+/// What the load's connections run over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP to the client port.
+    Tcp,
+    /// WebSocket to the web listener's `/ws` (chatd's protocol only).
+    Ws,
+}
+
 #[derive(Clone, Debug)]
 pub struct Common {
     /// Servers to spread clients over (round robin).
     pub addrs: Vec<SocketAddr>,
     pub proto: Proto,
+    pub transport: Transport,
     /// Server processes whose memory to report.
     pub pids: Vec<u32>,
     /// Message text size in bytes.

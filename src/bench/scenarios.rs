@@ -2,6 +2,7 @@
 //! are not measured, except by the login storm), then measures.
 
 use super::client::{decode, encode_ack, encode_send, Lines, Res, Seen, Setup};
+use super::client::{Rd, Wr};
 use super::{new_histogram, now_ns, rss_all, run_prefix, Common, Latency, Proto, Report};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -10,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 
 /// How long to wait, after the senders stop, for what is in flight.
@@ -23,7 +23,7 @@ fn addr_for(c: &Common, i: usize) -> SocketAddr {
 }
 
 /// A logged-in load connection: its halves and what was read past the login.
-type Conn = (OwnedReadHalf, OwnedWriteHalf, Vec<u8>);
+type Conn = (Rd, Wr, Vec<u8>);
 
 /// Register `names` on `addr`s (native, `concurrency` connections at a time).
 async fn register_all(c: &Common, names: &[String]) -> Res<Vec<u32>> {
@@ -33,7 +33,7 @@ async fn register_all(c: &Common, names: &[String]) -> Res<Vec<u32>> {
     for w in 0..c.setup_concurrency.min(names.len()).max(1) {
         let (ids, next, names, c) = (ids.clone(), next.clone(), names.to_vec(), c.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Setup::connect(addr_for(&c, w), Proto::Native).await?;
+            let mut conn = Setup::open(addr_for(&c, w), Proto::Native, c.transport).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if i >= names.len() {
@@ -41,7 +41,7 @@ async fn register_all(c: &Common, names: &[String]) -> Res<Vec<u32>> {
                 }
                 // Register where this user will log in (it exists there at once).
                 if c.addrs.len() > 1 && addr_for(&c, i) != addr_for(&c, w) {
-                    let mut here = Setup::connect(addr_for(&c, i), Proto::Native).await?;
+                    let mut here = Setup::open(addr_for(&c, i), Proto::Native, c.transport).await?;
                     let id = here.register(&names[i], &c.password).await?;
                     ids.lock().map_err(|_| "lock")?[i] = id;
                 } else {
@@ -72,7 +72,7 @@ async fn login_all(c: &Common, ids: &[u32]) -> Res<Vec<Conn>> {
                 if i >= ids.len() {
                     return Ok::<(), String>(());
                 }
-                let mut s = Setup::connect(addr_for(&c, i), c.proto).await?;
+                let mut s = Setup::open(addr_for(&c, i), c.proto, c.transport).await?;
                 if c.proto == Proto::Relay {
                     s.relay_hello(ids[i]).await?;
                 } else {
@@ -152,7 +152,7 @@ type OnMessage = Arc<dyn Fn(u32, u64) + Send + Sync>;
 /// which it passes the ids to acknowledge to the connection's writer.
 fn spawn_reader(
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    rd: OwnedReadHalf,
+    rd: Rd,
     pending: Vec<u8>,
     proto: Proto,
     shared: &Arc<Shared>,
@@ -177,7 +177,7 @@ fn spawn_reader(
 
 /// Read one client's stream: count, time, acknowledge, release windows.
 async fn reader(
-    mut rd: OwnedReadHalf,
+    mut rd: Rd,
     pending: Vec<u8>,
     proto: Proto,
     shared: Arc<Shared>,
@@ -266,7 +266,7 @@ struct WriterArgs {
 
 /// Send to `to` until stopped, writing acks as they come.
 async fn writer(
-    mut wr: OwnedWriteHalf,
+    mut wr: Wr,
     a: WriterArgs,
     shared: Arc<Shared>,
     mut acks: Option<mpsc::UnboundedReceiver<u64>>,
@@ -524,7 +524,7 @@ pub async fn fanout(o: &FanoutOpts) -> Res<Report> {
     let names: Vec<String> = (0..k).map(|i| format!("{prefix}-{i}")).collect();
     let ids = register_all(c, &names).await?;
     // Make the group (native setup connections), everyone in it.
-    let mut owner = Setup::connect(c.addrs[0], Proto::Native).await?;
+    let mut owner = Setup::open(c.addrs[0], Proto::Native, c.transport).await?;
     owner.login(ids[0], &c.password).await?;
     let g = owner
         .call(json!({"type": "group_create", "name": format!("{prefix}-g")}))
@@ -597,7 +597,7 @@ pub async fn fanout(o: &FanoutOpts) -> Res<Report> {
     Ok(r)
 }
 
-async fn ack_only(mut wr: OwnedWriteHalf, acks: Option<mpsc::UnboundedReceiver<u64>>) {
+async fn ack_only(mut wr: Wr, acks: Option<mpsc::UnboundedReceiver<u64>>) {
     let Some(mut rx) = acks else {
         std::future::pending::<()>().await;
         return;
@@ -635,7 +635,7 @@ pub async fn drain(o: &DrainOpts) -> Res<Report> {
     let prefix = run_prefix();
     let names = vec![format!("{prefix}-sender"), format!("{prefix}-reader")];
     let ids = register_all(c, &names).await?;
-    let mut sender = Setup::connect(c.addrs[0], Proto::Native).await?;
+    let mut sender = Setup::open(c.addrs[0], Proto::Native, c.transport).await?;
     sender.login(ids[0], &c.password).await?;
     let (mut rd, mut wr, pending) = sender.into_parts();
     // Queue them, pipelined, and wait for every "sent".
@@ -658,7 +658,7 @@ pub async fn drain(o: &DrainOpts) -> Res<Report> {
             }
             wr.write_all(&out).await.map_err(|e| e.to_string())?;
         }
-        Ok::<OwnedWriteHalf, String>(wr)
+        Ok::<Wr, String>(wr)
     });
     let mut lines = Lines::default();
     lines.push(&pending);
@@ -689,7 +689,7 @@ pub async fn drain(o: &DrainOpts) -> Res<Report> {
     let before = rss_all(&c.pids);
     // The reader logs in; time until everything is in.
     let started = Instant::now();
-    let mut reader = Setup::connect(c.addrs[0], c.proto).await?;
+    let mut reader = Setup::open(c.addrs[0], c.proto, c.transport).await?;
     reader.login(ids[1], &c.password).await?;
     let login = started.elapsed();
     let (mut rd, mut wr, pending) = reader.into_parts();
@@ -843,7 +843,7 @@ pub async fn logins(o: &LoginOpts) -> Res<Report> {
                 }
                 let t = Instant::now();
                 let ok = async {
-                    let mut s = Setup::connect(addr_for(&c, w + i), c.proto).await?;
+                    let mut s = Setup::open(addr_for(&c, w + i), c.proto, c.transport).await?;
                     s.login(ids[i], &c.password).await
                 }
                 .await;

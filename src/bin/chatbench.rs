@@ -17,7 +17,7 @@
 
 use chatd::bench::fuzz::{self, FuzzOpts, Ports};
 use chatd::bench::scenarios::{self, DrainOpts, FanoutOpts, IdleOpts, LoginOpts, PairsOpts};
-use chatd::bench::{relay, Common, Proto, Report};
+use chatd::bench::{relay, Common, Proto, Report, Transport};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -50,6 +50,10 @@ struct Target {
     /// Which protocol the clients speak.
     #[arg(long, value_enum, default_value_t = Proto::Native)]
     dialect: Proto,
+    /// What the clients connect over: TCP to chatd's client port, or
+    /// WebSocket (chatd's protocol only; --addr is then the web listener's).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
     /// chatd process ids, to report their memory (from /proc).
     #[arg(long = "pid", value_delimiter = ',')]
     pids: Vec<u32>,
@@ -69,6 +73,7 @@ impl Target {
         Common {
             addrs: self.addrs.clone(),
             proto: self.dialect,
+            transport: self.transport,
             pids: self.pids.clone(),
             size: self.size.max(24),
             password: self.password.clone(),
@@ -240,6 +245,7 @@ async fn ceiling(a: &PairsArgs, size: usize) -> Result<Report, String> {
             let common = Common {
                 addrs: vec![addr],
                 proto: Proto::Relay,
+                transport: Transport::Tcp,
                 pids: vec![pid],
                 size: size.max(24),
                 password: String::new(),
@@ -303,7 +309,11 @@ fn main() -> ExitCode {
                 load,
                 ceiling: with_ceiling,
             } => {
-                let mut out = vec![scenarios::pairs(&pairs_opts(target.common(), load)).await?];
+                let mut first = scenarios::pairs(&pairs_opts(target.common(), load)).await?;
+                if target.transport == Transport::Ws {
+                    first.proto.push_str(" over WebSocket");
+                }
+                let mut out = vec![first];
                 if *with_ceiling {
                     out.push(ceiling(load, target.size).await?);
                 }

@@ -29,6 +29,15 @@ enum Command {
     /// Create the cluster credentials (a CA certificate and key) in FILE.
     /// Give FILE to each node's first start with --cluster-key.
     InitCluster { file: PathBuf },
+    /// Write a self-signed TLS certificate (DIR/cert.pem, DIR/key.pem) for
+    /// trying out HTTPS and --tls-listen; browsers will warn about it.
+    InitTls {
+        dir: PathBuf,
+        /// A DNS name or IP address it is for (repeatable); default
+        /// localhost, 127.0.0.1 and ::1.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 fn load(args: &[OsString]) -> Result<Cli, clap::Error> {
@@ -50,10 +59,29 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    if let Some(Command::InitCluster { file }) = cli.command {
+    if let Some(Command::InitCluster { file }) = &cli.command {
+        let file = file.clone();
         return match chatd::mesh::tls::init_cluster(&file) {
             Ok(()) => {
                 println!("cluster credentials written to {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chatd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::InitTls { dir, names }) = cli.command {
+        return match chatd::tls::init_tls(&dir, &names) {
+            Ok((cert, key)) => {
+                println!("certificate written to {}", cert.display());
+                println!("key written to {}", key.display());
+                println!(
+                    "serve with: chatd --tls-cert {} --tls-key {}",
+                    cert.display(),
+                    key.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -195,7 +195,10 @@ pub fn encode_reply(n: Numbering, kind: Kind, reply: &Result<Reply, ChatError>, 
     match (kind, reply) {
         (Kind::Login, Ok(Reply::LoggedIn { user, roster, .. })) => {
             let empty = Roster::default();
-            push(out, &login_ack(n, user, roster.as_ref().unwrap_or(&empty)));
+            push(
+                out,
+                &login_ack(n, user, roster.as_deref().unwrap_or(&empty)),
+            );
         }
         (Kind::Login, Err(e)) => {
             let errmsg = match e.code {

@@ -17,6 +17,18 @@ fn mistyped(key: &str, what: &str) -> ChatError {
     )
 }
 
+/// A number, or a string of at most 20 decimal digits.
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s)
+            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().ok()
+        }
+        v => v.as_u64(),
+    }
+}
+
 impl<'a> Fields<'a> {
     pub fn has(&self, key: &str) -> bool {
         self.0.get(key).is_some_and(|v| !v.is_null())
@@ -42,20 +54,19 @@ impl<'a> Fields<'a> {
     pub fn opt_id(&self, key: &str) -> Result<Option<u32>, ChatError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
+            Some(v) => as_u64(v)
                 .filter(|n| *n >= 1 && *n <= i32::MAX as u64)
                 .map(|n| Some(n as u32))
                 .ok_or_else(|| mistyped(key, "a positive integer id")),
         }
     }
 
-    /// A message id: a non-negative 64-bit integer.
+    /// A message id or a count: a non-negative 64-bit integer, as a
+    /// number or a decimal string (what a browser can hold exactly).
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, ChatError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
+            Some(v) => as_u64(v)
                 .map(Some)
                 .ok_or_else(|| mistyped(key, "a non-negative integer")),
         }
@@ -72,10 +83,7 @@ impl<'a> Fields<'a> {
                     ));
                 }
                 a.iter()
-                    .map(|v| {
-                        v.as_u64()
-                            .ok_or_else(|| mistyped(key, "an array of message ids"))
-                    })
+                    .map(|v| as_u64(v).ok_or_else(|| mistyped(key, "an array of message ids")))
                     .collect()
             }
             Some(_) => Err(mistyped(key, "an array of message ids")),

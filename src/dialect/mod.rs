@@ -3,7 +3,7 @@
 //!
 //! | file | client | framing |
 //! |------|--------|---------|
-//! | `native.rs` | chatd's own protocol (`"type"`) | JSON stream |
+//! | `native.rs` | chatd's own protocol (`"type"`); over WebSocket, `Web` | JSON stream; one value per WebSocket message |
 //! | `classic.rs` | the muduo course project's ChatClient (`"msgid"`, both numberings) | JSON stream |
 //! | `sponge.rs` | the sponge Qt client (`"msgType"`) | JSON stream |
 //! | `go_chatroom.rs` | the Go chatroom (`LoginMes`, `SmsMes`) | length-prefixed JSON |
@@ -29,6 +29,7 @@ pub use crate::api::Who;
 use crate::api::{ChatError, Command, ErrorCode, Event, Reply, SessionTraits};
 use crate::framing::Framing;
 use crate::ids::Uid;
+use native::Ids;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +45,8 @@ pub enum Numbering {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
     Native,
+    /// chatd's protocol over WebSocket: message ids go out as strings.
+    Web,
     Classic(Numbering),
     Sponge,
     GoChatroom,
@@ -71,6 +74,7 @@ impl Dialect {
             Dialect::GoChatroom => 4,
             Dialect::CChatroom => 5,
             Dialect::EpollChatroom => 6,
+            Dialect::Web => 7,
         }
     }
 
@@ -82,6 +86,7 @@ impl Dialect {
             4 => Dialect::GoChatroom,
             5 => Dialect::CChatroom,
             6 => Dialect::EpollChatroom,
+            7 => Dialect::Web,
             _ => Dialect::Native,
         }
     }
@@ -89,6 +94,7 @@ impl Dialect {
     pub fn name(self) -> &'static str {
         match self {
             Dialect::Native => "native",
+            Dialect::Web => "web",
             Dialect::Classic(_) => "classic",
             Dialect::Sponge => "sponge",
             Dialect::GoChatroom => "go-chatroom",
@@ -105,8 +111,9 @@ impl Dialect {
             ..SessionTraits::default()
         };
         match self {
-            Dialect::Native => SessionTraits {
+            Dialect::Native | Dialect::Web => SessionTraits {
                 replay_at_login: true,
+                tokens: true,
                 ..SessionTraits::default()
             },
             Dialect::Classic(_) => SessionTraits {
@@ -142,7 +149,8 @@ impl Dialect {
 
     pub fn writes(self) -> Writes {
         match self {
-            Dialect::Native => Writes::Gathered,
+            // Over WebSocket each value still becomes a message of its own.
+            Dialect::Native | Dialect::Web => Writes::Gathered,
             Dialect::Classic(_) | Dialect::Sponge | Dialect::EpollChatroom => {
                 Writes::OneEach { paced: true }
             }
@@ -159,7 +167,7 @@ impl Dialect {
         match self {
             Dialect::Classic(_) | Dialect::Sponge | Dialect::GoChatroom => true,
             Dialect::CChatroom | Dialect::EpollChatroom => direct,
-            Dialect::Native => false,
+            Dialect::Native | Dialect::Web => false,
         }
     }
 }
@@ -192,6 +200,7 @@ impl Listen {
 
     pub fn framing(self) -> Framing {
         match self {
+            Listen::Only(Dialect::Web) => Framing::Messages,
             Listen::Auto => Framing::JsonStream { keepalive: true },
             Listen::Only(Dialect::Sponge) => Framing::JsonStream { keepalive: true },
             Listen::Only(Dialect::Native | Dialect::Classic(_)) => {
@@ -250,6 +259,9 @@ pub enum ReqCtx {
     Native {
         req: Option<ReqId>,
     },
+    Web {
+        req: Option<ReqId>,
+    },
     Classic {
         numbering: Numbering,
         kind: classic::Kind,
@@ -264,6 +276,7 @@ impl ReqCtx {
     pub fn dialect(&self) -> Dialect {
         match self {
             ReqCtx::Native { .. } => Dialect::Native,
+            ReqCtx::Web { .. } => Dialect::Web,
             ReqCtx::Classic { numbering, .. } => Dialect::Classic(*numbering),
             ReqCtx::Sponge(_) => Dialect::Sponge,
             ReqCtx::GoChatroom(_) => Dialect::GoChatroom,
@@ -310,6 +323,11 @@ pub enum Incoming {
         old: String,
         new: String,
     },
+    /// Log in again with a session token.
+    Resume {
+        ctx: ReqCtx,
+        token: String,
+    },
     /// A request we cannot serve; answer it and go on.
     Invalid(ReqCtx, ChatError),
 }
@@ -321,7 +339,8 @@ impl Incoming {
             | Incoming::Invalid(c, _)
             | Incoming::Register { ctx: c, .. }
             | Incoming::Login { ctx: c, .. }
-            | Incoming::Passwd { ctx: c, .. } => c,
+            | Incoming::Passwd { ctx: c, .. }
+            | Incoming::Resume { ctx: c, .. } => c,
         }
     }
 }
@@ -377,7 +396,9 @@ impl Decoder {
                 self.last = i.ctx().dialect();
                 out.push(i);
             }
-            Listen::Only(d @ (Dialect::Native | Dialect::Classic(_) | Dialect::Sponge)) => {
+            Listen::Only(
+                d @ (Dialect::Native | Dialect::Web | Dialect::Classic(_) | Dialect::Sponge),
+            ) => {
                 let i = decode_json(frame, d, Some(d))?;
                 if let Dialect::Classic(_) = i.ctx().dialect() {
                     // Pushes follow the numbering of the latest request.
@@ -441,7 +462,8 @@ fn decode_json(bytes: &[u8], last: Dialect, only: Option<Dialect>) -> Result<Inc
     Ok(match only {
         Some(Dialect::Classic(_)) => classic::decode(map),
         Some(Dialect::Sponge) => sponge::decode(map),
-        Some(_) => native::decode(map),
+        Some(Dialect::Web) => native::decode(map, true),
+        Some(_) => native::decode(map, false),
         None => decode_object(map),
     })
 }
@@ -452,7 +474,7 @@ fn decode_object(map: Map<String, Value>) -> Incoming {
     } else if map.contains_key("msgType") {
         sponge::decode(map)
     } else {
-        native::decode(map)
+        native::decode(map, false)
     }
 }
 
@@ -460,6 +482,7 @@ fn decode_object(map: Map<String, Value>) -> Incoming {
 pub fn fallback_ctx(last: Dialect) -> ReqCtx {
     match last {
         Dialect::Native => ReqCtx::Native { req: None },
+        Dialect::Web => ReqCtx::Web { req: None },
         Dialect::Classic(numbering) => ReqCtx::Classic {
             numbering,
             kind: classic::Kind::Unknown,
@@ -536,7 +559,8 @@ impl Frames {
 /// dialects answer chat requests with silence).
 pub fn encode_reply(ctx: &ReqCtx, reply: &Result<Reply, ChatError>, out: &mut Frames) {
     match ctx {
-        ReqCtx::Native { req } => native::encode_reply(req.as_ref(), reply, out),
+        ReqCtx::Native { req } => native::encode_reply(req.as_ref(), reply, Ids::Numbers, out),
+        ReqCtx::Web { req } => native::encode_reply(req.as_ref(), reply, Ids::Strings, out),
         ReqCtx::Classic { numbering, kind } => classic::encode_reply(*numbering, *kind, reply, out),
         ReqCtx::Sponge(kind) => sponge::encode_reply(*kind, reply, out),
         ReqCtx::GoChatroom(kind) => go_chatroom::encode_reply(*kind, reply, out),
@@ -548,7 +572,8 @@ pub fn encode_reply(ctx: &ReqCtx, reply: &Result<Reply, ChatError>, out: &mut Fr
 /// Encode a push for a session speaking `dialect`.
 pub fn encode_event(dialect: Dialect, event: &Event, out: &mut Frames) {
     match dialect {
-        Dialect::Native => native::encode_event(event, out),
+        Dialect::Native => native::encode_event(event, Ids::Numbers, out),
+        Dialect::Web => native::encode_event(event, Ids::Strings, out),
         Dialect::Classic(n) => classic::encode_event(n, event, out),
         Dialect::Sponge => sponge::encode_event(event, out),
         Dialect::GoChatroom => go_chatroom::encode_event(event, out),

@@ -1,5 +1,11 @@
-//! chatd's own protocol: newline-terminated JSON objects with a `"type"`.
+//! chatd's own protocol: newline-terminated JSON objects with a `"type"`
+//! over TCP, one JSON object per text frame over WebSocket (`Dialect::Web`).
 //! proto.md documents every request, reply and push.
+//!
+//! Message ids are 64-bit. Over WebSocket they are sent as decimal strings,
+//! which a browser's `JSON.parse` keeps exact (it rounds numbers past
+//! 2^53); over TCP they stay numbers, as existing clients expect. Requests
+//! accept either form everywhere.
 
 use super::fields::Fields;
 use super::{Frames, Incoming, ReqCtx, ReqId, Who};
@@ -25,12 +31,25 @@ fn req_id(map: &Map<String, Value>) -> Result<Option<ReqId>, ChatError> {
     }
 }
 
-pub fn decode(map: Map<String, Value>) -> Incoming {
+/// How message ids are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ids {
+    Numbers,
+    /// Decimal strings, for JavaScript clients.
+    Strings,
+}
+
+/// `web`: the request came over WebSocket (its replies carry ids as strings).
+pub fn decode(map: Map<String, Value>, web: bool) -> Incoming {
+    let ctx_of = |req| match web {
+        true => ReqCtx::Web { req },
+        false => ReqCtx::Native { req },
+    };
     let req = match req_id(&map) {
         Ok(r) => r,
-        Err(e) => return Incoming::Invalid(ReqCtx::Native { req: None }, e),
+        Err(e) => return Incoming::Invalid(ctx_of(None), e),
     };
-    let ctx = ReqCtx::Native { req };
+    let ctx = ctx_of(req);
     match decode_body(&Fields(&map), ctx.clone()) {
         Ok(i) => i,
         Err(e) => Incoming::Invalid(ctx, e),
@@ -87,6 +106,10 @@ fn decode_body(f: &Fields, ctx: ReqCtx) -> Result<Incoming, ChatError> {
                 tell_unknown: false,
             })
         }
+        "resume" => Ok(Incoming::Resume {
+            ctx: ctx.clone(),
+            token: f.str("token")?.to_string(),
+        }),
         "passwd" => Ok(Incoming::Passwd {
             ctx: ctx.clone(),
             old: f.str("old")?.to_string(),
@@ -206,12 +229,24 @@ fn user(u: &UserRef) -> UserJson<'_> {
     }
 }
 
+/// A message id, as a number or as a string.
+struct IdOut(Stamp, Ids);
+
+impl Serialize for IdOut {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.1 {
+            Ids::Numbers => s.serialize_u64(self.0 .0),
+            Ids::Strings => s.collect_str(&self.0 .0),
+        }
+    }
+}
+
 /// A message as every native client sees it (push and history).
 #[derive(Serialize)]
 pub struct MessageJson<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     ty: Option<&'static str>,
-    id: Stamp,
+    id: IdOut,
     from: Uid,
     from_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,14 +263,14 @@ pub struct MessageJson<'a> {
 }
 
 impl<'a> MessageJson<'a> {
-    pub fn new(v: &'a MsgView, ty: Option<&'static str>) -> MessageJson<'a> {
+    fn new(v: &'a MsgView, ty: Option<&'static str>, ids: Ids) -> MessageJson<'a> {
         let (to, group) = match v.msg.to {
             Target::User(u) => (Some(u), None),
             Target::Group(g) => (None, Some(g)),
         };
         MessageJson {
             ty,
-            id: v.msg.id,
+            id: IdOut(v.msg.id, ids),
             from: v.msg.from,
             from_name: &v.from_name,
             to,
@@ -361,7 +396,12 @@ fn put<B: Serialize>(out: &mut Frames, ty: &'static str, req: Option<&ReqId>, bo
     );
 }
 
-pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: &mut Frames) {
+pub fn encode_reply(
+    req: Option<&ReqId>,
+    reply: &Result<Reply, ChatError>,
+    ids: Ids,
+    out: &mut Frames,
+) {
     let reply = match reply {
         Ok(r) => r,
         Err(e) => return put(out, "error", req, error_json(e)),
@@ -374,13 +414,29 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
             serde_json::json!({ "user": user(u) }),
         ),
         Reply::LoggedIn {
-            user: u, sessions, ..
-        } => put(
-            out,
-            "logged_in",
-            req,
-            serde_json::json!({ "user": user(u), "sessions": sessions }),
-        ),
+            user: u,
+            sessions,
+            token,
+            ..
+        } => {
+            #[derive(Serialize)]
+            struct LoggedIn<'a> {
+                user: UserJson<'a>,
+                sessions: usize,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                token: Option<&'a str>,
+            }
+            put(
+                out,
+                "logged_in",
+                req,
+                LoggedIn {
+                    user: user(u),
+                    sessions: *sessions,
+                    token: token.as_deref(),
+                },
+            )
+        }
         Reply::LoggedOut => put(out, "logged_out", req, Empty {}),
         // What other dialects say on joining or befriending, chatd's
         // protocol says with pushes.
@@ -391,7 +447,7 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
         } => {
             #[derive(Serialize)]
             struct Sent<'a> {
-                id: Stamp,
+                id: IdOut,
                 ts: u64,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 cid: Option<&'a str>,
@@ -402,7 +458,7 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
                 "sent",
                 req,
                 Sent {
-                    id: *id,
+                    id: IdOut(*id, ids),
                     ts: id.millis(),
                     cid: cid.as_deref(),
                     duplicate: *duplicate,
@@ -411,7 +467,10 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
         }
         Reply::Acked { count } => put(out, "acked", req, serde_json::json!({ "count": count })),
         Reply::History { messages, more } => {
-            let messages: Vec<_> = messages.iter().map(|m| MessageJson::new(m, None)).collect();
+            let messages: Vec<_> = messages
+                .iter()
+                .map(|m| MessageJson::new(m, None, ids))
+                .collect();
             put(
                 out,
                 "history",
@@ -459,7 +518,10 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
             )
         }
         Reply::Pending { messages, more } => {
-            let messages: Vec<_> = messages.iter().map(|m| MessageJson::new(m, None)).collect();
+            let messages: Vec<_> = messages
+                .iter()
+                .map(|m| MessageJson::new(m, None, ids))
+                .collect();
             put(
                 out,
                 "pending",
@@ -484,9 +546,9 @@ pub fn encode_reply(req: Option<&ReqId>, reply: &Result<Reply, ChatError>, out: 
     }
 }
 
-pub fn encode_event(event: &Event, out: &mut Frames) {
+pub fn encode_event(event: &Event, ids: Ids, out: &mut Frames) {
     match event {
-        Event::Message(v) => out.push_json(&MessageJson::new(v, Some("message")), b'\n'),
+        Event::Message(v) => out.push_json(&MessageJson::new(v, Some("message"), ids), b'\n'),
         Event::Presence { user: u, online } => put(
             out,
             "presence",

@@ -143,11 +143,16 @@ impl Hub {
                         if !self.sessions.contains_key(&id) {
                             return Err(format!("no session {id} on this node"));
                         }
+                        // A kicked session does not come back with its token.
+                        self.revoke_session_token(id);
                         self.kill(id, Some(ErrorCode::Kicked));
                         1
                     }
                     (None, Some(who)) => {
                         let u = self.admin_user(&who)?;
+                        if !self.storage_full {
+                            self.admin_op(OpBody::RevokeTokens { user: u.id });
+                        }
                         self.kick_user(u.id, ErrorCode::Kicked)
                     }
                     _ => return Err("give a session id or a user".into()),

@@ -175,6 +175,11 @@ pub enum HubMsg {
         user: Uid,
         hash: String,
     },
+    /// A session presents a token to log in again without its password.
+    Resume {
+        id: SessionId,
+        token: crate::tokens::Presented,
+    },
     /// A session whose client cannot acknowledge wrote these messages of
     /// `user` to its socket.
     Delivered {
@@ -333,6 +338,9 @@ struct Session {
     traits: SessionTraits,
     /// Since when it has not been logged in (it opened, or logged out).
     waiting_since: Instant,
+    /// The token this session logged in with or was given (its stamp),
+    /// revoked when it logs out or is kicked.
+    token: Option<Stamp>,
     replay: Option<ReplayState>,
     /// The dialect this session is counted under in `chatd_sessions`.
     counted: Option<&'static str>,
@@ -584,6 +592,7 @@ impl Hub {
                             user: None,
                             traits: SessionTraits::default(),
                             waiting_since: Instant::now(),
+                            token: None,
                             replay: None,
                             counted: None,
                         },
@@ -596,6 +605,7 @@ impl Hub {
                 let _ = reply.send(self.credentials(id, who));
             }
             HubMsg::Login { id, user, hash } => self.login(id, user, &hash),
+            HubMsg::Resume { id, token } => self.resume(id, &token),
             HubMsg::Delivered { user, ids } => {
                 self.marks.extend(ids.into_iter().map(|m| (user, m)));
             }
@@ -726,6 +736,7 @@ impl Hub {
         let who = session.user;
         match cmd {
             Command::Logout => {
+                self.revoke_session_token(id);
                 self.detach(id);
                 return self.reply(id, Ok(Reply::LoggedOut));
             }
@@ -977,8 +988,81 @@ impl Hub {
                     id: user,
                     name: u.name,
                 },
+                None,
             ),
             Err(e) => self.reply(id, Err(e)),
+        }
+    }
+
+    fn resume(&mut self, id: SessionId, token: &crate::tokens::Presented) {
+        if !self.sessions.contains_key(&id) {
+            return;
+        }
+        match rules::check_token(&self.store, token, crate::ids::wall_millis()) {
+            Ok((u, rec)) => self.logged_in(
+                id,
+                UserRef {
+                    id: u.id,
+                    name: u.name,
+                },
+                Some((token.issued, rec.expires_ms)),
+            ),
+            Err(e) => self.reply(id, Err(e)),
+        }
+    }
+
+    /// The token a session that logged in gets: none when its client has
+    /// no use for one; for a resume, none while the one it holds is in its
+    /// first half of life (a reconnect costs no write then).
+    fn session_token(
+        &mut self,
+        id: SessionId,
+        user: Uid,
+        resumed: Option<(Stamp, u64)>,
+    ) -> Option<String> {
+        let s = self.sessions.get_mut(&id)?;
+        if !s.link.traits().tokens || user.is_guest() {
+            s.token = None;
+            return None;
+        }
+        let lifetime = self.batch_limits.token_lifetime.as_millis() as u64;
+        let now = crate::ids::wall_millis();
+        if let Some((issued, expires_ms)) = resumed {
+            s.token = Some(issued);
+            if expires_ms.saturating_sub(now) > lifetime / 2 {
+                return None;
+            }
+        }
+        if self.storage_full {
+            return None;
+        }
+        let stamp = self.clock.now();
+        let fresh = crate::tokens::fresh(user, stamp);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.token = Some(stamp);
+        }
+        self.commit(
+            stamp,
+            OpBody::Token {
+                user,
+                hash: fresh.hash,
+                expires_ms: now.saturating_add(lifetime),
+            },
+        );
+        Some(fresh.text)
+    }
+
+    /// A session that logs out or is kicked takes its token with it.
+    fn revoke_session_token(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let (Some(user), Some(issued)) = (s.user, s.token.take()) else {
+            return;
+        };
+        if !self.storage_full {
+            let stamp = self.clock.now();
+            self.commit(stamp, OpBody::RevokeToken { user, issued });
         }
     }
 
@@ -989,7 +1073,7 @@ impl Hub {
                 if let Some((stamp, body)) = op {
                     self.commit(stamp, body);
                 }
-                self.logged_in(id, guest)
+                self.logged_in(id, guest, None)
             }
             Err(e) => self.reply(id, Err(e)),
         }
@@ -997,7 +1081,7 @@ impl Hub {
 
     /// Attach a session whose user was checked, and answer its login with
     /// what its dialect needs.
-    fn logged_in(&mut self, id: SessionId, user: UserRef) {
+    fn logged_in(&mut self, id: SessionId, user: UserRef, resumed: Option<(Stamp, u64)>) {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
@@ -1025,11 +1109,13 @@ impl Hub {
         let roster = if traits.roster_in_login {
             self.with_rules(|store, cx| rules::roster(store, cx, uid))
                 .ok()
+                .map(Box::new)
         } else {
             None
         };
         let room = traits.room_in_login.then(|| self.room_online());
         let sessions = self.by_user.get(&uid).map_or(1, Vec::len);
+        let token = self.session_token(id, uid, resumed);
         self.reply(
             id,
             Ok(Reply::LoggedIn {
@@ -1037,6 +1123,7 @@ impl Hub {
                 sessions,
                 roster,
                 room,
+                token,
             }),
         );
         if let Some(text) = self.batch_limits.welcome.clone() {

@@ -41,15 +41,7 @@ fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> TlsError + '_ {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| TlsError(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(contents.as_bytes())
+    crate::os::write_private(path, contents)
         .map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -123,9 +123,11 @@ pub enum Table {
     Guests,
     History,
     Inbox,
+    Tokens,
+    TokenFloors,
 }
 
-const TABLES: usize = 10;
+const TABLES: usize = 12;
 
 impl Table {
     pub const ALL: [Table; TABLES] = [
@@ -139,6 +141,8 @@ impl Table {
         Table::Guests,
         Table::History,
         Table::Inbox,
+        Table::Tokens,
+        Table::TokenFloors,
     ];
 
     pub fn tree_name(self) -> &'static str {
@@ -153,6 +157,8 @@ impl Table {
             Table::Guests => "guests",
             Table::History => "history",
             Table::Inbox => "inbox",
+            Table::Tokens => "tokens",
+            Table::TokenFloors => "token_floors",
         }
     }
 

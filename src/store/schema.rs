@@ -13,10 +13,12 @@
 //! | guests       | node (u16), guest's given name    | uid                    |
 //! | history      | conversation (9 bytes), msg id    | message / chunk        |
 //! | inbox        | recipient uid, msg id             | message / chunk        |
+//! | tokens       | uid, stamp that issued it         | `TokenRec`             |
+//! | token_floors | uid                               | stamp: older tokens are revoked |
 
 use super::{decode, encode, prefix_end, Result, Store, Table};
 use crate::ids::{Gid, NodeId, Stamp, Uid};
-use crate::model::{Edge, Group, Member, Message, Target, User};
+use crate::model::{Edge, Group, Member, Message, Target, TokenRec, User};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -63,6 +65,19 @@ fn guest_key(node: NodeId, name: &str) -> Vec<u8> {
     let mut k = node.to_be_bytes().to_vec();
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+fn token_key(u: Uid, issued: Stamp) -> Vec<u8> {
+    let mut k = k4(u.0);
+    k.extend_from_slice(&issued.0.to_be_bytes());
+    k
+}
+
+fn u64_at(k: &[u8], at: usize) -> u64 {
+    k.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
 }
 
 fn u32_at(k: &[u8], at: usize) -> u32 {
@@ -267,6 +282,41 @@ impl Store {
         let mut k = k4(u.0);
         k.extend_from_slice(&origin.to_be_bytes());
         self.put(Table::Cursors, k, id.0.to_be_bytes().to_vec());
+    }
+
+    // ---- session tokens ------------------------------------------------------
+
+    pub fn token(&self, u: Uid, issued: Stamp) -> Result<Option<TokenRec>> {
+        self.get(Table::Tokens, &token_key(u, issued))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    pub fn put_token(&mut self, u: Uid, issued: Stamp, t: &TokenRec) {
+        self.put(Table::Tokens, token_key(u, issued), encode(t));
+    }
+
+    pub fn del_token(&mut self, u: Uid, issued: Stamp) {
+        self.del(Table::Tokens, token_key(u, issued));
+    }
+
+    /// The stamps of a user's tokens (revoked ones too), oldest first.
+    pub fn token_stamps(&self, u: Uid) -> Result<Vec<Stamp>> {
+        self.scan_prefix(Table::Tokens, &k4(u.0))
+            .map(|r| r.map(|(k, _)| Stamp(u64_at(&k, 4))))
+            .collect()
+    }
+
+    /// Tokens issued at or before this stamp are revoked.
+    pub fn token_floor(&self, u: Uid) -> Result<Stamp> {
+        Ok(self
+            .get(Table::TokenFloors, &k4(u.0))?
+            .map(|v| Stamp(u64_at(&v, 0)))
+            .unwrap_or(Stamp::ZERO))
+    }
+
+    pub fn set_token_floor(&mut self, u: Uid, floor: Stamp) {
+        self.put(Table::TokenFloors, k4(u.0), floor.0.to_be_bytes().to_vec());
     }
 
     // ---- messages --------------------------------------------------------------

@@ -2,8 +2,11 @@
 //! temporary data directory, and a client that talks to it over TCP.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod seeds;
+pub mod tcp_relay;
+pub mod web;
 
 use chatd::config::Settings;
 use chatd::server::Server;
@@ -36,6 +39,7 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.max_connections_per_address = 100_000;
     s.max_unauthenticated_per_address = 100_000;
     s.register_address_burst = 100_000;
+    s.web_listen = "127.0.0.1:0".into();
     s
 }
 
@@ -87,6 +91,14 @@ impl TestServer {
             .expect("metrics_listen is set")
     }
 
+    /// The web listener (HTTP and WebSocket).
+    pub fn web(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.web_addr())
+            .expect("the web listener is on")
+    }
+
     /// The port of a dialect given with `--listen-dialect`.
     pub fn dialect(&self, name: &str) -> SocketAddr {
         self.server
@@ -108,8 +120,16 @@ impl TestServer {
     }
 }
 
+/// What a test client talks over: TCP, or WebSocket (over TCP or TLS).
+pub enum Wire {
+    Tcp(TcpStream),
+    /// Another byte stream (TLS).
+    Bytes(Box<dyn web::Io>),
+    Ws(Box<web::Ws>),
+}
+
 pub struct Client {
-    stream: TcpStream,
+    stream: Wire,
     buf: Vec<u8>,
     chunk: Vec<u8>,
     pushes: VecDeque<Value>,
@@ -120,6 +140,10 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
+        Client::over(Wire::Tcp(stream))
+    }
+
+    pub fn over(stream: Wire) -> Client {
         Client {
             stream,
             buf: Vec::new(),
@@ -137,34 +161,67 @@ impl Client {
             .expect("bind a loopback source address");
         let stream = socket.connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-            chunk: vec![0; 65536],
-            pushes: VecDeque::new(),
-            next_req: 1,
-        }
+        Client::over(Wire::Tcp(stream))
+    }
+
+    /// A WebSocket session at the web listener's `/ws` (same-origin page).
+    pub async fn connect_ws(web: SocketAddr) -> Client {
+        let origin = format!("http://{web}");
+        web::connect(web, Some(&origin))
+            .await
+            .expect("WebSocket upgrade")
+    }
+
+    /// chatd's protocol over another byte stream (TLS).
+    pub fn over_bytes(stream: Box<dyn web::Io>) -> Client {
+        Client::over(Wire::Bytes(stream))
     }
 
     /// The socket itself, for tests that look at raw reads.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
+        match &mut self.stream {
+            Wire::Tcp(s) => s,
+            _ => panic!("only a TCP client has a raw socket"),
+        }
+    }
+
+    pub fn wire_mut(&mut self) -> &mut Wire {
         &mut self.stream
     }
 
+    fn bytes_mut(&mut self) -> &mut (dyn tokio::io::AsyncRead + Unpin) {
+        match &mut self.stream {
+            Wire::Tcp(s) => s,
+            Wire::Bytes(s) => s,
+            Wire::Ws(_) => unreachable!("WebSocket clients read messages"),
+        }
+    }
+
     pub async fn send(&mut self, v: &Value) {
+        if let Wire::Ws(ws) = &mut self.stream {
+            return web::send_text(ws, v.to_string()).await;
+        }
         let mut b = serde_json::to_vec(v).unwrap();
         b.push(b'\n');
         self.send_raw(&b).await;
     }
 
+    /// Raw bytes on TCP; one text message over WebSocket.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+        match &mut self.stream {
+            Wire::Tcp(s) => s.write_all(bytes).await.expect("write"),
+            Wire::Bytes(s) => s.write_all(bytes).await.expect("write"),
+            Wire::Ws(ws) => web::send_text(ws, String::from_utf8_lossy(bytes).into_owned()).await,
+        }
     }
 
     /// The next value from the socket (newline or NUL terminated), or None
     /// after `wait` or at end of stream.
     pub async fn read_value(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
+        if let Wire::Ws(ws) = &mut self.stream {
+            return web::read_value(ws, deadline).await;
+        }
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == 0) {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -179,7 +236,10 @@ impl Client {
                     )
                 }));
             }
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.chunk)).await {
+            let mut chunk = std::mem::take(&mut self.chunk);
+            let read = tokio::time::timeout_at(deadline, self.bytes_mut().read(&mut chunk)).await;
+            self.chunk = chunk;
+            match read {
                 Err(_) => return None,
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => self.buf.extend_from_slice(&self.chunk[..n]),
@@ -274,8 +334,14 @@ impl Client {
     /// Wait for the server to close the connection; true if it did.
     pub async fn closed(&mut self) -> bool {
         let deadline = tokio::time::Instant::now() + WAIT;
+        if let Wire::Ws(ws) = &mut self.stream {
+            return web::closed(ws, deadline).await;
+        }
         loop {
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.chunk)).await {
+            let mut chunk = std::mem::take(&mut self.chunk);
+            let read = tokio::time::timeout_at(deadline, self.bytes_mut().read(&mut chunk)).await;
+            self.chunk = chunk;
+            match read {
                 Err(_) => return false,
                 Ok(Ok(0)) | Ok(Err(_)) => return true,
                 Ok(Ok(n)) => self.buf.extend_from_slice(&self.chunk[..n]),
@@ -413,6 +479,10 @@ pub struct Proc {
     pub log: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
     /// The dialects' own ports (`--listen-dialect`), by name.
     pub dialect_addrs: Vec<(String, SocketAddr)>,
+    /// The web listener (HTTP and WebSocket), when on.
+    pub web: Option<SocketAddr>,
+    /// chatd's protocol over TLS (`--tls-listen`), when on.
+    pub tls: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -505,6 +575,12 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
             "--register-address-burst",
             "100000",
         ])
+        .args(
+            (!extra.contains(&"--web-listen"))
+                .then_some(["--web-listen", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
@@ -516,6 +592,8 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
     let mut lines = BufReader::new(stderr).lines();
     let mut mesh = None;
     let mut metrics = None;
+    let mut web = None;
+    let mut tls = None;
     let mut dialect_addrs = Vec::new();
     let log = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let addr = loop {
@@ -529,6 +607,12 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         }
         if line.contains("metrics listening") {
             metrics = log_addr(&line);
+        }
+        if line.contains("web listening") {
+            web = log_addr(&line);
+        }
+        if line.contains("TLS listening") {
+            tls = log_addr(&line);
         }
         if line.contains("dialect listening") {
             let name = line
@@ -563,5 +647,7 @@ pub fn spawn_chatd_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         metrics,
         log,
         dialect_addrs,
+        web,
+        tls,
     }
 }
