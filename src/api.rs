@@ -493,13 +493,6 @@ impl fmt::Display for ChatError {
     }
 }
 
-impl From<crate::store::StoreError> for ChatError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "storage failure while handling a request");
-        ChatError::new(ErrorCode::Internal, "internal storage error")
-    }
-}
-
 /// Shorthand for building an `Err(ChatError)`.
 pub fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, ChatError> {
     Err(ChatError::new(code, message))

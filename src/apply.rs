@@ -2,7 +2,7 @@
 //!
 //! Every operation, made here or received from a peer, is applied by
 //! [`apply`]. Applying is a merge, never a check: permissions were decided by
-//! the node that made the operation (`rules.rs`). Each kind of state has a
+//! the node that made the operation (`rules/`). Each kind of state has a
 //! merge rule that gives the same result whatever order operations arrive in
 //! and however often (see proto.md, "Merge rules"):
 //!
@@ -503,7 +503,7 @@ mod tests {
         Op {
             origin,
             seq,
-            stamp: Stamp(millis << 22 | u64::from(origin)),
+            stamp: Stamp::new(millis, origin),
             body,
         }
     }
@@ -612,7 +612,7 @@ mod tests {
                     user: Uid(2),
                     role: Some(Role::Member),
                     actor: Uid(2),
-                    since: Stamp(105 << 22 | 2),
+                    since: Stamp::new(105, 2),
                 },
             ),
             op(
@@ -647,7 +647,7 @@ mod tests {
                     user: Uid(2),
                     role: Some(Role::Member),
                     actor: Uid(1),
-                    since: Stamp(108 << 22 | 1),
+                    since: Stamp::new(108, 1),
                 },
             ),
             op(
@@ -735,7 +735,7 @@ mod tests {
                 122,
                 OpBody::RevokeToken {
                     user: Uid(1),
-                    issued: Stamp(120 << 22 | 1),
+                    issued: Stamp::new(120, 1),
                 },
             ),
             token(1, 51, 123, 2, 0xb1),
@@ -758,7 +758,7 @@ mod tests {
         assert_eq!(kept, crate::tokens::KEEP_PER_USER);
         assert!(!expected
             .iter()
-            .any(|l| l.contains(&format!(" {} ", 1004u64 << 22 | 1))));
+            .any(|l| l.contains(&format!(" {} ", Stamp::new(1004, 1).0))));
         let mut rev = ops.clone();
         rev.reverse();
         assert_eq!(apply_all(&rev), expected);
@@ -781,9 +781,9 @@ mod tests {
         assert!(expected
             .iter()
             .any(|l| l.starts_with("member 7 2 Some(Member)")
-                && l.ends_with(&(108u64 << 22 | 1).to_string())));
+                && l.ends_with(&(Stamp::new(108, 1).0).to_string())));
         assert!(expected.iter().any(|l| l == "edge 1 2 Friends bobby"));
-        let revoked = format!("token 1 {} ", 120u64 << 22 | 1);
+        let revoked = format!("token 1 {} ", Stamp::new(120, 1).0);
         assert!(expected
             .iter()
             .any(|l| l.starts_with(&revoked) && l.contains("revoked: true")));
@@ -792,10 +792,10 @@ mod tests {
             .filter(|l| l.starts_with("token 2 "))
             .collect();
         assert_eq!(bobs.len(), 1, "{bobs:?}");
-        assert!(bobs[0].starts_with(&format!("token 2 {} ", 125u64 << 22 | 1)));
+        assert!(bobs[0].starts_with(&format!("token 2 {} ", Stamp::new(125, 1).0)));
         let lobby = format!(
             "group {LOBBY} hall d false created {} by 0",
-            112u64 << 22 | 2
+            Stamp::new(112, 2).0
         );
         assert!(expected.contains(&lobby), "{expected:?}");
         assert!(
@@ -864,7 +864,7 @@ mod tests {
         let fx = apply(&mut s, &send).unwrap();
         assert!(matches!(&fx[..], [Effect::Message(m)] if m.text == "hi"));
         assert_eq!(s.recent_cids.get(1, "c1"), Some(send.stamp));
-        let later = Stamp(300 << 22 | 1);
+        let later = Stamp::new(300, 1);
         apply(
             &mut s,
             &op(

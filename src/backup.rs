@@ -122,9 +122,9 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(Meta, Summary), String> 
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let mut store =
         Store::open(StoreOptions::at(data_dir.join("db"))).map_err(|e| e.to_string())?;
-    crate::mesh::store_node(&store, meta.node)?;
+    store.set_node_id(meta.node)?;
     if let Some(uuid) = &meta.uuid {
-        crate::mesh::store_uuid(&store, uuid)?;
+        store.set_node_uuid(uuid)?;
     }
     let mut segments = 0;
     let summary = loop {
@@ -169,10 +169,10 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(Meta, Summary), String> 
 /// Back up a stopped node's data directory (refused while chatd runs there).
 pub fn backup_offline(data_dir: &Path, file: &Path) -> Result<Summary, String> {
     let store = Store::open(StoreOptions::at(data_dir.join("db"))).map_err(|e| e.to_string())?;
-    let Some(node) = crate::mesh::stored_node(&store)? else {
+    let Some(node) = store.node_id()? else {
         return Err(format!("{} holds no chatd node", data_dir.display()));
     };
-    let uuid = crate::mesh::stored_uuid(&store)?;
+    let uuid = store.node_uuid()?;
     let meta = Meta {
         node,
         uuid,

@@ -6,6 +6,7 @@
 //! parsed, so clap applies the precedence itself.
 
 use crate::dialect::Listen;
+use crate::ids::NodeId;
 use crate::throttle::{Rate, ThrottleSettings};
 use clap::Parser;
 use serde::Serialize;
@@ -417,13 +418,28 @@ impl<T> Live<T> {
     }
 }
 
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    pub listen: SocketAddr,
+    /// The address peers dial; defaults to `listen` (with its bound port).
+    pub advertise: Option<String>,
+    /// Peers to learn the cluster from.
+    pub join: Vec<String>,
+    /// The cluster CA file (needed until this node has its own certificate).
+    pub cluster_key: Option<PathBuf>,
+    /// A node silent this long is considered down.
+    pub peer_timeout: Duration,
+    /// Take this node id rather than choosing one.
+    pub node_id: Option<NodeId>,
+}
+
 impl Settings {
     pub const ABOUT: &'static str = "A self-contained chat server: users, friends, groups and messages in an embedded database, JSON over TCP, nodes meshed over QUIC.";
 
     /// The mesh settings, if this node is part of a cluster: it was given
     /// --mesh-listen or --join, or its data directory belongs to a cluster.
-    pub fn mesh(&self) -> Option<crate::mesh::MeshSettings> {
-        let remembered = crate::mesh::remembered(&self.data_dir);
+    /// `remembered`: the settings it last ran with (`mesh::remembered`).
+    pub fn mesh(&self, remembered: Option<(SocketAddr, Option<String>)>) -> Option<MeshSettings> {
         if self.mesh_listen.is_none() && self.join.is_empty() && remembered.is_none() {
             return None;
         }
@@ -435,7 +451,7 @@ impl Settings {
                 self.mesh_advertise.clone(),
             ),
         };
-        Some(crate::mesh::MeshSettings {
+        Some(MeshSettings {
             listen,
             advertise,
             join: self.join.clone(),

@@ -91,6 +91,11 @@ pub type MsgId = Stamp;
 impl Stamp {
     pub const ZERO: Stamp = Stamp(0);
 
+    /// The first stamp `node` can make in the millisecond `ms`.
+    pub const fn new(ms: u64, node: NodeId) -> Stamp {
+        Stamp(ms << (LOGICAL_BITS + NODE_BITS) | node as u64)
+    }
+
     pub fn node(self) -> NodeId {
         (self.0 & ((1 << NODE_BITS) - 1)) as NodeId
     }
@@ -211,7 +216,7 @@ mod tests {
     #[test]
     fn observe_ignores_far_future() {
         let mut a = Clock::new(1);
-        let far = Stamp((wall_millis() + 10 * MAX_FORWARD_DRIFT_MS) << 22 | 2);
+        let far = Stamp::new(wall_millis() + 10 * MAX_FORWARD_DRIFT_MS, 2);
         assert!(!a.observe(far));
         assert!(a.now() < far);
     }

@@ -22,6 +22,9 @@
 //!
 //! # Module map
 //!
+//! `tests/boundaries.rs` reads the sources and fails when a module breaks
+//! its "must not" (by what it imports or calls).
+//!
 //! | module      | job                                                         | must not |
 //! |-------------|-------------------------------------------------------------|----------|
 //! | `server`    | start up, accept connections (the door every listener shares: slots, per-address caps), TLS handshakes, shut down | know chat rules |
@@ -33,14 +36,16 @@
 //! | `dialect`   | translate each client's wire format to/from `api` types, one file per dialect: `native`, `classic`, `sponge`, `go_chatroom`, `c_chatroom`, `epoll_chatroom`; say what each needs as `SessionTraits` | decide anything |
 //! | `api`       | the shared vocabulary: commands, replies, events, error codes, session traits | do I/O |
 //! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes (the lobby to guests too), presence; `hub::outbox` is each session's bounded queue of pushes | block on a client; name a dialect |
-//! | `rules`     | chat rules: permissions, validation, which ops a command makes, queries (friends, history, pending) | write, or do I/O |
+//! | `rules`     | chat rules, one file per domain (accounts, friends, groups, messages, queries): permissions, validation, which ops a command makes, queries; the time is given | write, do I/O, or read the clock |
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
-//! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit | know chat rules |
+//! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit, the node's identity (id, uuid) | know chat rules |
 //! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip | apply operations (the hub does) |
 //! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to | hold state |
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
 //! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |
+//! | `throttle`  | login throttling per account and per address: a state machine given `now` | do I/O or read the clock |
+//! | `admission` | per-address caps on connections and on those not logged in | do I/O |
 //! | `auth`      | argon2id hashing on the blocking pool                       | run on async workers |
 //! | `tokens`    | session tokens: making them, taking them apart, their hash | store or check them (the rules do) |
 //! | `ids`       | user/group/guest id blocks, the lobby's id, stamps and the hybrid logical clock | |

@@ -1,6 +1,6 @@
 //! The durable data model: records kept in the tables, and the operations
 //! that change them. Plain data, no behaviour beyond small helpers; the
-//! merge rules live in `apply.rs`, the permission rules in `rules.rs`.
+//! merge rules live in `apply.rs`, the permission rules in `rules/`.
 
 use crate::ids::{Gid, MsgId, NodeId, Stamp, Uid};
 use serde::{Deserialize, Serialize};
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn delivered_ops_keep_the_newest_id_per_user_and_origin_in_small_ops() {
-        let id = |ms: u64, node: u64| Stamp(ms << 22 | node);
+        let id = |ms: u64, node: u16| Stamp::new(ms, node);
         let marks = vec![
             (Uid(1), id(10, 1)),
             (Uid(1), id(30, 1)),

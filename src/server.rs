@@ -76,7 +76,7 @@ impl Server {
             );
         }
         let store = Store::open(opts).map_err(err)?;
-        let prepared = match settings.mesh() {
+        let prepared = match settings.mesh(mesh::remembered(&settings.data_dir)) {
             Some(m) => Some(
                 mesh::prepare(&store, &settings.data_dir, m)
                     .await
@@ -86,10 +86,10 @@ impl Server {
         };
         let node = match &prepared {
             Some(p) => p.node,
-            None => match mesh::stored_node(&store).map_err(StartError)? {
+            None => match store.node_id().map_err(StartError)? {
                 Some(n) => n,
                 None => {
-                    mesh::store_node(&store, 1).map_err(StartError)?;
+                    store.set_node_id(1).map_err(StartError)?;
                     1
                 }
             },

@@ -593,7 +593,7 @@ struct Writer {
     link: Arc<SessionLink>,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
-    durable: watch::Receiver<crate::store::Durable>,
+    durable: watch::Receiver<crate::hub::Durable>,
     /// Encoded values not written yet.
     frames: Frames,
     last_write: Option<Instant>,

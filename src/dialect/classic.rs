@@ -382,7 +382,7 @@ fn chat_pushes(n: Numbering, v: &MsgView, out: &mut Frames) {
 fn notice(n: Numbering, text: &str, out: &mut Frames) {
     let v = MsgView {
         msg: std::sync::Arc::new(crate::model::Message {
-            id: crate::ids::Stamp(crate::ids::wall_millis() << 22),
+            id: crate::ids::Stamp::new(crate::ids::wall_millis(), 0),
             from: Uid(0),
             to: Target::User(Uid(0)),
             text: text.to_string(),

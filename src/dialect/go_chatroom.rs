@@ -305,7 +305,7 @@ mod tests {
         let text = "\"q\" 汉字\\".repeat(900);
         let v = MsgView {
             msg: Arc::new(Message {
-                id: Stamp(1 << 22 | 1),
+                id: Stamp::new(1, 1),
                 from: Uid(7),
                 to: Target::Group(LOBBY),
                 text: text.clone(),

@@ -223,7 +223,7 @@ impl Hub {
                 Ok(json!({"online_here": online}))
             }
             AdminReq::BackupPoint => {
-                let uuid = crate::mesh::stored_uuid(&self.store)?;
+                let uuid = self.store.node_uuid()?;
                 // What is durable: every segment up to it is in the log.
                 let position = self.store.durable().borrow().position.clone();
                 Ok(json!({

@@ -29,6 +29,8 @@ use crate::config::{Limits, Live};
 use crate::ids::{Clock, Gid, NodeId, Stamp, Uid, LOBBY};
 use crate::model::{delivered_ops, Link, Op, OpBody, Role, Target};
 use crate::rules::{self, Ctx, IdAlloc, NameCache};
+/// How far the log is on disk (what a session waits for before it writes).
+pub use crate::store::Durable;
 use crate::store::{LogReader, Position, Store, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -244,7 +246,7 @@ pub struct PresenceChange {
 #[derive(Clone)]
 pub struct HubHandle {
     tx: mpsc::Sender<HubMsg>,
-    durable: watch::Receiver<crate::store::Durable>,
+    durable: watch::Receiver<Durable>,
     applied: watch::Receiver<Position>,
     presence: tokio::sync::broadcast::Sender<PresenceChange>,
     logs: LogReader,
@@ -298,7 +300,7 @@ impl HubHandle {
         matches!(tokio::time::timeout(limit, reply).await, Ok(Some(())))
     }
 
-    pub fn durable(&self) -> watch::Receiver<crate::store::Durable> {
+    pub fn durable(&self) -> watch::Receiver<Durable> {
         self.durable.clone()
     }
 
@@ -653,6 +655,7 @@ impl Hub {
         let online = |u: Uid| online_in(by_user, remote, u);
         let guests = || guests_in(by_user, remote);
         let mut cx = Ctx {
+            now_ms: crate::ids::wall_millis(),
             clock: &mut self.clock,
             ids: &mut self.ids,
             names: &mut self.names,

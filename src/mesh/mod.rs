@@ -26,6 +26,7 @@
 pub mod tls;
 pub mod wire;
 
+pub use crate::config::MeshSettings;
 use crate::hub::{HubHandle, HubMsg};
 use crate::ids::{NodeId, MAX_NODE};
 use crate::store::{Position, Store};
@@ -52,21 +53,6 @@ const RELAY_DELAY: Duration = Duration::from_secs(1);
 /// How long a handshake step may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug)]
-pub struct MeshSettings {
-    pub listen: SocketAddr,
-    /// The address peers dial; defaults to `listen` (with its bound port).
-    pub advertise: Option<String>,
-    /// Peers to learn the cluster from.
-    pub join: Vec<String>,
-    /// The cluster CA file (needed until this node has its own certificate).
-    pub cluster_key: Option<PathBuf>,
-    /// A node silent this long is considered down.
-    pub peer_timeout: Duration,
-    /// Take this node id rather than choosing one.
-    pub node_id: Option<NodeId>,
-}
-
 /// Who this node is in the cluster, decided before the hub starts.
 pub struct Prepared {
     pub node: NodeId,
@@ -78,44 +64,15 @@ pub struct Prepared {
 }
 
 fn meta_uuid(store: &Store) -> Result<String, String> {
-    if let Some(uuid) = stored_uuid(store)? {
+    if let Some(uuid) = store.node_uuid()? {
         return Ok(uuid);
     }
     let uuid = format!("{:032x}", rand::random::<u128>());
-    store_uuid(store, &uuid)?;
+    store.set_node_uuid(&uuid)?;
     Ok(uuid)
 }
 
 /// The node's uuid, if it has one yet.
-pub fn stored_uuid(store: &Store) -> Result<Option<String>, String> {
-    match store.meta_get("uuid").map_err(|e| e.to_string())? {
-        Some(v) => String::from_utf8(v)
-            .map(Some)
-            .map_err(|_| "corrupt node uuid in the data directory".to_string()),
-        None => Ok(None),
-    }
-}
-
-pub fn store_uuid(store: &Store, uuid: &str) -> Result<(), String> {
-    store
-        .meta_put("uuid", uuid.as_bytes())
-        .map_err(|e| e.to_string())
-}
-
-pub fn stored_node(store: &Store) -> Result<Option<NodeId>, String> {
-    match store.meta_get("node").map_err(|e| e.to_string())? {
-        Some(v) if v.len() == 2 => Ok(Some(u16::from_be_bytes([v[0], v[1]]))),
-        Some(_) => Err("corrupt node id in the data directory".into()),
-        None => Ok(None),
-    }
-}
-
-pub fn store_node(store: &Store, node: NodeId) -> Result<(), String> {
-    store
-        .meta_put("node", &node.to_be_bytes())
-        .map_err(|e| e.to_string())
-}
-
 /// The mesh settings a cluster member last ran with, remembered in its data
 /// directory, so that a restart without flags rejoins instead of running
 /// alone (and silently diverging).
@@ -190,7 +147,7 @@ pub async fn prepare(
         uuid,
         addr,
     };
-    let node = match (stored_node(store)?, settings.node_id) {
+    let node = match (store.node_id()?, settings.node_id) {
         (Some(n), Some(want)) if n != want => {
             return Err(format!(
                 "this data directory belongs to node {n}, not --node-id {want}"
@@ -204,7 +161,7 @@ pub async fn prepare(
     if node == 0 || node > MAX_NODE {
         return Err(format!("node ids run from 1 to {MAX_NODE}"));
     }
-    store_node(store, node)?;
+    store.set_node_id(node)?;
     remember(data_dir, settings.listen, settings.advertise.as_deref());
     me.node = node;
     Ok(Prepared {

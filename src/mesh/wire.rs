@@ -168,7 +168,7 @@ mod tests {
         Op {
             origin: 3,
             seq,
-            stamp: Stamp(seq << 22 | 3),
+            stamp: Stamp::new(seq, 3),
             body: OpBody::Send {
                 from: Uid(1),
                 to: Target::User(Uid(2)),

@@ -1,15 +1,19 @@
 //! Storage: the only module that touches sled.
 //!
-//! Two kinds of data live in one sled database:
+//! Two kinds of data live in two sled databases (`<data-dir>/db/log` and
+//! `<data-dir>/db/tables`), so that flushing the log never waits for a
+//! checkpoint of the tables:
 //!
-//! * **The log** (`log` tree) is the durable truth: every operation, in
-//!   segments keyed by (origin node, first sequence number). The hub writes
-//!   one segment per iteration and acknowledges nothing before the
-//!   [`Durability`] thread has flushed it (group commit).
+//! * **The log** is the durable truth: every operation, in segments keyed
+//!   by (origin node, first sequence number). The hub writes one segment per
+//!   iteration and acknowledges nothing before the [`Durability`] thread
+//!   (here) has flushed it (group commit).
 //! * **The tables** (users, names, friends, groups, members, user_groups,
-//!   cursors, guests, history, inbox) are derived from the log by `apply::apply`.
+//!   cursors, guests, history, inbox, tokens) are derived from the log by
+//!   `apply::apply`, and hold the node's metadata (`identity.rs`).
 //!   Changes go to an in-memory layer first; every second or so the layer is
-//!   frozen and written to the sled trees by a background thread, which then
+//!   frozen and written to the sled trees by a background thread
+//!   (`flush.rs`, the checkpointer), which then
 //!   records a checkpoint (the log position the trees now reflect). After a
 //!   crash, the log after the checkpoint is applied again; `apply` is
 //!   idempotent, so a half-written checkpoint does no harm.
@@ -26,6 +30,7 @@
 //! (`schema.rs`) and knows how to merge layers and chunks.
 
 mod flush;
+mod identity;
 pub(crate) mod merge;
 pub mod schema;
 pub mod space;
@@ -1231,6 +1236,15 @@ impl Store {
     }
 }
 
+/// A request that met a storage failure gets a plain internal error; the
+/// failure itself goes to the log.
+impl From<StoreError> for crate::api::ChatError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage failure while handling a request");
+        crate::api::ChatError::new(crate::api::ErrorCode::Internal, "internal storage error")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1242,7 +1256,7 @@ mod tests {
         let op = |origin: NodeId, seq: u64, millis: u64| Op {
             origin,
             seq,
-            stamp: Stamp(millis << 22 | u64::from(origin)),
+            stamp: Stamp::new(millis, origin),
             body: OpBody::Notice { text: "hi".into() },
         };
         s.append_log(1, vec![op(1, 1, 10), op(1, 2, 20)]).unwrap();
@@ -1258,7 +1272,7 @@ mod tests {
             .map(|seq| Op {
                 origin: 3,
                 seq,
-                stamp: Stamp(seq << 22 | 3),
+                stamp: Stamp::new(seq, 3),
                 body: OpBody::Send {
                     from: crate::ids::Uid(1),
                     to: Target::User(crate::ids::Uid(2)),
