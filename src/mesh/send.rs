@@ -1,0 +1,317 @@
+//! The outbound link to one peer: our own operations as they become
+//! durable, presence, members, and relaying what the peer lacks of other
+//! origins.
+
+use super::*;
+
+pub(super) async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
+    let mut delay = Duration::from_millis(100);
+    let mut reported = false;
+    loop {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let info = match lock(&inner.peers).get(&node) {
+            Some(p) => p.info.clone(),
+            None => return,
+        };
+        let started = Instant::now();
+        let result = outbound(&inner, &info).await;
+        let was_up = lock(&inner.peers)
+            .get_mut(&node)
+            .map(|p| std::mem::replace(&mut p.out_up, false))
+            .unwrap_or(false);
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        match result {
+            Err(e) if was_up => tracing::warn!(node, error = %e, "link to member lost"),
+            Err(e) if !reported => {
+                tracing::info!(node, addr = %info.addr, error = %e, "cannot reach member");
+                reported = true;
+            }
+            _ => {}
+        }
+        if was_up || started.elapsed() > Duration::from_secs(10) {
+            delay = Duration::from_millis(100);
+            reported = false;
+        }
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Dial a member and keep telling it everything, until the link fails.
+pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<(), String> {
+    let conn = connect(&inner.endpoint, &info.addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    wire::write(
+        &mut send,
+        &Frame::Hello {
+            version: wire::VERSION,
+            node: inner.me.node,
+            uuid: inner.me.uuid.clone(),
+            addr: inner.me.addr.clone(),
+            members: inner.member_list(),
+            discovery: false,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (node, uuid, applied, members) = match read_timeout(&mut recv).await? {
+        Frame::Welcome {
+            node,
+            uuid,
+            applied,
+            members,
+            ..
+        } => (node, uuid, applied, members),
+        Frame::Refused { reason } => return Err(format!("refused: {reason}")),
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    // The peer must be who we dialled, and its certificate must say so.
+    if node != info.node || uuid != info.uuid {
+        return Err(format!(
+            "{} is now node {node} ({uuid}), not node {} ({})",
+            info.addr, info.node, info.uuid
+        ));
+    }
+    if tls::peer_uuid(&conn).as_deref() != Some(uuid.as_str()) {
+        return Err("its certificate names another node".into());
+    }
+    for m in members {
+        inner.add_member(m);
+    }
+    if let Some(p) = lock(&inner.peers).get_mut(&node) {
+        p.out_up = true;
+        p.peer_applied = applied.iter().copied().collect();
+        p.last_contact = Some(SystemTime::now());
+    }
+    tracing::info!(node, addr = %info.addr, "link to member up");
+
+    // What the peer tells us back on this link: how far it has applied.
+    let (ack_tx, mut acks) = mpsc::channel::<Position>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            match wire::read(&mut recv).await {
+                Ok(Some(Frame::Applied { applied })) => {
+                    if ack_tx.send(applied.into_iter().collect()).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    });
+    let result = Sender::new(inner.clone(), node, applied.into_iter().collect())
+        .run(&mut send, &mut acks)
+        .await;
+    reader.abort();
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+/// The state of one outbound link.
+pub(super) struct Sender {
+    inner: Arc<Inner>,
+    peer: NodeId,
+    /// How far the peer says it has applied each origin.
+    peer_applied: Position,
+    /// Our own operations sent on this link so far.
+    sent_own: u64,
+    /// Our applied position over the last few seconds, for relaying.
+    history: VecDeque<(Instant, Position)>,
+    last_relay: HashMap<NodeId, Instant>,
+    /// Since when the peer has been stuck at this position of ours, and
+    /// how long to wait before sending it all again.
+    own_stall: Option<(u64, Instant, Duration)>,
+}
+
+impl Sender {
+    fn new(inner: Arc<Inner>, peer: NodeId, peer_applied: Position) -> Sender {
+        let sent_own = peer_applied.get(&inner.me.node).copied().unwrap_or(0);
+        Sender {
+            inner,
+            peer,
+            peer_applied,
+            sent_own,
+            history: VecDeque::new(),
+            last_relay: HashMap::new(),
+            own_stall: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        send: &mut quinn::SendStream,
+        acks: &mut mpsc::Receiver<Position>,
+    ) -> Result<(), String> {
+        let me = self.inner.me.node;
+        let hub = self.inner.hub.clone();
+        let mut durable = hub.durable();
+        let mut presence = hub.presence_changes();
+        let mut members = self.inner.members_version.subscribe();
+        self.send_presence_table(send).await?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let own_ready =
+                durable.borrow().position.get(&me).copied().unwrap_or(0) > self.sent_own;
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return Ok(()),
+                _ = std::future::ready(()), if own_ready => {
+                    // Never hold the watch's lock across an await.
+                    let d = durable.borrow().clone();
+                    self.send_own(send, &d).await?
+                }
+                r = durable.changed() => r.map_err(|_| "hub stopped".to_string())?,
+                change = presence.recv() => match change {
+                    Ok(c) => {
+                        let (online, offline) = if c.online { (vec![c.user], vec![]) } else { (vec![], vec![c.user]) };
+                        self.write(send, &Frame::Presence { full: false, online, offline }).await?;
+                    }
+                    // We missed changes: send the whole table again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.send_presence_table(send).await?,
+                    Err(_) => return Err("hub stopped".into()),
+                },
+                r = members.changed() => {
+                    r.map_err(|_| "mesh stopped".to_string())?;
+                    let list = self.inner.member_list();
+                    self.write(send, &Frame::Members { members: list }).await?;
+                }
+                ack = acks.recv() => match ack {
+                    Some(p) => {
+                        self.peer_applied = p.clone();
+                        if let Some(peer) = lock(&self.inner.peers).get_mut(&self.peer) {
+                            peer.peer_applied = p;
+                            peer.last_contact = Some(SystemTime::now());
+                        }
+                    }
+                    None => return Err("peer closed the link".into()),
+                },
+                _ = tick.tick() => self.relay(send).await?,
+            }
+        }
+    }
+
+    async fn write(&self, send: &mut quinn::SendStream, frame: &Frame) -> Result<(), String> {
+        wire::write(send, frame).await.map_err(|e| e.to_string())
+    }
+
+    async fn send_presence_table(&self, send: &mut quinn::SendStream) -> Result<(), String> {
+        let hub = &self.inner.hub;
+        let online = hub
+            .ask(|reply| HubMsg::LocalPresence { reply })
+            .await
+            .ok_or_else(|| "hub stopped".to_string())?;
+        self.write(
+            send,
+            &Frame::Presence {
+                full: true,
+                online,
+                offline: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    async fn send_ops(
+        &self,
+        send: &mut quinn::SendStream,
+        origin: NodeId,
+        after: u64,
+        upto: u64,
+    ) -> Result<u64, String> {
+        let ops = self
+            .inner
+            .hub
+            .logs()
+            .read(origin, after, BATCH)
+            .map_err(|e| e.to_string())?;
+        let ops: Vec<_> = ops.into_iter().filter(|o| o.seq <= upto).collect();
+        let Some(last) = ops.last().map(|o| o.seq) else {
+            return Ok(after);
+        };
+        for frame in wire::ops_frames(origin, ops) {
+            send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        }
+        Ok(last)
+    }
+
+    /// Our own operations, once they are durable here.
+    async fn send_own(
+        &mut self,
+        send: &mut quinn::SendStream,
+        durable: &crate::store::Durable,
+    ) -> Result<(), String> {
+        let me = self.inner.me.node;
+        let upto = durable.position.get(&me).copied().unwrap_or(0);
+        self.sent_own = self.send_ops(send, me, self.sent_own, upto).await?;
+        Ok(())
+    }
+
+    /// Other origins' operations the peer has lacked for a while.
+    async fn relay(&mut self, send: &mut quinn::SendStream) -> Result<(), String> {
+        let now = Instant::now();
+        self.history
+            .push_back((now, self.inner.hub.applied().borrow().clone()));
+        while self
+            .history
+            .get(1)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= RELAY_DELAY)
+        {
+            self.history.pop_front();
+        }
+        let Some((t, old)) = self.history.front() else {
+            return Ok(());
+        };
+        if now.duration_since(*t) < RELAY_DELAY {
+            return Ok(());
+        }
+        let old = old.clone();
+        // Our own operations the peer stopped taking (its disk was full,
+        // say): once it has not moved for a while, send them again.
+        let me = self.inner.me.node;
+        let theirs = self.peer_applied.get(&me).copied().unwrap_or(0);
+        // Each resend to a peer that stays stuck waits twice as long.
+        let ours = self
+            .inner
+            .hub
+            .durable()
+            .borrow()
+            .position
+            .get(&me)
+            .copied()
+            .unwrap_or(0);
+        self.own_stall = match self.own_stall {
+            _ if theirs >= ours => None,
+            Some((t, since, wait)) if t == theirs => {
+                if now.duration_since(since) >= wait {
+                    self.sent_own = theirs;
+                    Some((t, now, (wait * 2).min(OWN_RESEND_MAX)))
+                } else {
+                    Some((t, since, wait))
+                }
+            }
+            _ => Some((theirs, now, OWN_RESEND_DELAY)),
+        };
+        for (&origin, &had) in &old {
+            if origin == me || origin == self.peer {
+                continue;
+            }
+            let theirs = self.peer_applied.get(&origin).copied().unwrap_or(0);
+            let recently = self
+                .last_relay
+                .get(&origin)
+                .is_some_and(|t| now.duration_since(*t) < RELAY_DELAY);
+            if theirs < had && !recently {
+                self.last_relay.insert(origin, now);
+                self.send_ops(send, origin, theirs, had).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! Opening the two sled databases: waiting a while for a lock another
+//! process holds, and the caches each is given.
+
+use super::*;
+
+/// The log is written once and read back rarely (a peer catching up, a
+/// backup, a restart): it needs little cache.
+pub(super) const LOG_CACHE_BYTES: u64 = 16 << 20;
+
+/// `sync_every_ms`: let sled sync in the background; chatd otherwise syncs
+/// each database itself, exactly when its promises need it.
+pub(super) fn open_sled(
+    opts: &StoreOptions,
+    name: &str,
+    cache: u64,
+    sync_every_ms: Option<u64>,
+) -> Result<sled::Db> {
+    let cfg = sled::Config::new()
+        .cache_capacity(cache)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(sync_every_ms);
+    let cfg = match &opts.path {
+        Some(p) => cfg.path(p.join(name)),
+        None => cfg.temporary(true),
+    };
+    match cfg.open() {
+        Ok(db) => Ok(db),
+        Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+        }
+        Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+            Err(StoreError::Locked(opts.path.clone().unwrap_or_default()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How long opening waits for a data directory another process holds: a
+/// chatd killed a moment ago may not have finished exiting.
+pub(super) const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Two databases: the log, written and fsynced for every commit, and the
+/// tables, written in bulk by checkpoints. Apart, a checkpoint's megabytes
+/// never stand between a commit and its fsync.
+pub(super) fn open_both(opts: &StoreOptions) -> Result<(sled::Db, sled::Db)> {
+    let started = Instant::now();
+    let mut released = false;
+    let mut waited = false;
+    loop {
+        // Without a sync per commit (unsafe), the log still reaches the
+        // disk within about a second.
+        let log_sync = opts.no_flush.then_some(1000);
+        let opened = open_sled(opts, "tables", opts.cache_bytes, None)
+            .and_then(|db| Ok((db, open_sled(opts, "log", LOG_CACHE_BYTES, log_sync)?)));
+        match (opened, &opts.path) {
+            (Err(StoreError::Locked(_)), _) if started.elapsed() < LOCK_WAIT => {
+                if !waited {
+                    waited = true;
+                    tracing::info!("waiting for another process to let go of the data directory");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (Err(StoreError::Sled(sled::Error::Io(e))), Some(p))
+                if space::is_full(&e) && !released =>
+            {
+                // sled needs room to open: give up the reserve (we will
+                // serve read-only until there is room again).
+                released = true;
+                if !space::release(p) {
+                    return Err(StoreError::Sled(sled::Error::Io(e)));
+                }
+                tracing::warn!("the disk is full: opening with the space held in reserve");
+            }
+            (opened, _) => return opened,
+        }
+    }
+}
+
+impl Store {
+    pub fn open(opts: StoreOptions) -> Result<Store> {
+        if let Some(p) = &opts.path {
+            if p.join("conf").exists() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds a database in an older layout (one sled database); \
+                     restore a backup into a new data directory instead",
+                    p.display()
+                )));
+            }
+        }
+        let (db, log_db) = open_both(&opts)?;
+        let log = log_db.open_tree("log")?;
+        let meta = db.open_tree("meta")?;
+        let trees = Table::ALL
+            .iter()
+            .map(|t| db.open_tree(t.tree_name()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let trees = Arc::new(trees);
+
+        let (flushed_tx, durable_rx) = watch::channel(Durable::default());
+        let durability = Arc::new(Durability {
+            state: Mutex::new(CommitState::default()),
+            wake: Condvar::new(),
+            progress: Condvar::new(),
+            flushed: flushed_tx,
+            delay: opts.commit_delay,
+            no_flush: opts.no_flush,
+            dir: opts.path.clone(),
+        });
+        let commit_thread = {
+            let d = durability.clone();
+            let (log_db, log) = (log_db.clone(), log.clone());
+            std::thread::Builder::new()
+                .name("chatd-commit".into())
+                .spawn(move || d.run(log_db, log))
+                .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?
+        };
+        let reader = LogReader {
+            log: Arc::new(Mutex::new(Some(log.clone()))),
+        };
+        let checkpointer = flush::Checkpointer::start(
+            db.clone(),
+            trees.clone(),
+            meta.clone(),
+            durability.clone(),
+        )?;
+
+        let mut store = Store {
+            db,
+            log_db,
+            log,
+            meta,
+            trees,
+            active: Layer::default(),
+            frozen: None,
+            checkpointer,
+            durability,
+            commit_thread: Some(commit_thread),
+            reader,
+            durable_rx,
+            ticket: 0,
+            applied: Position::new(),
+            last_stamps: BTreeMap::new(),
+            opts,
+            last_rotate: Instant::now(),
+            reserving: Arc::default(),
+            recent_cids: RecentCids::default(),
+        };
+        let (applied, last_stamps) = store.log_end()?;
+        // Whatever the log held at start is on disk.
+        store.durability.flushed.send_replace(Durable {
+            ticket: 0,
+            position: Arc::new(applied.clone()),
+        });
+        store.applied = applied;
+        store.last_stamps = last_stamps;
+        if let Some(p) = &store.opts.path {
+            if !space::has_reserve(p) {
+                tracing::info!(
+                    "no reserve file yet: a disk that fills up completely could keep chatd from \
+                     starting until it is made (when there is room)"
+                );
+            }
+        }
+        Ok(store)
+    }
+
+    /// The last sequence number in the log of every origin, and its stamp.
+    pub(super) fn log_end(&self) -> Result<(Position, BTreeMap<NodeId, Stamp>)> {
+        let mut pos = Position::new();
+        let mut stamps = BTreeMap::new();
+        let mut origin: u32 = 0;
+        while origin <= u32::from(u16::MAX) {
+            let start = log_key(origin as NodeId, 0);
+            let Some(first) = self.log.range(start..).next() else {
+                break;
+            };
+            let (k, _) = first?;
+            let (o, _) = parse_log_key(&k)?;
+            let end = log_key(o, u64::MAX);
+            if let Some(last) = self.log.range(..=end).next_back() {
+                let (_, v) = last?;
+                let ops: Vec<Op> = decode(&v)?;
+                if let Some(op) = ops.last() {
+                    pos.insert(o, op.seq);
+                    stamps.insert(o, op.stamp);
+                }
+            }
+            origin = u32::from(o) + 1;
+        }
+        Ok((pos, stamps))
+    }
+}
