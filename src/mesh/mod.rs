@@ -24,11 +24,13 @@
 //! hub does) and never touches the store's tables.
 //!
 //! Files: this one (the members as seen from here, the cluster's status),
-//! `join.rs` (this node's identity in the cluster, discovery), `send.rs`
-//! (the outbound link), `receive.rs` (inbound links), `wire.rs` (frames),
+//! `join.rs` (this node's identity in the cluster, discovery), `plan.rs`
+//! (what to send a peer: a state machine given the time), `send.rs` (the
+//! outbound link, its I/O), `receive.rs` (inbound links), `wire.rs` (frames),
 //! `tls.rs` (certificates).
 
 mod join;
+mod plan;
 mod receive;
 mod send;
 pub mod tls;
@@ -36,6 +38,7 @@ pub mod wire;
 
 use join::*;
 pub use join::{prepare, remembered, Prepared};
+use plan::Plan;
 use receive::*;
 use send::*;
 
@@ -43,7 +46,7 @@ pub use crate::config::MeshSettings;
 use crate::hub::{HubHandle, HubMsg};
 use crate::ids::{NodeId, MAX_NODE};
 use crate::store::{Position, Store};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

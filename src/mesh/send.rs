@@ -115,34 +115,17 @@ pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<()
     result
 }
 
-/// The state of one outbound link.
+/// The state of one outbound link: what to send is its [`Plan`]'s to say.
 pub(super) struct Sender {
     inner: Arc<Inner>,
     peer: NodeId,
-    /// How far the peer says it has applied each origin.
-    peer_applied: Position,
-    /// Our own operations sent on this link so far.
-    sent_own: u64,
-    /// Our applied position over the last few seconds, for relaying.
-    history: VecDeque<(Instant, Position)>,
-    last_relay: HashMap<NodeId, Instant>,
-    /// Since when the peer has been stuck at this position of ours, and
-    /// how long to wait before sending it all again.
-    own_stall: Option<(u64, Instant, Duration)>,
+    plan: Plan,
 }
 
 impl Sender {
     fn new(inner: Arc<Inner>, peer: NodeId, peer_applied: Position) -> Sender {
-        let sent_own = peer_applied.get(&inner.me.node).copied().unwrap_or(0);
-        Sender {
-            inner,
-            peer,
-            peer_applied,
-            sent_own,
-            history: VecDeque::new(),
-            last_relay: HashMap::new(),
-            own_stall: None,
-        }
+        let plan = Plan::new(inner.me.node, peer, peer_applied);
+        Sender { inner, peer, plan }
     }
 
     async fn run(
@@ -158,8 +141,10 @@ impl Sender {
         self.send_presence_table(send).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            let own_ready =
-                durable.borrow().position.get(&me).copied().unwrap_or(0) > self.sent_own;
+            let own_ready = self
+                .plan
+                .own(durable.borrow().position.get(&me).copied().unwrap_or(0))
+                .is_some();
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return Ok(()),
                 _ = std::future::ready(()), if own_ready => {
@@ -184,7 +169,7 @@ impl Sender {
                 }
                 ack = acks.recv() => match ack {
                     Some(p) => {
-                        self.peer_applied = p.clone();
+                        self.plan.acked(p.clone());
                         if let Some(peer) = lock(&self.inner.peers).get_mut(&self.peer) {
                             peer.peer_applied = p;
                             peer.last_contact = Some(SystemTime::now());
@@ -249,68 +234,27 @@ impl Sender {
     ) -> Result<(), String> {
         let me = self.inner.me.node;
         let upto = durable.position.get(&me).copied().unwrap_or(0);
-        self.sent_own = self.send_ops(send, me, self.sent_own, upto).await?;
+        if let Some(s) = self.plan.own(upto) {
+            let last = self.send_ops(send, me, s.after, s.upto).await?;
+            self.plan.sent_own(last);
+        }
         Ok(())
     }
 
-    /// Other origins' operations the peer has lacked for a while.
+    /// What the plan says the peer has lacked for a while.
     async fn relay(&mut self, send: &mut quinn::SendStream) -> Result<(), String> {
-        let now = Instant::now();
-        self.history
-            .push_back((now, self.inner.hub.applied().borrow().clone()));
-        while self
-            .history
-            .get(1)
-            .is_some_and(|(t, _)| now.duration_since(*t) >= RELAY_DELAY)
-        {
-            self.history.pop_front();
-        }
-        let Some((t, old)) = self.history.front() else {
-            return Ok(());
-        };
-        if now.duration_since(*t) < RELAY_DELAY {
-            return Ok(());
-        }
-        let old = old.clone();
-        // Our own operations the peer stopped taking (its disk was full,
-        // say): once it has not moved for a while, send them again.
         let me = self.inner.me.node;
-        let theirs = self.peer_applied.get(&me).copied().unwrap_or(0);
-        // Each resend to a peer that stays stuck waits twice as long.
-        let ours = self
-            .inner
-            .hub
+        let hub = &self.inner.hub;
+        let applied = hub.applied().borrow().clone();
+        let ours = hub
             .durable()
             .borrow()
             .position
             .get(&me)
             .copied()
             .unwrap_or(0);
-        self.own_stall = match self.own_stall {
-            _ if theirs >= ours => None,
-            Some((t, since, wait)) if t == theirs => {
-                if now.duration_since(since) >= wait {
-                    self.sent_own = theirs;
-                    Some((t, now, (wait * 2).min(OWN_RESEND_MAX)))
-                } else {
-                    Some((t, since, wait))
-                }
-            }
-            _ => Some((theirs, now, OWN_RESEND_DELAY)),
-        };
-        for (&origin, &had) in &old {
-            if origin == me || origin == self.peer {
-                continue;
-            }
-            let theirs = self.peer_applied.get(&origin).copied().unwrap_or(0);
-            let recently = self
-                .last_relay
-                .get(&origin)
-                .is_some_and(|t| now.duration_since(*t) < RELAY_DELAY);
-            if theirs < had && !recently {
-                self.last_relay.insert(origin, now);
-                self.send_ops(send, origin, theirs, had).await?;
-            }
+        for s in self.plan.tick(Instant::now(), applied, ours) {
+            self.send_ops(send, s.origin, s.after, s.upto).await?;
         }
         Ok(())
     }
