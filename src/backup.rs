@@ -20,7 +20,7 @@ const META: u8 = 1;
 const SEGMENT: u8 = 2;
 const END: u8 = 255;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     pub node: NodeId,
     pub uuid: Option<String>,

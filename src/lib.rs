@@ -41,7 +41,7 @@
 //! | `model`     | durable records and the operation type                      | hold behaviour |
 //! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit, the node's identity (id, uuid) | know chat rules |
 //! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip | apply operations (the hub does) |
-//! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to | hold state |
+//! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to; `admin::proto`, its typed requests and replies (used by the socket, the hub and `chatctl`) | hold state; build JSON by hand |
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
 //! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |
 //! | `throttle`  | login throttling per account and per address: a state machine given `now` | do I/O or read the clock |

@@ -194,6 +194,17 @@ fn each_module_keeps_to_its_side_of_the_map() {
         "write, or do I/O",
     );
     must_not_name(
+        "admin",
+        &["json!"],
+        "build JSON by hand (admin::proto types the protocol)",
+    );
+    must_not_name("hub", &["json!"], "build JSON by hand");
+    let ctl = code(&root().join("src/bin/chatctl.rs"));
+    assert!(
+        !ctl.contains("json!") && !ctl.contains("serde_json::Value"),
+        "src/bin/chatctl.rs must speak the admin protocol through admin::proto"
+    );
+    must_not_name(
         "tokens",
         &["crate::store", "crate::rules"],
         "store or check tokens",

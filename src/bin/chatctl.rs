@@ -6,9 +6,10 @@
 //! Exit codes: 0 done, 1 chatd refused or failed the request, 2 bad usage,
 //! 3 chatd is not running (or is, for `restore`/`backup --offline`).
 
+use chatd::admin::proto::{self, Reply, Request, UserArg, UserRow};
 use chatd::dialect::classic::format_time;
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -191,7 +192,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if cli.json {
-                println!("{}", json!({"ok": false, "error": f.message}));
+                println!("{}", proto::reply_line(&Err(f.message)));
             } else {
                 eprintln!("chatctl: {}", f.message);
             }
@@ -222,18 +223,18 @@ fn connect(cli: &Cli) -> Result<UnixStream, Failure> {
     })
 }
 
-/// One request; the reply must say ok.
-fn request(cli: &Cli, req: Value) -> Result<Value, Failure> {
+/// One request: chatd's reply, and the line it came in (`--json` prints it).
+fn request(cli: &Cli, req: Request) -> Result<(Reply, String), Failure> {
     let stream = connect(cli)?;
-    let (reply, _) = exchange(stream, &req)?;
-    Ok(reply)
+    let (reply, line, _) = exchange(stream, &req)?;
+    Ok((reply, line))
 }
 
 fn exchange(
     mut stream: UnixStream,
-    req: &Value,
-) -> Result<(Value, BufReader<UnixStream>), Failure> {
-    let mut line = req.to_string();
+    req: &Request,
+) -> Result<(Reply, String, BufReader<UnixStream>), Failure> {
+    let mut line = serde_json::to_string(req).map_err(|e| Failure::usage(e.to_string()))?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
@@ -242,78 +243,92 @@ fn exchange(
     let mut answer = String::new();
     r.read_line(&mut answer)
         .map_err(|e| Failure::not_running(format!("no answer from chatd: {e}")))?;
-    let v: Value = serde_json::from_str(&answer)
-        .map_err(|_| Failure::not_running("chatd went away (or is shutting down)"))?;
-    if v["ok"] != true {
-        let msg = v["error"].as_str().unwrap_or("request failed");
-        return Err(Failure::refused(msg.to_string()));
+    if answer.trim().is_empty() {
+        return Err(Failure::not_running(
+            "chatd went away (or is shutting down)",
+        ));
     }
-    Ok((v, r))
+    let reply = proto::parse_reply::<Reply>(&answer).map_err(Failure::refused)?;
+    Ok((reply, answer.trim_end().to_string(), r))
 }
 
-fn user_value(u: &str) -> Value {
-    match u.parse::<u64>() {
-        Ok(n) => json!(n),
-        Err(_) => json!(u),
-    }
+fn unexpected(r: &Reply) -> Failure {
+    Failure::refused(format!("unexpected reply from chatd: {r:?}"))
 }
 
-/// Prints a reply as JSON (`--json`) or as the given table.
+/// Prints a reply as JSON (`--json`, the line as chatd sent it) or as a table.
 struct Out {
     json: bool,
 }
 
 impl Out {
-    fn show(&self, v: &Value, table: impl Fn(&Value)) {
+    fn show(&self, line: &str, table: impl FnOnce()) {
         if self.json {
-            println!("{v}");
+            println!("{line}");
         } else {
-            table(v);
+            table();
         }
     }
 }
 
+fn or_dash<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_string(), T::to_string)
+}
+
 fn run(cli: &Cli) -> Result<(), Failure> {
     let o = Out { json: cli.json };
-    let out = |v: &Value, table: &dyn Fn(&Value)| o.show(v, table);
     match &cli.cmd {
         Cmd::Status => {
-            let v = request(cli, json!({"cmd": "status"}))?;
-            out(&v, &|v| {
-                for (k, label) in [
-                    ("version", "version"),
-                    ("uptime_secs", "uptime (s)"),
-                    ("node", "node"),
-                    ("cluster_members", "cluster members"),
-                    ("connections", "connections"),
-                    ("sessions", "sessions"),
-                    ("online_users", "users online"),
-                    ("users", "users"),
-                    ("groups", "groups"),
-                    ("messages", "messages"),
-                    ("storage_bytes", "storage (bytes)"),
-                    ("storage_full", "disk full"),
+            let (r, line) = request(cli, Request::Status)?;
+            let Reply::Status {
+                hub,
+                version,
+                uptime_secs,
+                cluster_members,
+            } = &r
+            else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                for (label, v) in [
+                    ("version", version.clone()),
+                    ("uptime (s)", uptime_secs.to_string()),
+                    ("node", hub.node.to_string()),
+                    ("cluster members", cluster_members.to_string()),
+                    ("connections", hub.connections.to_string()),
+                    ("sessions", hub.sessions.to_string()),
+                    ("users online", hub.online_users.to_string()),
+                    ("users", hub.users.to_string()),
+                    ("groups", hub.groups.to_string()),
+                    ("messages", or_dash(&hub.messages)),
+                    ("storage (bytes)", hub.storage_bytes.to_string()),
+                    ("disk full", hub.storage_full.to_string()),
                 ] {
-                    println!("{label:<16} {}", plain(&v[k]));
+                    println!("{label:<16} {v}");
                 }
             });
         }
         Cmd::Cluster => {
-            let v = request(cli, json!({"cmd": "cluster"}))?;
-            out(&v, &|v| {
-                let rows = rows(
-                    &v["members"],
-                    &["node", "state", "addr", "last_contact_ms", "lag_ops"],
-                    |k, x| {
-                        if k == "last_contact_ms" {
-                            time_of(x)
-                        } else {
-                            plain(x)
-                        }
-                    },
-                );
+            let (r, line) = request(cli, Request::Cluster)?;
+            let Reply::Cluster { status, .. } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                let rows: Vec<Vec<String>> = status
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.node.to_string(),
+                            m.state.clone(),
+                            m.addr.clone(),
+                            m.last_contact_ms.map_or("-".into(), format_time),
+                            m.lag_ops.to_string(),
+                        ]
+                    })
+                    .collect();
                 if rows.is_empty() {
-                    println!("node {} runs alone (no cluster)", plain(&v["node"]));
+                    println!("node {} runs alone (no cluster)", status.node);
                 } else {
                     table(
                         &[
@@ -326,40 +341,51 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         &rows,
                     );
                 }
-                if v["refused"].as_u64().unwrap_or(0) > 0 {
-                    println!("refused connections: {}", v["refused"]);
+                if status.refused > 0 {
+                    println!("refused connections: {}", status.refused);
                 }
             });
         }
         Cmd::Digest => {
-            let v = request(cli, json!({"cmd": "digest"}))?;
-            out(&v, &|v| {
-                println!(
-                    "{}  ({} users, {} groups, {} messages)",
-                    plain(&v["digest"]),
-                    v["users"],
-                    v["groups"],
-                    v["messages"]
-                )
+            let (r, line) = request(cli, Request::Digest)?;
+            let Reply::Digest {
+                digest,
+                users,
+                groups,
+                messages,
+            } = &r
+            else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                println!("{digest}  ({users} users, {groups} groups, {messages} messages)")
             });
         }
         Cmd::Users(u) => users(cli, u, &o)?,
         Cmd::Sessions(SessionsCmd::List) => {
-            let v = request(cli, json!({"cmd": "sessions"}))?;
-            out(&v, &|v| {
-                let r = rows(
-                    &v["sessions"],
-                    &[
-                        "session", "user", "name", "dialect", "remote", "node", "since_ms",
-                    ],
-                    |k, x| {
-                        if k == "since_ms" {
-                            time_of(x)
-                        } else {
-                            plain(x)
-                        }
-                    },
-                );
+            let (r, line) = request(cli, Request::Sessions)?;
+            let Reply::Sessions {
+                sessions,
+                elsewhere,
+            } = &r
+            else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                let rows: Vec<Vec<String>> = sessions
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.session.to_string(),
+                            or_dash(&s.user.map(|u| u.0)),
+                            or_dash(&s.name),
+                            s.dialect.clone(),
+                            s.remote.clone(),
+                            s.node.to_string(),
+                            format_time(s.since_ms),
+                        ]
+                    })
+                    .collect();
                 table(
                     &[
                         "SESSION",
@@ -370,9 +396,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "NODE",
                         "SINCE (UTC)",
                     ],
-                    &r,
+                    &rows,
                 );
-                let e = rows(&v["elsewhere"], &["node", "user", "name"], |_, x| plain(x));
+                let e: Vec<Vec<String>> = elsewhere
+                    .iter()
+                    .map(|x| vec![x.node.to_string(), x.user.to_string(), or_dash(&x.name)])
+                    .collect();
                 if !e.is_empty() {
                     println!();
                     table(&["NODE", "USER", "NAME"], &e);
@@ -381,24 +410,47 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Cmd::Sessions(SessionsCmd::Kick { session, user }) => {
             let req = match (session, user) {
-                (Some(s), None) => json!({"cmd": "kick", "session": s}),
-                (None, Some(u)) => json!({"cmd": "kick", "user": user_value(u)}),
+                (Some(s), None) => Request::Kick {
+                    session: Some(*s),
+                    user: None,
+                },
+                (None, Some(u)) => Request::Kick {
+                    session: None,
+                    user: Some(UserArg::parse(u)),
+                },
                 _ => return Err(Failure::usage("give a session id or --user USER")),
             };
-            let v = request(cli, req)?;
-            out(&v, &|v| println!("closed {} session(s)", v["kicked"]));
+            let (r, line) = request(cli, req)?;
+            let Reply::Kicked { kicked } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || println!("closed {kicked} session(s)"));
         }
         Cmd::Groups(GroupsCmd::List { offset, limit }) => {
-            let v = request(
+            let (r, line) = request(
                 cli,
-                json!({"cmd": "groups", "offset": offset, "limit": limit}),
+                Request::Groups {
+                    offset: *offset as usize,
+                    limit: *limit as usize,
+                },
             )?;
-            out(&v, &|v| {
-                let r = rows(
-                    &v["groups"],
-                    &["id", "name", "members", "creator", "dissolved", "desc"],
-                    |_, x| plain(x),
-                );
+            let Reply::Groups { groups } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.id.0.to_string(),
+                            g.name.clone(),
+                            g.members.to_string(),
+                            g.creator.to_string(),
+                            g.dissolved.to_string(),
+                            g.desc.clone(),
+                        ]
+                    })
+                    .collect();
                 table(
                     &[
                         "ID",
@@ -408,42 +460,51 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "DISSOLVED",
                         "DESCRIPTION",
                     ],
-                    &r,
+                    &rows,
                 );
             });
         }
         Cmd::Groups(GroupsCmd::Show { group }) => {
-            let v = request(cli, json!({"cmd": "group", "group": group}))?;
-            out(&v, &|v| {
-                let g = &v["group"];
+            let (r, line) = request(cli, Request::Group { group: *group })?;
+            let Reply::Group { group: g, members } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
                 println!(
                     "group {} {:?} (creator {}){}",
-                    g["id"],
-                    plain(&g["name"]),
-                    g["creator"],
-                    if g["dissolved"] == true {
-                        ", dissolved"
-                    } else {
-                        ""
-                    }
+                    g.id.0,
+                    g.name,
+                    g.creator,
+                    if g.dissolved { ", dissolved" } else { "" }
                 );
-                if g["desc"].as_str().is_some_and(|d| !d.is_empty()) {
-                    println!("{}", plain(&g["desc"]));
+                if !g.desc.is_empty() {
+                    println!("{}", g.desc);
                 }
-                let r = rows(&v["members"], &["id", "name", "role", "online"], |_, x| {
-                    plain(x)
-                });
-                table(&["ID", "NAME", "ROLE", "ONLINE"], &r);
+                let rows: Vec<Vec<String>> = members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.name.clone(),
+                            or_dash(&m.role),
+                            m.online.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "ROLE", "ONLINE"], &rows);
             });
         }
         Cmd::Groups(GroupsCmd::Dissolve { group }) => {
-            let v = request(cli, json!({"cmd": "group_dissolve", "group": group}))?;
-            out(&v, &|_| println!("group {group} dissolved"));
+            let (_, line) = request(cli, Request::GroupDissolve { group: *group })?;
+            o.show(&line, || println!("group {group} dissolved"));
         }
         Cmd::Broadcast { text } => {
-            let v = request(cli, json!({"cmd": "broadcast", "text": text}))?;
-            out(&v, &|v| {
-                println!("sent ({} user(s) online on this node)", v["online_here"])
+            let (r, line) = request(cli, Request::Broadcast { text: text.clone() })?;
+            let Reply::Broadcast { online_here } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                println!("sent ({online_here} user(s) online on this node)")
             });
         }
         Cmd::Backup { file, offline } => {
@@ -458,9 +519,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             } else {
                 live_backup(cli, file)?
             };
-            let v =
-                json!({"ok": true, "file": file, "segments": summary.segments, "ops": summary.ops});
-            out(&v, &|_| {
+            let done = BackupDone {
+                ok: true,
+                file,
+                segments: summary.segments,
+                ops: summary.ops,
+            };
+            o.show(&serde_json::to_string(&done).unwrap_or_default(), || {
                 println!(
                     "backup written to {} ({} operations)",
                     file.display(),
@@ -477,8 +542,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             let (meta, summary) =
                 chatd::backup::restore(file, &cli.data_dir).map_err(Failure::refused)?;
-            let v = json!({"ok": true, "node": meta.node, "ops": summary.ops, "data_dir": cli.data_dir});
-            out(&v, &|_| {
+            let done = RestoreDone {
+                ok: true,
+                node: meta.node,
+                ops: summary.ops,
+                data_dir: &cli.data_dir,
+            };
+            o.show(&serde_json::to_string(&done).unwrap_or_default(), || {
                 println!(
                     "restored node {} ({} operations) into {}",
                     meta.node,
@@ -491,86 +561,144 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What `backup` prints with `--json`.
+#[derive(Serialize)]
+struct BackupDone<'a> {
+    ok: bool,
+    file: &'a Path,
+    segments: u64,
+    ops: u64,
+}
+
+/// What `restore` prints with `--json`.
+#[derive(Serialize)]
+struct RestoreDone<'a> {
+    ok: bool,
+    node: u16,
+    ops: u64,
+    data_dir: &'a Path,
+}
+
 fn users(cli: &Cli, cmd: &UsersCmd, o: &Out) -> Result<(), Failure> {
-    let out = |v: &Value, table: &dyn Fn(&Value)| o.show(v, table);
-    let list = |v: &Value| {
-        let r = rows(
-            &v["users"],
-            &["id", "name", "online", "banned", "deleted"],
-            |_, x| plain(x),
-        );
-        table(&["ID", "NAME", "ONLINE", "BANNED", "DELETED"], &r);
+    let list = |users: &[UserRow]| {
+        let rows: Vec<Vec<String>> = users
+            .iter()
+            .map(|u| {
+                vec![
+                    u.id.to_string(),
+                    u.name.clone(),
+                    u.online.to_string(),
+                    u.banned.to_string(),
+                    u.deleted.to_string(),
+                ]
+            })
+            .collect();
+        table(&["ID", "NAME", "ONLINE", "BANNED", "DELETED"], &rows);
+    };
+    let listed = |req: Request| -> Result<(), Failure> {
+        let (r, line) = request(cli, req)?;
+        let Reply::Users { users } = &r else {
+            return Err(unexpected(&r));
+        };
+        o.show(&line, || list(users));
+        Ok(())
     };
     match cmd {
-        UsersCmd::List { offset, limit } => {
-            let v = request(
-                cli,
-                json!({"cmd": "users", "offset": offset, "limit": limit}),
-            )?;
-            out(&v, &list);
-        }
-        UsersCmd::Search { query } => {
-            let v = request(cli, json!({"cmd": "users", "query": query}))?;
-            out(&v, &list);
-        }
+        UsersCmd::List { offset, limit } => listed(Request::Users {
+            query: None,
+            offset: *offset as usize,
+            limit: *limit as usize,
+        })?,
+        UsersCmd::Search { query } => listed(Request::Users {
+            query: Some(query.clone()),
+            offset: 0,
+            limit: 100,
+        })?,
         UsersCmd::Show { user } => {
-            let v = request(cli, json!({"cmd": "user", "user": user_value(user)}))?;
-            out(&v, &|v| {
-                let u = &v["user"];
+            let (r, line) = request(
+                cli,
+                Request::User {
+                    user: UserArg::parse(user),
+                },
+            )?;
+            let Reply::User {
+                user: u,
+                created_ms,
+                sessions_here,
+                friends,
+                groups,
+            } = &r
+            else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                let groups: Vec<String> = groups.iter().map(|g| g.0.to_string()).collect();
                 for (label, val) in [
-                    ("id", plain(&u["id"])),
-                    ("name", plain(&u["name"])),
-                    ("created (UTC)", time_of(&v["created_ms"])),
-                    ("online", plain(&u["online"])),
-                    ("banned", plain(&u["banned"])),
-                    ("deleted", plain(&u["deleted"])),
-                    ("sessions here", plain(&v["sessions_here"])),
-                    ("friends", plain(&v["friends"])),
-                    ("groups", plain(&v["groups"])),
+                    ("id", u.id.to_string()),
+                    ("name", u.name.clone()),
+                    ("created (UTC)", format_time(*created_ms)),
+                    ("online", u.online.to_string()),
+                    ("banned", u.banned.to_string()),
+                    ("deleted", u.deleted.to_string()),
+                    ("sessions here", sessions_here.to_string()),
+                    ("friends", friends.to_string()),
+                    ("groups", format!("[{}]", groups.join(","))),
                 ] {
                     println!("{label:<14} {val}");
                 }
             });
         }
         UsersCmd::Create { name, password } => {
-            let v = request(
-                cli,
-                json!({"cmd": "user_create", "name": name, "password": password.get()?}),
-            )?;
-            out(&v, &|v| {
-                println!(
-                    "created user {} ({})",
-                    v["user"]["id"],
-                    plain(&v["user"]["name"])
-                )
+            let req = Request::UserCreate {
+                name: name.clone(),
+                password: password.get()?,
+            };
+            let (r, line) = request(cli, req)?;
+            let Reply::Created { user } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || {
+                println!("created user {} ({})", user.id, user.name)
             });
         }
         UsersCmd::ResetPassword { user, password } => {
-            let v = request(
-                cli,
-                json!({"cmd": "user_password", "user": user_value(user), "password": password.get()?}),
-            )?;
-            out(&v, &|v| println!("password of user {} changed", v["user"]));
+            let req = Request::UserPassword {
+                user: UserArg::parse(user),
+                password: password.get()?,
+            };
+            let (r, line) = request(cli, req)?;
+            let Reply::UserChanged { user, .. } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || println!("password of user {user} changed"));
         }
         UsersCmd::Ban { user } | UsersCmd::Unban { user } => {
-            let c = if matches!(cmd, UsersCmd::Ban { .. }) {
-                "user_ban"
+            let user = UserArg::parse(user);
+            let req = if matches!(cmd, UsersCmd::Ban { .. }) {
+                Request::UserBan { user }
             } else {
-                "user_unban"
+                Request::UserUnban { user }
             };
-            let v = request(cli, json!({"cmd": c, "user": user_value(user)}))?;
-            out(&v, &|v| {
-                let what = if v["banned"] == true {
-                    "banned"
-                } else {
-                    "unbanned"
-                };
-                println!("user {} {what}", v["user"]);
-            });
+            let (r, line) = request(cli, req)?;
+            let Reply::UserChanged { user, banned, .. } = &r else {
+                return Err(unexpected(&r));
+            };
+            let what = if *banned == Some(true) {
+                "banned"
+            } else {
+                "unbanned"
+            };
+            o.show(&line, || println!("user {user} {what}"));
         }
         UsersCmd::Delete { user } => {
-            let v = request(cli, json!({"cmd": "user_delete", "user": user_value(user)}))?;
-            out(&v, &|v| println!("user {} deleted", v["user"]));
+            let req = Request::UserDelete {
+                user: UserArg::parse(user),
+            };
+            let (r, line) = request(cli, req)?;
+            let Reply::UserChanged { user, .. } = &r else {
+                return Err(unexpected(&r));
+            };
+            o.show(&line, || println!("user {user} deleted"));
         }
     }
     Ok(())
@@ -579,7 +707,10 @@ fn users(cli: &Cli, cmd: &UsersCmd, o: &Out) -> Result<(), Failure> {
 /// Ask chatd for a backup and copy the stream after its reply into `file`.
 fn live_backup(cli: &Cli, file: &Path) -> Result<chatd::backup::Summary, Failure> {
     let stream = connect(cli)?;
-    let (reply, mut rest) = exchange(stream, &json!({"cmd": "backup"}))?;
+    let (reply, _, mut rest) = exchange(stream, &Request::Backup)?;
+    let Reply::BackupPoint(point) = reply else {
+        return Err(unexpected(&reply));
+    };
     let tmp = file.with_extension("partial");
     let f = chatd::backup::create_private(&tmp).map_err(Failure::refused)?;
     let mut w = std::io::BufWriter::new(f);
@@ -604,33 +735,8 @@ fn live_backup(cli: &Cli, file: &Path) -> Result<chatd::backup::Summary, Failure
     }
     std::fs::rename(&tmp, file)
         .map_err(|e| Failure::refused(format!("cannot create {}: {e}", file.display())))?;
-    let ops = reply["position"]
-        .as_object()
-        .map(|p| p.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(0);
+    let ops = point.position.values().sum();
     Ok(chatd::backup::Summary { segments: 0, ops })
-}
-
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn time_of(v: &Value) -> String {
-    v.as_u64().map(format_time).unwrap_or_else(|| "-".into())
-}
-
-fn rows(list: &Value, keys: &[&str], cell: impl Fn(&str, &Value) -> String) -> Vec<Vec<String>> {
-    list.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|item| keys.iter().map(|k| cell(k, &item[*k])).collect())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn table(head: &[&str], rows: &[Vec<String>]) {

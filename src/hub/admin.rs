@@ -3,12 +3,15 @@
 //! or a broadcast reaches every node of a cluster.
 
 use super::{Hub, SessionId};
+use crate::admin::proto::{
+    GroupInfo, GroupRow, HubStatus, MemberRow, NamedUser, RemoteSession, Reply as AdminReply,
+    SessionRow, UserRow,
+};
 use crate::api::{Command, ErrorCode, Reply, Who};
 use crate::apply::is_registered;
 use crate::ids::{Gid, Uid};
 use crate::model::{OpBody, User};
 use crate::rules;
-use serde_json::{json, Value};
 
 pub enum AdminReq {
     Status,
@@ -58,7 +61,7 @@ pub enum AdminReq {
     BackupPoint,
 }
 
-type Res = Result<Value, String>;
+type Res = Result<AdminReply, String>;
 
 /// The operator acts as user 0.
 const OPERATOR: Uid = Uid(0);
@@ -78,7 +81,13 @@ impl Hub {
             return Err(Self::storage_full_error().message);
         }
         match req {
-            AdminReq::Status => self.admin_status(),
+            AdminReq::Status => self.admin_status().map(|hub| AdminReply::Status {
+                hub,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                // The socket knows these.
+                uptime_secs: 0,
+                cluster_members: 1,
+            }),
             AdminReq::Users {
                 query,
                 offset,
@@ -86,13 +95,7 @@ impl Hub {
             } => self.admin_users(query, offset, limit),
             AdminReq::User { who } => {
                 let u = self.admin_user(&who)?;
-                let groups: Vec<u32> = self
-                    .store
-                    .groups_of(u.id)
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .map(|g| g.0)
-                    .collect();
+                let groups = self.store.groups_of(u.id).map_err(|e| e.to_string())?;
                 let friends = self
                     .store
                     .edges(u.id)
@@ -100,13 +103,13 @@ impl Hub {
                     .into_iter()
                     .filter(|(_, e)| e.link == crate::model::Link::Friends)
                     .count();
-                Ok(json!({
-                    "user": self.user_json(&u),
-                    "created_ms": u.created.millis(),
-                    "sessions_here": self.by_user.get(&u.id).map_or(0, Vec::len),
-                    "friends": friends,
-                    "groups": groups,
-                }))
+                Ok(AdminReply::User {
+                    user: self.user_row(&u),
+                    created_ms: u.created.millis(),
+                    sessions_here: self.by_user.get(&u.id).map_or(0, Vec::len),
+                    friends,
+                    groups,
+                })
             }
             AdminReq::CreateUser { name, hash } => {
                 match self.admin_decide(Command::Register {
@@ -114,19 +117,32 @@ impl Hub {
                     hash,
                     id: None,
                 })? {
-                    Reply::Registered(u) => Ok(json!({"user": {"id": u.id, "name": u.name}})),
+                    Reply::Registered(u) => Ok(AdminReply::Created {
+                        user: NamedUser {
+                            id: u.id,
+                            name: u.name,
+                        },
+                    }),
                     other => Err(format!("unexpected reply {other:?}")),
                 }
             }
             AdminReq::SetPassword { who, hash } => {
                 let u = self.admin_user(&who)?;
                 self.admin_op(OpBody::SetPassword { user: u.id, hash });
-                Ok(json!({"user": u.id}))
+                Ok(AdminReply::UserChanged {
+                    user: u.id,
+                    banned: None,
+                    deleted: None,
+                })
             }
             AdminReq::Ban { who, banned } => {
                 let u = self.admin_user(&who)?;
                 self.admin_op(OpBody::SetBanned { user: u.id, banned });
-                Ok(json!({"user": u.id, "banned": banned}))
+                Ok(AdminReply::UserChanged {
+                    user: u.id,
+                    banned: Some(banned),
+                    deleted: None,
+                })
             }
             AdminReq::DeleteUser { who } => {
                 let u = self.admin_user(&who)?;
@@ -134,7 +150,11 @@ impl Hub {
                     return Err(format!("user {} is already deleted", u.id));
                 }
                 self.admin_op(OpBody::DeleteUser { user: u.id });
-                Ok(json!({"user": u.id, "deleted": true}))
+                Ok(AdminReply::UserChanged {
+                    user: u.id,
+                    banned: None,
+                    deleted: Some(true),
+                })
             }
             AdminReq::Sessions => Ok(self.admin_sessions()),
             AdminReq::Kick { session, user } => {
@@ -157,7 +177,7 @@ impl Hub {
                     }
                     _ => return Err("give a session id or a user".into()),
                 };
-                Ok(json!({"kicked": kicked}))
+                Ok(AdminReply::Kicked { kicked })
             }
             AdminReq::Groups { offset, limit } => {
                 let mut groups = Vec::new();
@@ -167,12 +187,16 @@ impl Hub {
                         continue;
                     }
                     let members = self.store.members(g.id).map_err(|e| e.to_string())?.len();
-                    groups.push(json!({
-                        "id": g.id, "name": g.name, "desc": g.desc, "creator": g.creator,
-                        "members": members, "dissolved": g.dissolved,
-                    }));
+                    groups.push(GroupRow {
+                        id: g.id,
+                        name: g.name,
+                        desc: g.desc,
+                        creator: g.creator,
+                        members,
+                        dissolved: g.dissolved,
+                    });
                 }
-                Ok(json!({ "groups": groups }))
+                Ok(AdminReply::Groups { groups })
             }
             AdminReq::Group { group } => {
                 let g = self
@@ -184,16 +208,23 @@ impl Hub {
                 let mut members = Vec::new();
                 for (u, m) in self.store.members(group).map_err(|e| e.to_string())? {
                     let name = self.names.get(&self.store, u).map_err(|e| e.message)?;
-                    members.push(json!({
-                        "id": u, "name": &*name,
-                        "role": m.role.map(|r| r.as_str()),
-                        "online": self.online(u),
-                    }));
+                    members.push(MemberRow {
+                        id: u,
+                        name: name.to_string(),
+                        role: m.role.map(|r| r.as_str().to_string()),
+                        online: self.online(u),
+                    });
                 }
-                Ok(json!({
-                    "group": {"id": g.id, "name": g.name, "desc": g.desc, "creator": g.creator, "dissolved": g.dissolved},
-                    "members": members,
-                }))
+                Ok(AdminReply::Group {
+                    group: GroupInfo {
+                        id: g.id,
+                        name: g.name,
+                        desc: g.desc,
+                        creator: g.creator,
+                        dissolved: g.dissolved,
+                    },
+                    members,
+                })
             }
             AdminReq::Dissolve { group } => {
                 let g = self
@@ -212,7 +243,10 @@ impl Hub {
                     group: g.id,
                     actor: OPERATOR,
                 });
-                Ok(json!({"group": g.id, "dissolved": true}))
+                Ok(AdminReply::Dissolved {
+                    group: g.id,
+                    dissolved: true,
+                })
             }
             AdminReq::Broadcast { text } => {
                 if text.trim().is_empty() {
@@ -220,16 +254,18 @@ impl Hub {
                 }
                 let online = self.by_user.len();
                 self.admin_op(OpBody::Notice { text });
-                Ok(json!({"online_here": online}))
+                Ok(AdminReply::Broadcast {
+                    online_here: online,
+                })
             }
             AdminReq::BackupPoint => {
                 let uuid = self.store.node_uuid()?;
                 // What is durable: every segment up to it is in the log.
                 let position = self.store.durable().borrow().position.clone();
-                Ok(json!({
-                    "node": self.node,
-                    "uuid": uuid,
-                    "position": *position,
+                Ok(AdminReply::BackupPoint(crate::admin::proto::BackupPoint {
+                    node: self.node,
+                    uuid,
+                    position: (*position).clone(),
                 }))
             }
         }
@@ -268,11 +304,15 @@ impl Hub {
             .ok_or_else(|| format!("no user {id}"))
     }
 
-    fn user_json(&self, u: &User) -> Value {
-        json!({
-            "id": u.id, "name": u.name, "banned": u.banned, "deleted": u.deleted,
-            "online": self.online(u.id), "guest": u.id.is_guest(),
-        })
+    fn user_row(&self, u: &User) -> UserRow {
+        UserRow {
+            id: u.id,
+            name: u.name.clone(),
+            banned: u.banned,
+            deleted: u.deleted,
+            online: self.online(u.id),
+            guest: u.id.is_guest(),
+        }
     }
 
     fn admin_users(&mut self, query: Option<String>, offset: usize, limit: usize) -> Res {
@@ -287,7 +327,7 @@ impl Hub {
                         continue;
                     }
                     if Some(u.id.0) == by_id || u.name.to_lowercase().contains(&needle) {
-                        users.push(self.user_json(&u));
+                        users.push(self.user_row(&u));
                         if users.len() >= limit {
                             break;
                         }
@@ -298,7 +338,7 @@ impl Hub {
                 for r in self.store.users().skip(offset) {
                     let u = r.map_err(|e| e.to_string())?;
                     if u.created != crate::ids::Stamp::ZERO {
-                        users.push(self.user_json(&u));
+                        users.push(self.user_row(&u));
                     }
                     if users.len() >= limit {
                         break;
@@ -306,10 +346,10 @@ impl Hub {
                 }
             }
         }
-        Ok(json!({ "users": users }))
+        Ok(AdminReply::Users { users })
     }
 
-    fn admin_sessions(&mut self) -> Value {
+    fn admin_sessions(&mut self) -> AdminReply {
         let mut rows = Vec::new();
         let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
         ids.sort();
@@ -325,11 +365,15 @@ impl Hub {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            rows.push(json!({
-                "session": id, "user": s.user, "name": name,
-                "dialect": s.link.label(), "remote": s.link.peer.to_string(),
-                "node": self.node, "since_ms": since,
-            }));
+            rows.push(SessionRow {
+                session: *id,
+                user: s.user,
+                name,
+                dialect: s.link.label().to_string(),
+                remote: s.link.peer.to_string(),
+                node: self.node,
+                since_ms: since,
+            });
         }
         let mut elsewhere = Vec::new();
         for (node, users) in &self.remote {
@@ -337,13 +381,21 @@ impl Hub {
             users.sort();
             for u in users {
                 let name = self.names.get(&self.store, *u).ok().map(|n| n.to_string());
-                elsewhere.push(json!({"node": node, "user": u, "name": name}));
+                elsewhere.push(RemoteSession {
+                    node: *node,
+                    user: *u,
+                    name,
+                });
             }
         }
-        json!({ "sessions": rows, "elsewhere": elsewhere })
+        AdminReply::Sessions {
+            sessions: rows,
+            elsewhere,
+        }
     }
 
-    fn admin_status(&mut self) -> Res {
+    /// What the hub knows for `status`.
+    pub(super) fn admin_status(&mut self) -> Result<HubStatus, String> {
         let err = |e: crate::store::StoreError| e.to_string();
         let mut users = 0u64;
         for u in self.store.users() {
@@ -371,17 +423,17 @@ impl Hub {
             .chain(self.remote.values().flatten())
             .copied()
             .collect();
-        Ok(json!({
-            "node": self.node,
-            "connections": self.sessions.len(),
-            "sessions": sessions,
-            "online_users": online.len(),
-            "users": users,
-            "groups": groups,
-            "messages": messages,
-            "storage_bytes": self.store.size_on_disk(),
-            "storage_full": self.storage_full,
-            "log": self.store.applied(),
-        }))
+        Ok(HubStatus {
+            node: self.node,
+            connections: self.sessions.len(),
+            sessions,
+            online_users: online.len(),
+            users,
+            groups,
+            messages,
+            storage_bytes: self.store.size_on_disk(),
+            storage_full: self.storage_full,
+            log: self.store.applied().clone(),
+        })
     }
 }

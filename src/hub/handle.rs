@@ -165,7 +165,7 @@ pub enum HubMsg {
     /// An operator's request from the admin socket.
     Admin {
         req: AdminReq,
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<crate::admin::proto::Reply, String>>,
     },
     /// Answered at once: proves the hub is alive (watchdog, health).
     Ping {

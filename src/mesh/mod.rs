@@ -102,20 +102,20 @@ pub struct Mesh {
     inner: Arc<Inner>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     pub node: NodeId,
     pub uuid: String,
     pub addr: String,
     /// "self", "up", "down", or "partial" (only one direction works).
-    pub state: &'static str,
+    pub state: String,
     /// Milliseconds since the Unix epoch of the last frame from it.
     pub last_contact_ms: Option<u64>,
     /// Operations we have that it has not confirmed applying.
     pub lag_ops: u64,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterStatus {
     pub node: NodeId,
     pub members: Vec<MemberStatus>,
@@ -165,7 +165,7 @@ impl Mesh {
             node: inner.me.node,
             uuid: inner.me.uuid.clone(),
             addr: inner.me.addr.clone(),
-            state: "self",
+            state: "self".into(),
             last_contact_ms: None,
             lag_ops: 0,
         }];
@@ -183,7 +183,8 @@ impl Mesh {
                     (true, true) => "up",
                     (false, false) => "down",
                     _ => "partial",
-                },
+                }
+                .into(),
                 last_contact_ms: p.last_contact.and_then(|t| {
                     t.duration_since(std::time::UNIX_EPOCH)
                         .ok()
