@@ -1,0 +1,94 @@
+use super::*;
+
+#[test]
+fn pieces_keep_characters_whole() {
+    let text = "héllo 汉字 wörld".repeat(20);
+    let parts = split_bytes(&text, 7);
+    assert_eq!(parts.concat(), text);
+    assert!(parts.iter().all(|p| p.len() <= 7 && !p.is_empty()));
+    assert_eq!(cut_at("汉字", 4), "汉");
+    assert_eq!(split_bytes("", 9), vec![""]);
+}
+
+#[test]
+fn values_are_told_apart_on_the_main_port() {
+    let edge = Edge::new(Listen::Auto);
+    let mut d = Decoder::new(&edge);
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for v in [
+        &br#"{"msgid":1,"id":1,"password":"x"}"#[..],
+        br#"{"msgType":1,"USERID":1,"password":"x"}"#,
+        br#"{"type":"ping"}"#,
+    ] {
+        d.decode(v, now, &mut out).unwrap();
+    }
+    let dialects: Vec<Dialect> = out.iter().map(|i| i.ctx().dialect()).collect();
+    assert_eq!(
+        dialects,
+        [
+            Dialect::Classic(Numbering::Course),
+            Dialect::Sponge,
+            Dialect::Native
+        ]
+    );
+    assert_eq!(d.dialect(), Dialect::Native);
+    // Bad JSON closes a native stream but not a sponge one.
+    assert!(d.decode(br#"{"type":"x\q"}"#, now, &mut out).is_err());
+    assert!(d
+        .decode(br#"{"msgType":4,"msg":"a\q"}"#, now, &mut out)
+        .is_ok());
+}
+
+proptest::proptest! {
+    /// Whatever bytes arrive, in whatever reads, no dialect panics.
+    #[test]
+    fn arbitrary_bytes_never_panic_a_decoder(
+        which in 0usize..7,
+        chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..8),
+    ) {
+        let listen = match which {
+            0 => Listen::Auto,
+            1 => Listen::Only(Dialect::Native),
+            2 => Listen::Only(Dialect::Classic(Numbering::Course)),
+            3 => Listen::Only(Dialect::Sponge),
+            4 => Listen::Only(Dialect::GoChatroom),
+            5 => Listen::Only(Dialect::CChatroom),
+            _ => Listen::Only(Dialect::EpollChatroom),
+        };
+        let edge = Edge::new(listen);
+        let mut d = Decoder::new(&edge);
+        let mut framer = crate::framing::Framer::new(listen.framing(), 1 << 16);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        'feed: for c in chunks {
+            framer.push(&c);
+            while let Ok(Some(v)) = framer.next_value() {
+                if d.decode(v, now, &mut out).is_err() {
+                    break 'feed;
+                }
+            }
+        }
+        // Every request decoded can be answered in its dialect.
+        let mut frames = Frames::default();
+        for i in &out {
+            encode_reply(i.ctx(), &Err(ChatError::new(ErrorCode::BadRequest, "x")), &mut frames);
+        }
+    }
+}
+
+#[test]
+fn dialects_round_trip_through_u8() {
+    for d in [
+        Dialect::Native,
+        Dialect::Classic(Numbering::Course),
+        Dialect::Classic(Numbering::Thousand),
+        Dialect::Sponge,
+        Dialect::GoChatroom,
+        Dialect::CChatroom,
+        Dialect::EpollChatroom,
+    ] {
+        assert_eq!(Dialect::from_u8(d.to_u8()), d);
+        assert!(Listen::from_name(d.name()).is_some());
+    }
+}
