@@ -13,26 +13,15 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-const COMMANDS: &[&str] = &[
-    "status",
-    "cluster",
-    "digest",
-    "users",
-    "user",
-    "user_create",
-    "user_password",
-    "user_ban",
-    "user_unban",
-    "user_delete",
-    "sessions",
-    "kick",
-    "groups",
-    "group",
-    "group_dissolve",
-    "broadcast",
-    "nonsense",
-    "",
-];
+/// Every command there is (but `backup`, which streams), and two that are not.
+fn commands() -> Vec<&'static str> {
+    let mut all: Vec<&str> = chatd::admin::proto::COMMANDS
+        .into_iter()
+        .filter(|c| *c != "backup")
+        .collect();
+    all.extend(["nonsense", ""]);
+    all
+}
 
 fn random_value(rng: &mut StdRng, depth: u32) -> Value {
     match rng.gen_range(0..if depth > 2 { 5 } else { 7 }) {
@@ -76,7 +65,8 @@ fn random_line(rng: &mut StdRng) -> Vec<u8> {
             if !v.is_object() {
                 v = json!({});
             }
-            v["cmd"] = json!(COMMANDS[rng.gen_range(0..COMMANDS.len())]);
+            let all = commands();
+            v["cmd"] = json!(all[rng.gen_range(0..all.len())]);
             for k in [
                 "user", "name", "password", "group", "text", "session", "query",
             ] {

@@ -142,34 +142,13 @@ fn parse_request(line: &[u8]) -> Result<Request, String> {
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}"))?;
     match v.get("cmd") {
         None => return Err("a request needs a \"cmd\"".into()),
-        Some(Value::String(c)) if !KNOWN.contains(&c.as_str()) => {
+        Some(Value::String(c)) if !proto::COMMANDS.contains(&c.as_str()) => {
             return Err(format!("unknown command {c:?}"))
         }
         _ => {}
     }
     serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))
 }
-
-/// Every `cmd` there is, for a clear answer to one that is not.
-const KNOWN: [&str; 17] = [
-    "status",
-    "cluster",
-    "digest",
-    "users",
-    "user",
-    "user_create",
-    "user_password",
-    "user_ban",
-    "user_unban",
-    "user_delete",
-    "sessions",
-    "kick",
-    "groups",
-    "group",
-    "group_dissolve",
-    "broadcast",
-    "backup",
-];
 
 async fn stream_backup(stream: UnixStream, ctx: &Ctx, point: proto::BackupPoint) {
     let meta = backup::Meta {

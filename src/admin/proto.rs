@@ -103,6 +103,28 @@ pub enum Request {
     Backup,
 }
 
+/// Every `cmd` there is (a request's tag), for a clear answer to one that
+/// is not.
+pub const COMMANDS: [&str; 17] = [
+    "status",
+    "cluster",
+    "digest",
+    "users",
+    "user",
+    "user_create",
+    "user_password",
+    "user_ban",
+    "user_unban",
+    "user_delete",
+    "sessions",
+    "kick",
+    "groups",
+    "group",
+    "group_dissolve",
+    "broadcast",
+    "backup",
+];
+
 /// The most users or groups one page lists.
 pub const PAGE_MAX: usize = 10_000;
 
