@@ -619,3 +619,6 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
