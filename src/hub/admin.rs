@@ -410,12 +410,7 @@ impl Hub {
                 groups += 1;
             }
         }
-        // Counting writes the tables out first: not on a full disk.
-        let messages = if self.storage_full {
-            None
-        } else {
-            Some(self.store.count_messages().map_err(err)?)
-        };
+        let messages = Some(self.store.counts().messages);
         let sessions = self.sessions.values().filter(|s| s.user.is_some()).count();
         let online: std::collections::HashSet<Uid> = self
             .by_user

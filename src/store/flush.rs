@@ -66,7 +66,12 @@ impl Checkpointer {
                         // on disk. It reaches the disk itself with the next
                         // checkpoint (or at shutdown); until then a crash
                         // replays one more layer's worth of the log.
-                        meta.insert("checkpoint", encode(&layer.upto))?;
+                        // The counts go in the same write: they are those
+                        // of exactly this position.
+                        let mut b = sled::Batch::default();
+                        b.insert("checkpoint", encode(&layer.upto));
+                        b.insert("counts", encode(&layer.counts));
+                        meta.apply_batch(b)?;
                         Ok(())
                     });
                     if done_tx.send(r).is_err() {

@@ -144,7 +144,9 @@ impl Store {
             last_rotate: Instant::now(),
             reserving: Arc::default(),
             recent_cids: RecentCids::default(),
+            counts: Counts::default(),
         };
+        store.counts = store.checkpointed_counts()?;
         let (applied, last_stamps) = store.log_end()?;
         // Whatever the log held at start is on disk.
         store.durability.flushed.send_replace(Durable {
@@ -188,5 +190,19 @@ impl Store {
             origin = u32::from(o) + 1;
         }
         Ok((pos, stamps))
+    }
+
+    /// The counts the last checkpoint recorded. A data directory from
+    /// before they were kept is counted once, here.
+    fn checkpointed_counts(&self) -> Result<Counts> {
+        if let Some(v) = self.meta.get("counts")? {
+            return decode(&v);
+        }
+        let mut messages = 0;
+        for r in self.trees[Table::History as usize].iter() {
+            let (_, v) = r?;
+            messages += flush::frames(&v)?.len() as u64;
+        }
+        Ok(Counts { messages })
     }
 }

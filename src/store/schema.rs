@@ -324,6 +324,8 @@ impl Store {
     /// Record a message in its conversation's history and, for a direct
     /// message, in the recipient's inbox.
     pub fn add_message(&mut self, m: &Message) {
+        // Counted by the operation, which is applied once per position.
+        self.counts.messages += 1;
         let bytes: Arc<[u8]> = encode(m).into();
         self.put_message(Table::History, &conv_of(m), m.id, bytes.clone());
         if let Target::User(to) = m.to {
