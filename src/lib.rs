@@ -35,12 +35,12 @@
 //! | `framing`   | the one place that turns a connection's bytes into values: JSON streams (with the sponge keepalive), length prefixes, fixed records | parse JSON |
 //! | `dialect`   | translate each client's wire format to/from `api` types, one file per dialect: `native`, `classic`, `sponge`, `go_chatroom`, `c_chatroom`, `epoll_chatroom`; say what each needs as `SessionTraits` | decide anything |
 //! | `api`       | the shared vocabulary: commands, replies, events, error codes, session traits | do I/O |
-//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits, routes pushes (the lobby to guests too), presence; `hub::outbox` is each session's bounded queue of pushes | block on a client; name a dialect |
+//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits (`mod.rs`), logins (`login`), routes pushes and presence (`routing`), replays (`replay`), the lobby, the operator's requests (`admin`); `hub::outbox` is each session's bounded queue of pushes | block on a client; name a dialect |
 //! | `rules`     | chat rules, one file per domain (accounts, friends, groups, messages, queries): permissions, validation, which ops a command makes, queries; the time is given | write, do I/O, or read the clock |
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
-//! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit, the node's identity (id, uuid) | know chat rules |
-//! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip | apply operations (the hub does) |
+//! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit, the node's identity (id, uuid), kept counts | know chat rules |
+//! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip; `mesh::plan` decides what to send a peer, given the time | apply operations (the hub does); do I/O in `plan` |
 //! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to; `admin::proto`, its typed requests and replies (used by the socket, the hub and `chatctl`) | hold state; build JSON by hand |
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
 //! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |
