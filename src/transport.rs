@@ -7,7 +7,6 @@
 //! Plain TCP keeps its own halves, whose write usually completes without
 //! waiting (the common case on a loaded server); the others are boxed.
 
-use crate::dialect::Frames;
 use crate::framing::Framer;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -243,11 +242,6 @@ impl WriteHalf {
                 w.flush().await.map_err(io::Error::other)
             }
         }
-    }
-
-    /// Write every value of `frames`.
-    pub async fn write_frames(&mut self, frames: &Frames) -> io::Result<()> {
-        self.write(frames.bytes_all(), frames.iter()).await
     }
 
     pub async fn shutdown(&mut self) {

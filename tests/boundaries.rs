@@ -62,8 +62,7 @@ fn must_not_name(rel: &str, banned: &[&str], why: &str) {
             for b in banned {
                 if line.contains(b) {
                     let shown = f.strip_prefix(root()).unwrap().display().to_string();
-                    broken.push(format!("{shown}: `{b}` in `{}`", line.trim()));
-                    let _ = n;
+                    broken.push(format!("{shown}:{}: `{b}` in `{}`", n + 1, line.trim()));
                 }
             }
         }

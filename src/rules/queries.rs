@@ -13,17 +13,7 @@ pub(super) fn query_command(
     match cmd {
         Command::Contacts => {
             let me = logged_in(who)?;
-            let mut friends = Vec::new();
-            for (u, e) in s.edges(me)? {
-                if e.link == Link::Friends {
-                    friends.push(FriendView {
-                        id: u,
-                        name: cx.names.get(s, u)?.to_string(),
-                        remark: e.remark,
-                        online: (cx.online)(u),
-                    });
-                }
-            }
+            let friends = friend_views(s, cx, me)?;
             let groups = my_groups(s, me)?;
             Decision::reply(Reply::Contacts { friends, groups })
         }
@@ -201,17 +191,7 @@ pub(super) fn search_groups(s: &Store, q: &str, limits: &Limits) -> Res<Vec<Grou
 
 /// Friends and groups (with members) for the classic login reply.
 pub fn roster(s: &Store, cx: &mut Ctx, me: Uid) -> Res<Roster> {
-    let mut friends = Vec::new();
-    for (u, e) in s.edges(me)? {
-        if e.link == Link::Friends {
-            friends.push(FriendView {
-                id: u,
-                name: cx.names.get(s, u)?.to_string(),
-                remark: e.remark,
-                online: (cx.online)(u),
-            });
-        }
-    }
+    let friends = friend_views(s, cx, me)?;
     let mut groups = Vec::new();
     for g in my_groups(s, me)? {
         let m = members(s, cx, g.id)?;
@@ -273,4 +253,20 @@ pub fn pending(
         }
     }
     Ok(out)
+}
+
+/// A user's friends, as `contacts` and the login roster list them.
+fn friend_views(s: &Store, cx: &mut Ctx, me: Uid) -> Res<Vec<FriendView>> {
+    let mut friends = Vec::new();
+    for (u, e) in s.edges(me)? {
+        if e.link == Link::Friends {
+            friends.push(FriendView {
+                id: u,
+                name: cx.names.get(s, u)?.to_string(),
+                remark: e.remark,
+                online: (cx.online)(u),
+            });
+        }
+    }
+    Ok(friends)
 }

@@ -601,19 +601,6 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 }
 
 impl Store {
-    /// How many messages are stored (written to sled first, then counted).
-    pub fn count_messages(&mut self) -> Result<u64> {
-        self.checkpoint_now()?;
-        let mut n = 0;
-        for r in self.trees[Table::History as usize].iter() {
-            let (_, v) = r?;
-            n += flush::frames(&v)?.len() as u64;
-        }
-        Ok(n)
-    }
-}
-
-impl Store {
     /// Add a log segment from a backup (checked by decoding it). Only for a
     /// fresh store being restored; tables are rebuilt by `replay`.
     pub fn import_segment(&mut self, origin: NodeId, first: u64, raw: &[u8]) -> Result<()> {

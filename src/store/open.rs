@@ -203,6 +203,13 @@ impl Store {
             let (_, v) = r?;
             messages += flush::frames(&v)?.len() as u64;
         }
-        Ok(Counts { messages })
+        let counts = Counts { messages };
+        // Kept at once: a node that changes nothing writes no checkpoint,
+        // and would otherwise walk its history at every start. (On a full
+        // disk it cannot be; the next checkpoint will.)
+        if let Err(e) = self.meta_put("counts", &encode(&counts)) {
+            tracing::warn!(error = %e, "cannot keep the message count yet");
+        }
+        Ok(counts)
     }
 }
