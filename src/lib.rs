@@ -35,7 +35,7 @@
 //! | `framing`   | the one place that turns a connection's bytes into values: JSON streams (with the sponge keepalive), length prefixes, fixed records | parse JSON |
 //! | `dialect`   | translate each client's wire format to/from `api` types, one file per dialect: `native`, `classic`, `sponge`, `go_chatroom`, `c_chatroom`, `epoll_chatroom`; say what each needs as `SessionTraits` | decide anything |
 //! | `api`       | the shared vocabulary: commands, replies, events, error codes, session traits | do I/O |
-//! | `hub`       | the one thread that owns the store: batches requests, applies ops, logs, commits (`mod.rs`), logins (`login`), routes pushes and presence (`routing`), replays (`replay`), the lobby, the operator's requests (`admin`); `hub::outbox` is each session's bounded queue of pushes | block on a client; name a dialect |
+//! | `hub`       | the one place that owns the store: a core given each input and the time (`mod.rs`: state, requests, commits, batches; `login`, `routing` (pushes, presence), `replay`, `lobby`, `admin`) that returns pushes and actions; `driver`, its thread, channel, timers and reply channels; `handle`, the way in; `outbox`, each session's bounded queue | block on a client; name a dialect; in the core: do I/O, read the clock, wait or exit |
 //! | `rules`     | chat rules, one file per domain (accounts, friends, groups, messages, queries): permissions, validation, which ops a command makes, queries; the time is given | write, do I/O, or read the clock |
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
@@ -57,9 +57,10 @@
 //! `sponge`, ...) decodes it into an `api::Command`; `rules::decide`
 //! handles it. Where is it stored?
 //! `apply::apply` writes its effect through `store::schema`. How does it reach
-//! a user? `hub::Hub::route` queues a push for each of the user's sessions.
-//! How does it reach another node? `mesh` streams the durable operation to
-//! every member, whose hub applies it (`HubMsg::PeerOps`) and routes it too.
+//! a user? `hub::Hub::route` (the hub's core) queues a push for each of the
+//! user's sessions; the hub's driver puts it on their outboxes. How does it
+//! reach another node? `mesh` streams the durable operation to every member,
+//! whose hub applies it (`Input::PeerOps`) and routes it too.
 
 pub mod admin;
 pub mod admission;

@@ -126,6 +126,37 @@ fn the_pure_modules_do_no_io_and_read_no_clock() {
 }
 
 #[test]
+fn the_hub_core_is_given_the_time_and_leaves_the_io_to_its_driver() {
+    for f in [
+        "mod.rs",
+        "login.rs",
+        "routing.rs",
+        "replay.rs",
+        "lobby.rs",
+        "admin.rs",
+    ] {
+        must_not_name(
+            &format!("hub/{}", f.trim_end_matches(".rs")),
+            &[
+                "tokio",
+                "mpsc",
+                "oneshot",
+                "watch::",
+                "std::thread",
+                "process::exit",
+                "Instant::now",
+                "SystemTime::now",
+                "wall_millis",
+                "clock.now()",
+                ".outbox.",
+                ".kill.",
+            ],
+            "do I/O, wait, read the clock or exit (the driver does; the core returns what to do)",
+        );
+    }
+}
+
+#[test]
 fn each_module_keeps_to_its_side_of_the_map() {
     must_not_name(
         "hub",

@@ -272,7 +272,7 @@ impl Hub {
     }
 
     fn admin_op(&mut self, body: OpBody) {
-        let stamp = self.clock.now();
+        let stamp = self.stamp();
         self.commit(stamp, body);
     }
 

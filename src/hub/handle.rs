@@ -3,6 +3,9 @@
 //! what the hub is sent (`HubMsg`), and the handle that sends it.
 
 use super::*;
+use std::time::SystemTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 /// What the hub and a session's two tasks share.
 pub struct SessionLink {
@@ -49,10 +52,11 @@ impl SessionLink {
         self.heard.store(ms, Ordering::Relaxed);
     }
 
-    /// How long the client has been silent.
-    pub fn silent_for(&self) -> Duration {
+    /// How long the client has been silent, at `now`.
+    pub fn silent_at(&self, now: Instant) -> Duration {
         let heard = Duration::from_millis(self.heard.load(Ordering::Relaxed));
-        self.born.elapsed().saturating_sub(heard)
+        now.saturating_duration_since(self.born)
+            .saturating_sub(heard)
     }
 
     pub fn traits(&self) -> SessionTraits {
@@ -90,18 +94,10 @@ pub enum OutItem {
 /// Where a replay page goes: the ticket to wait for, and the messages.
 pub type PageReply = oneshot::Sender<(u64, Vec<MsgView>)>;
 
+/// What the hub is sent: an input for its core, or a question the driver
+/// answers on the reply channel that comes with it.
 pub enum HubMsg {
-    Open(Arc<SessionLink>),
-    Request {
-        id: SessionId,
-        cmd: Command,
-    },
-    /// Queue a reply the session worked out itself (an invalid request), in
-    /// order with the replies the hub makes.
-    Echo {
-        id: SessionId,
-        result: Result<Reply, ChatError>,
-    },
+    Input(Input),
     /// The user id and password hash of a login candidate (`None`: the
     /// session's own user).
     Credentials {
@@ -109,50 +105,14 @@ pub enum HubMsg {
         who: Option<Who>,
         reply: oneshot::Sender<Option<(Uid, String)>>,
     },
-    /// The password was verified against `hash`: attach the session.
-    Login {
-        id: SessionId,
-        user: Uid,
-        hash: String,
-    },
-    /// A session presents a token to log in again without its password.
-    Resume {
-        id: SessionId,
-        token: crate::tokens::Presented,
-    },
-    /// A session whose client cannot acknowledge wrote these messages of
-    /// `user` to its socket.
-    Delivered {
-        user: Uid,
-        ids: Vec<Stamp>,
-    },
     /// The next page of pending messages after `after`, with the ticket to wait for.
     Replay {
         id: SessionId,
         after: Option<Stamp>,
         reply: PageReply,
     },
-    Close {
-        id: SessionId,
-    },
     Shutdown {
         done: oneshot::Sender<()>,
-    },
-    /// A run of another node's operations (from any peer that has them).
-    PeerOps {
-        origin: NodeId,
-        ops: Vec<Op>,
-    },
-    /// Users with sessions on another node: all of them (`full`) or changes.
-    PeerPresence {
-        node: NodeId,
-        full: bool,
-        online: Vec<Uid>,
-        offline: Vec<Uid>,
-    },
-    /// A node is unreachable: its users are no longer online through it.
-    PeerDown {
-        node: NodeId,
     },
     /// The users with a session on this node, for a new peer link.
     LocalPresence {
@@ -171,6 +131,12 @@ pub enum HubMsg {
     Ping {
         reply: oneshot::Sender<()>,
     },
+}
+
+impl From<Input> for HubMsg {
+    fn from(input: Input) -> HubMsg {
+        HubMsg::Input(input)
+    }
 }
 
 /// A user got their first, or lost their last, session on this node.

@@ -29,7 +29,7 @@ impl Hub {
     /// they may write.
     pub(super) fn lobby_allowance(&mut self, me: Uid) -> Result<(), ChatError> {
         let (rate, burst) = (self.batch_limits.lobby_rate, self.batch_limits.lobby_burst);
-        let now = Instant::now();
+        let now = self.now.at;
         if self.lobby_rate.len() >= 10_000 {
             self.lobby_rate.retain(|_, (left, at)| {
                 *left + now.duration_since(*at).as_secs_f64() * rate < burst

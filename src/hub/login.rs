@@ -47,7 +47,7 @@ impl Hub {
         if !self.sessions.contains_key(&id) {
             return;
         }
-        match rules::check_token(&self.store, token, crate::ids::wall_millis()) {
+        match rules::check_token(&self.store, token, self.now.wall_ms) {
             Ok((u, rec)) => self.logged_in(
                 id,
                 UserRef {
@@ -75,7 +75,7 @@ impl Hub {
             return None;
         }
         let lifetime = self.batch_limits.token_lifetime.as_millis() as u64;
-        let now = crate::ids::wall_millis();
+        let now = self.now.wall_ms;
         if let Some((issued, expires_ms)) = resumed {
             s.token = Some(issued);
             if expires_ms.saturating_sub(now) > lifetime / 2 {
@@ -85,7 +85,7 @@ impl Hub {
         if self.storage_full {
             return None;
         }
-        let stamp = self.clock.now();
+        let stamp = self.stamp();
         let fresh = crate::tokens::fresh(user, stamp);
         if let Some(s) = self.sessions.get_mut(&id) {
             s.token = Some(stamp);
@@ -110,7 +110,7 @@ impl Hub {
             return;
         };
         if !self.storage_full {
-            let stamp = self.clock.now();
+            let stamp = self.stamp();
             self.commit(stamp, OpBody::RevokeToken { user, issued });
         }
     }
@@ -207,7 +207,8 @@ impl Hub {
         let list = self.by_user.entry(user).or_default();
         list.push(id);
         if list.len() == 1 {
-            let _ = self.presence_tx.send(PresenceChange { user, online: true });
+            self.actions
+                .push(Action::Presence(PresenceChange { user, online: true }));
             if !was_online {
                 self.presence(user, true);
             }
@@ -226,15 +227,15 @@ impl Hub {
         let Some(user) = s.user.take() else {
             return;
         };
-        s.waiting_since = Instant::now();
+        s.waiting_since = self.now.at;
         if let Some(list) = self.by_user.get_mut(&user) {
             list.retain(|s| *s != id);
             if list.is_empty() {
                 self.by_user.remove(&user);
-                let _ = self.presence_tx.send(PresenceChange {
+                self.actions.push(Action::Presence(PresenceChange {
                     user,
                     online: false,
-                });
+                }));
                 if !self.online(user) {
                     self.presence(user, false);
                 }
@@ -253,7 +254,9 @@ impl Hub {
 
     pub(super) fn end_session(&mut self, id: SessionId) {
         self.detach(id);
-        self.sessions.remove(&id);
+        if let Some(s) = self.sessions.remove(&id) {
+            self.actions.push(Action::Release(s.link));
+        }
     }
 
     /// Close sessions silent for longer than the idle timeout, and those
@@ -262,7 +265,7 @@ impl Hub {
     /// connections small. Logged-in clients that never ping (the seed
     /// clients) are left to TCP keepalive.
     pub(super) fn close_idle_sessions(&mut self) {
-        let now = Instant::now();
+        let now = self.now.at;
         self.last_idle_sweep = now;
         let idle = self.batch_limits.idle_timeout;
         let deadline = self.batch_limits.login_timeout;
@@ -273,7 +276,7 @@ impl Hub {
                 let e = ChatError::new(ErrorCode::LoginTimeout, "not logged in in time");
                 closing.push((s.link.id, e));
             } else if !s.link.traits().idle_exempt
-                && idle.is_some_and(|limit| s.link.silent_for() > limit)
+                && idle.is_some_and(|limit| s.link.silent_at(now) > limit)
             {
                 let e = ChatError::new(
                     ErrorCode::IdleTimeout,
@@ -284,9 +287,14 @@ impl Hub {
         }
         for (id, error) in closing {
             if let Some(s) = self.sessions.get(&id) {
-                let _ = s.link.outbox.push(Out {
+                let out = Out {
                     ticket: 0,
                     item: OutItem::Event(Arc::new(Event::Error(error))),
+                };
+                self.actions.push(Action::Say {
+                    link: s.link.clone(),
+                    out,
+                    or_cut: false,
                 });
             }
             // The writer writes the error, finds the outbox closed, and
@@ -298,18 +306,21 @@ impl Hub {
     /// Close a session now, saying why when there is room to.
     pub(super) fn kill(&mut self, id: SessionId, bye: Option<ErrorCode>) {
         if let Some(s) = self.sessions.get(&id) {
-            let said = bye.is_some_and(|code| {
-                s.link
-                    .outbox
-                    .push(Out {
+            let link = s.link.clone();
+            self.actions.push(match bye {
+                Some(code) => {
+                    let out = Out {
                         ticket: self.store.ticket(),
                         item: OutItem::Bye(code),
-                    })
-                    .is_ok()
+                    };
+                    Action::Say {
+                        link,
+                        out,
+                        or_cut: true,
+                    }
+                }
+                None => Action::Cut(link),
             });
-            if !said {
-                s.link.kill.cancel();
-            }
         }
         self.end_session(id);
     }

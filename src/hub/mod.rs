@@ -1,28 +1,38 @@
-//! The hub: one thread that owns the store and every session's routing.
+//! The hub: the one place that owns the store and every session's routing,
+//! as a core without I/O and a thin driver around it.
 //!
-//! Sessions send it [`HubMsg`]s. It takes them in batches; for each request
-//! it asks the rules (`rules::decide`), applies the resulting operations
-//! (`apply::apply`), and turns their effects into pushes for the users
-//! concerned. At the end of a batch it appends the batch's operations to the
-//! log as one segment, asks for a flush, and hands every reply and push to
-//! its session tagged with the batch's durability ticket. A session writes an
-//! item only once that ticket is on disk, so nothing is acknowledged or
-//! delivered before it is durable, and one flush serves the whole batch.
+//! The core ([`Hub`], this file and the files named below) is given each
+//! [`Input`] and the time ([`Now`]); it never reads a clock, waits, or
+//! touches a socket or a channel. For each request it asks the rules
+//! (`rules::decide`), applies the resulting operations (`apply::apply`), and
+//! turns their effects into pushes for the users concerned. At the end of a
+//! batch ([`Hub::finish_batch`]) it appends the batch's operations to the
+//! log as one segment, asks for a flush, and returns every reply and push
+//! tagged with the batch's durability ticket, plus the [`Action`]s for the
+//! driver (close this session, tell the mesh about this presence). A
+//! session writes an item only once that ticket is on disk, so nothing is
+//! acknowledged or delivered before it is durable, and one flush serves
+//! the whole batch.
 //!
-//! Because one thread does all of this, the rules never race: a name is
-//! checked and taken in one step, a kick cannot cross a message.
+//! The driver (`driver.rs`) owns the thread, the channel, the timers and
+//! the reply channels: it reads the clock, hands messages to the core in
+//! batches, and carries out what the core returns. Because one thread does
+//! all of this, the rules never race: a name is checked and taken in one
+//! step, a kick cannot cross a message.
 //!
-//! The hub must not block on a client: it pushes items on the session's
-//! bounded outbox and closes a session whose outbox is full (its messages
-//! stay pending).
+//! The hub must not block on a client: the driver pushes items on the
+//! session's bounded outbox, and a session whose outbox is full is closed
+//! (its messages stay pending).
 //!
 //! Files: `handle.rs` (what sessions and the mesh use to reach the hub),
-//! this file (the loop, batches, requests, commits), `login.rs` (logging in
-//! and out, ending sessions), `routing.rs` (effects to pushes, presence),
-//! `replay.rs` (pending messages and delivery marks), `lobby.rs`,
-//! `admin.rs` (the operator's requests), `outbox.rs` (a session's queue).
+//! `driver.rs` (the thread and the loop), this file (the core's state,
+//! requests, commits, batches), `login.rs` (logging in and out, ending
+//! sessions), `routing.rs` (effects to pushes, presence), `replay.rs`
+//! (pending messages and delivery marks), `lobby.rs`, `admin.rs` (the
+//! operator's requests), `outbox.rs` (a session's queue).
 
 mod admin;
+mod driver;
 mod handle;
 mod lobby;
 mod login;
@@ -50,9 +60,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
 
 pub type SessionId = u64;
 
@@ -77,9 +85,6 @@ const HELD_USERS_MAX: usize = 100_000;
 /// How often free disk space is looked at.
 const SPACE_CHECK: Duration = Duration::from_millis(500);
 
-/// How long shutdown waits for sessions to say goodbye.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
 struct Session {
     link: Arc<SessionLink>,
     user: Option<Uid>,
@@ -93,12 +98,6 @@ struct Session {
     replay: Option<ReplayState>,
     /// The dialect this session is counted under in `chatd_sessions`.
     counted: Option<&'static str>,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.link.outbox.close();
-    }
 }
 
 /// A login replay in progress: each origin's newest op when it began, and
@@ -144,21 +143,112 @@ pub struct Hub {
     new_ops: Vec<Op>,
     /// Other nodes' operations applied in this batch, by origin.
     peer_ops: BTreeMap<NodeId, Vec<Op>>,
-    applied_tx: watch::Sender<Position>,
-    presence_tx: tokio::sync::broadcast::Sender<PresenceChange>,
     /// This batch's classic deliveries, logged as one operation.
     marks: Vec<(Uid, Stamp)>,
-    /// Replay pages asked for in this batch, answered after it is logged.
-    replays: Vec<(SessionId, Option<Stamp>, PageReply)>,
     /// Replies and pushes of this batch.
     out: Vec<(SessionId, OutItem)>,
-    shutting_down: Option<(Instant, oneshot::Sender<()>)>,
+    /// What the driver is to do besides (close sessions, tell peers).
+    actions: Vec<Action>,
+    shutting_down: bool,
+    /// The time the driver gave with the current input.
+    now: Now,
     last_idle_sweep: Instant,
     /// The disk is too full for changes: only reads, logins and presence
     /// are served until there is room (`--min-free-mb`).
     storage_full: bool,
     storage_full_flag: Arc<std::sync::atomic::AtomicBool>,
     space_checked: Instant,
+    /// The applied position the driver was last given.
+    applied: Position,
+    /// The first storage failure: the driver stops chatd before anything
+    /// of this batch goes out (the log has everything acknowledged).
+    failed: Option<StoreError>,
+}
+
+/// The time, as the driver read it for the current step.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub at: Instant,
+    pub wall_ms: u64,
+}
+
+/// What the hub core is given (besides the questions the driver asks it
+/// directly: credentials, replay pages, the digest, the operator's requests).
+pub enum Input {
+    Open(Arc<SessionLink>),
+    Request {
+        id: SessionId,
+        cmd: Command,
+    },
+    /// Queue a reply the session worked out itself (an invalid request), in
+    /// order with the replies the hub makes.
+    Echo {
+        id: SessionId,
+        result: Result<Reply, ChatError>,
+    },
+    /// The password was verified against `hash`: attach the session.
+    Login {
+        id: SessionId,
+        user: Uid,
+        hash: String,
+    },
+    /// A session presents a token to log in again without its password.
+    Resume {
+        id: SessionId,
+        token: crate::tokens::Presented,
+    },
+    /// A session whose client cannot acknowledge wrote these messages of
+    /// `user` to its socket.
+    Delivered {
+        user: Uid,
+        ids: Vec<Stamp>,
+    },
+    Close {
+        id: SessionId,
+    },
+    /// A run of another node's operations (from any peer that has them).
+    PeerOps {
+        origin: NodeId,
+        ops: Vec<Op>,
+    },
+    /// Users with sessions on another node: all of them (`full`) or changes.
+    PeerPresence {
+        node: NodeId,
+        full: bool,
+        online: Vec<Uid>,
+        offline: Vec<Uid>,
+    },
+    /// A node is unreachable: its users are no longer online through it.
+    PeerDown {
+        node: NodeId,
+    },
+}
+
+/// What the driver does for the core, in order, before the batch's pushes.
+pub enum Action {
+    /// Put this on the session's outbox now; when `or_cut` and there is no
+    /// room, cut the connection instead.
+    Say {
+        link: Arc<SessionLink>,
+        out: Out,
+        or_cut: bool,
+    },
+    /// Close the connection now.
+    Cut(Arc<SessionLink>),
+    /// The hub let go of the session: close its outbox (the writer writes
+    /// what is in it and ends).
+    Release(Arc<SessionLink>),
+    /// A user got their first, or lost their last, session here.
+    Presence(PresenceChange),
+}
+
+/// A finished batch: the ticket its writes reach, what to push, what to do,
+/// and the new applied position when it moved.
+pub struct Batch {
+    pub ticket: u64,
+    pub out: Vec<(SessionId, OutItem)>,
+    pub actions: Vec<Action>,
+    pub applied: Option<Position>,
 }
 
 /// Whether a user has a session here (`by_user`) or on another node.
@@ -191,42 +281,35 @@ fn guests_in(
 /// guests in the lobby's member list.
 const ROOM_LIST_MAX: usize = 300;
 
-/// A storage failure leaves the hub unable to keep its promises; stop and
-/// let the supervisor restart chatd from the log.
-fn fatal(e: StoreError) -> ! {
-    tracing::error!(error = %e, "storage failure; exiting");
-    std::process::exit(1);
-}
-
 impl Hub {
-    /// Bring the tables up to date with the log and start the hub thread.
+    /// Bring the tables up to date with the log: a hub core on `store`.
     /// `lobby`: the lobby's name, when this node serves room-style clients
-    /// (it makes sure the lobby exists).
-    pub fn spawn(
+    /// (`start` makes sure the lobby exists).
+    pub fn new(
         mut store: Store,
         node: NodeId,
         limits: Live<Limits>,
         lobby: Option<String>,
-    ) -> Result<HubHandle, StoreError> {
-        let started = Instant::now();
+        now: Now,
+    ) -> Result<Hub, StoreError> {
         let mut clock = Clock::new(node);
-        clock.observe(store.last_stamp());
+        clock.observe(store.last_stamp(), now.wall_ms);
+        let mut failed = None;
         let replayed = store.replay(|s, op| {
             if let Err(e) = apply(s, op) {
-                fatal(e);
+                failed.get_or_insert(e);
             }
         })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if replayed > 0 {
-            tracing::info!(ops = replayed, elapsed = ?started.elapsed(), "replayed the log tail");
+            tracing::info!(ops = replayed, "replayed the log tail");
         }
         let ids = IdAlloc::new(&store, node)?;
         let next_seq = store.applied().get(&node).copied().unwrap_or(0) + 1;
-        let durable = store.durable();
-        let (applied_tx, applied) = watch::channel(store.applied().clone());
-        let (presence_tx, _) = tokio::sync::broadcast::channel(4096);
-        let logs = store.log_reader();
-        let handle_parts = (applied, presence_tx.clone(), logs);
-        let hub = Hub {
+        Ok(Hub {
+            applied: store.applied().clone(),
             store,
             clock,
             ids,
@@ -247,146 +330,72 @@ impl Hub {
             members: HashMap::new(),
             new_ops: Vec::new(),
             peer_ops: BTreeMap::new(),
-            applied_tx,
-            presence_tx,
             marks: Vec::new(),
-            last_idle_sweep: Instant::now(),
-            replays: Vec::new(),
             out: Vec::new(),
-            shutting_down: None,
+            actions: Vec::new(),
+            shutting_down: false,
+            now,
+            last_idle_sweep: now.at,
             storage_full: false,
             storage_full_flag: Arc::new(Default::default()),
-            space_checked: Instant::now(),
-        };
-        let storage_full = hub.storage_full_flag.clone();
-        let (tx, rx) = mpsc::channel(8192);
-        std::thread::Builder::new()
-            .name("chatd-hub".into())
-            .spawn(move || {
-                // The hub blocks on sled, so it has a thread of its own.
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(hub.run(rx)),
-                    Err(e) => tracing::error!(error = %e, "cannot start the hub runtime"),
-                }
-            })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the hub thread: {e}")))?;
-        let (applied, presence, logs) = handle_parts;
-        Ok(HubHandle {
-            tx,
-            durable,
-            applied,
-            presence,
-            logs,
-            node,
-            storage_full,
+            space_checked: now.at,
+            failed: None,
         })
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
+    /// The first step: look at the disk, make sure the lobby exists.
+    pub fn start(&mut self, now: Now) {
+        self.now = now;
         self.check_space();
         self.ensure_lobby();
-        self.finish_batch();
-        let mut batch = Vec::with_capacity(512);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut batch, 512) => if n == 0 { break },
-                _ = tick.tick() => {}
-            }
-            self.batch_limits = self.limits.get();
-            metrics::gauge!("chatd_hub_queue_depth").set(rx.len() as f64);
-            for msg in batch.drain(..) {
-                self.handle(msg);
-            }
-            if self.last_idle_sweep.elapsed() >= IDLE_SWEEP {
-                self.close_idle_sessions();
-            }
-            if self.space_checked.elapsed() >= SPACE_CHECK {
-                self.check_space();
-            }
-            self.finish_batch();
-            if let Some((deadline, _)) = &self.shutting_down {
-                if self.sessions.is_empty() || Instant::now() >= *deadline {
-                    break;
-                }
-            }
-        }
-        for s in self.sessions.values() {
-            s.link.kill.cancel();
-        }
-        let done = self.shutting_down.take().map(|(_, d)| d);
-        if let Err(e) = self.store.close() {
-            tracing::error!(error = %e, "could not write the tables on shutdown (the log has everything)");
-        }
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
     }
 
-    fn handle(&mut self, msg: HubMsg) {
-        match msg {
-            HubMsg::Open(link) => {
-                if self.shutting_down.is_some() {
-                    link.kill.cancel();
+    /// A new batch begins: it uses the limits in force now.
+    pub fn begin_batch(&mut self, now: Now) {
+        self.now = now;
+        self.batch_limits = self.limits.get();
+    }
+
+    /// Set when the disk is too full to take changes (for the handle).
+    pub fn storage_full_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.storage_full_flag.clone()
+    }
+
+    pub fn handle(&mut self, input: Input, now: Now) {
+        self.now = now;
+        match input {
+            Input::Open(link) => {
+                if self.shutting_down {
+                    self.actions.push(Action::Cut(link));
                 } else {
-                    self.sessions.insert(
-                        link.id,
-                        Session {
-                            link,
-                            user: None,
-                            traits: SessionTraits::default(),
-                            waiting_since: Instant::now(),
-                            token: None,
-                            replay: None,
-                            counted: None,
-                        },
-                    );
+                    let session = Session {
+                        link: link.clone(),
+                        user: None,
+                        traits: SessionTraits::default(),
+                        waiting_since: now.at,
+                        token: None,
+                        replay: None,
+                        counted: None,
+                    };
+                    self.sessions.insert(link.id, session);
                 }
             }
-            HubMsg::Request { id, cmd } => self.request(id, cmd),
-            HubMsg::Echo { id, result } => self.reply(id, result),
-            HubMsg::Credentials { id, who, reply } => {
-                let _ = reply.send(self.credentials(id, who));
-            }
-            HubMsg::Login { id, user, hash } => self.login(id, user, &hash),
-            HubMsg::Resume { id, token } => self.resume(id, &token),
-            HubMsg::Delivered { user, ids } => {
+            Input::Request { id, cmd } => self.request(id, cmd),
+            Input::Echo { id, result } => self.reply(id, result),
+            Input::Login { id, user, hash } => self.login(id, user, &hash),
+            Input::Resume { id, token } => self.resume(id, &token),
+            Input::Delivered { user, ids } => {
                 self.marks.extend(ids.into_iter().map(|m| (user, m)));
             }
-            HubMsg::Replay { id, after, reply } => self.replays.push((id, after, reply)),
-            HubMsg::Close { id } => self.end_session(id),
-            HubMsg::Shutdown { done } => self.begin_shutdown(done),
-            HubMsg::PeerOps { origin, ops } => self.peer_ops(origin, ops),
-            HubMsg::PeerPresence {
+            Input::Close { id } => self.end_session(id),
+            Input::PeerOps { origin, ops } => self.peer_ops(origin, ops),
+            Input::PeerPresence {
                 node,
                 full,
                 online,
                 offline,
             } => self.peer_presence(node, full, online, offline),
-            HubMsg::PeerDown { node } => self.peer_presence(node, true, Vec::new(), Vec::new()),
-            HubMsg::LocalPresence { reply } => {
-                let _ = reply.send(self.by_user.keys().copied().collect());
-            }
-            HubMsg::Digest { reply } => {
-                // A digest writes the tables out first: not on a full disk.
-                let d = if self.storage_full {
-                    Err(Self::storage_full_error().message)
-                } else {
-                    self.store.digest().map_err(|e| e.to_string())
-                };
-                let _ = reply.send(d);
-            }
-            HubMsg::Admin { req, reply } => {
-                let _ = reply.send(self.admin(req));
-            }
-            HubMsg::Ping { reply } => {
-                let _ = reply.send(());
-            }
+            Input::PeerDown { node } => self.peer_presence(node, true, Vec::new(), Vec::new()),
         }
     }
 
@@ -402,7 +411,7 @@ impl Hub {
         let online = |u: Uid| online_in(by_user, remote, u);
         let guests = || guests_in(by_user, remote);
         let mut cx = Ctx {
-            now_ms: crate::ids::wall_millis(),
+            now_ms: self.now.wall_ms,
             clock: &mut self.clock,
             ids: &mut self.ids,
             names: &mut self.names,
@@ -411,6 +420,11 @@ impl Hub {
             guests_online: &guests,
         };
         f(&self.store, &mut cx)
+    }
+
+    /// A fresh stamp of this node's clock, at the time given.
+    fn stamp(&mut self) -> Stamp {
+        self.clock.now_at(self.now.wall_ms)
     }
 
     fn user_of(&self, id: SessionId) -> Option<Uid> {
@@ -492,7 +506,7 @@ impl Hub {
     /// Enter or leave read-only mode as free space crosses the watermark
     /// (leaving it a little above, so it does not flap).
     fn check_space(&mut self) {
-        self.space_checked = Instant::now();
+        self.space_checked = self.now.at;
         let Some(free) = self.store.free_space() else {
             return;
         };
@@ -545,80 +559,144 @@ impl Hub {
                 self.new_ops.push(op);
                 self.route(effects);
             }
-            Err(e) => fatal(e),
+            Err(e) => self.fail(e),
         }
     }
 
-    fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+    /// Say goodbye to every session; new ones are turned away. The driver
+    /// stops once none are left or its grace runs out.
+    pub fn begin_shutdown(&mut self) {
         tracing::info!(sessions = self.sessions.len(), "shutting down");
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for id in ids {
-            if let Some(s) = self.sessions.get(&id) {
-                let sent = s
-                    .link
-                    .outbox
-                    .push(Out {
-                        ticket: self.store.ticket(),
-                        item: OutItem::Bye(ErrorCode::ShuttingDown),
-                    })
-                    .is_ok();
-                if !sent {
-                    s.link.kill.cancel();
-                }
-            }
+        self.shutting_down = true;
+        let ticket = self.store.ticket();
+        for s in self.sessions.values() {
+            let out = Out {
+                ticket,
+                item: OutItem::Bye(ErrorCode::ShuttingDown),
+            };
+            self.actions.push(Action::Say {
+                link: s.link.clone(),
+                out,
+                or_cut: true,
+            });
         }
-        self.shutting_down = Some((Instant::now() + SHUTDOWN_GRACE, done));
     }
 
     /// Log this batch's operations as one segment, ask for a flush, and hand
-    /// everything out with the ticket that flush will reach.
-    fn finish_batch(&mut self) {
+    /// everything out with the ticket that flush will reach. The timers that
+    /// are due run first.
+    pub fn finish_batch(&mut self, now: Now) -> Batch {
+        self.now = now;
+        if now.at.saturating_duration_since(self.last_idle_sweep) >= IDLE_SWEEP {
+            self.close_idle_sessions();
+        }
+        if now.at.saturating_duration_since(self.space_checked) >= SPACE_CHECK {
+            self.check_space();
+        }
         self.commit_marks();
         if !self.new_ops.is_empty() {
             let next = Vec::with_capacity(self.new_ops.len());
             let ops = std::mem::replace(&mut self.new_ops, next);
             if let Err(e) = self.store.append_log(self.node, ops) {
-                fatal(e);
+                self.fail(e);
             }
         }
         for (origin, ops) in std::mem::take(&mut self.peer_ops) {
             if let Err(e) = self.store.append_log(origin, ops) {
-                fatal(e);
+                self.fail(e);
             }
         }
-        if *self.applied_tx.borrow() != *self.store.applied() {
-            self.applied_tx.send_replace(self.store.applied().clone());
-        }
+        let applied = (self.applied != *self.store.applied()).then(|| {
+            self.applied = self.store.applied().clone();
+            self.applied.clone()
+        });
         let ticket = self.store.commit();
-        for (id, after, reply) in std::mem::take(&mut self.replays) {
-            let page = self.replay_page(id, after);
-            let _ = reply.send((ticket, page));
+        Batch {
+            ticket,
+            out: std::mem::take(&mut self.out),
+            actions: std::mem::take(&mut self.actions),
+            applied,
         }
-        while !self.out.is_empty() {
-            let mut overflow = Vec::new();
-            for (id, item) in std::mem::take(&mut self.out) {
-                let Some(s) = self.sessions.get(&id) else {
-                    continue;
-                };
-                if s.link.outbox.push(Out { ticket, item }).is_err() {
-                    overflow.push(id);
-                }
+    }
+
+    /// Sessions whose outboxes had no room: close them. Closing may tell
+    /// friends that the user went offline, which is another round of pushes
+    /// (with the same ticket).
+    pub fn overflowed(&mut self, ids: &[SessionId]) -> Batch {
+        for &id in ids {
+            if let Some(s) = self.sessions.get(&id) {
+                tracing::info!(session = id, peer = %s.link.peer, "closing a session that does not keep up");
             }
-            overflow.sort_unstable();
-            overflow.dedup();
-            for id in overflow {
-                if let Some(s) = self.sessions.get(&id) {
-                    tracing::info!(session = id, peer = %s.link.peer, "closing a session that does not keep up");
-                }
-                // Closing may tell friends the user went offline: another round.
-                self.kill(id, None);
-            }
+            self.kill(id, None);
         }
+        Batch {
+            ticket: self.store.ticket(),
+            out: std::mem::take(&mut self.out),
+            actions: std::mem::take(&mut self.actions),
+            applied: None,
+        }
+    }
+
+    /// Checkpoint the tables when it is time (after the batch went out).
+    pub fn maintain(&mut self) {
         if let Err(e) = self.store.maintain(!self.storage_full) {
-            fatal(e);
+            self.fail(e);
         }
+    }
+
+    /// Write the tables out; the log already has everything.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.sessions.clear();
+        self.store.close()
+    }
+
+    /// A storage failure leaves the hub unable to keep its promises: it
+    /// keeps the first, and the driver stops chatd before anything goes out.
+    fn fail(&mut self, e: StoreError) {
+        self.failed.get_or_insert(e);
+    }
+
+    pub fn failed(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
+    }
+
+    /// The link of a session the hub holds.
+    pub fn link(&self, id: SessionId) -> Option<&Arc<SessionLink>> {
+        self.sessions.get(&id).map(|s| &s.link)
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &Arc<SessionLink>> {
+        self.sessions.values().map(|s| &s.link)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The users with a session on this node, for a new peer link.
+    pub fn local_users(&self) -> Vec<Uid> {
+        self.by_user.keys().copied().collect()
+    }
+
+    /// A fingerprint of the replicated state. It writes the tables out
+    /// first: not on a full disk.
+    pub fn digest(&mut self) -> Result<crate::store::Digest, String> {
+        if self.storage_full {
+            return Err(Self::storage_full_error().message);
+        }
+        self.store.digest().map_err(|e| e.to_string())
+    }
+
+    /// A reader of this node's log (for the mesh's links).
+    pub fn log_reader(&self) -> LogReader {
+        self.store.log_reader()
+    }
+
+    /// How far each origin's log is applied here.
+    pub fn applied(&self) -> &Position {
+        self.store.applied()
     }
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

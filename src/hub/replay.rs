@@ -69,7 +69,7 @@ impl Hub {
         }
         if !self.marks.is_empty() {
             for body in delivered_ops(std::mem::take(&mut self.marks)) {
-                let stamp = self.clock.now();
+                let stamp = self.stamp();
                 self.commit(stamp, body);
             }
         }
@@ -124,7 +124,7 @@ impl Hub {
             match self.store.cursor(user, origin) {
                 Ok(c) if c < stamp => self.marks.push((user, stamp)),
                 Ok(_) => {}
-                Err(e) => fatal(e),
+                Err(e) => return self.fail(e),
             }
         }
     }

@@ -23,10 +23,10 @@ impl Hub {
             if op.seq < expected {
                 continue;
             }
-            self.clock.observe(op.stamp);
+            self.clock.observe(op.stamp, self.now.wall_ms);
             match apply(&mut self.store, &op) {
                 Ok(effects) => self.route(effects),
-                Err(e) => fatal(e),
+                Err(e) => return self.fail(e),
             }
             self.peer_ops.entry(origin).or_default().push(op);
             expected += 1;
@@ -140,7 +140,10 @@ impl Hub {
         }
         let list: Vec<Uid> = match self.store.members(g) {
             Ok(m) => m.into_iter().map(|(u, _)| u).collect(),
-            Err(e) => fatal(e),
+            Err(e) => {
+                self.fail(e);
+                return Arc::new(Vec::new());
+            }
         };
         let list = Arc::new(list);
         if self.members.len() >= 10_000 {
@@ -278,7 +281,7 @@ impl Hub {
                 }
                 Effect::Notice { text, stamp } => {
                     // A notice that arrives late (a node catching up) is news no more.
-                    if stamp.millis() + NOTICE_FRESH_MS >= crate::ids::wall_millis() {
+                    if stamp.millis() + NOTICE_FRESH_MS >= self.now.wall_ms {
                         let ev = Arc::new(Event::Notice { text });
                         let users: Vec<Uid> = self.by_user.keys().copied().collect();
                         for u in users {

@@ -1,272 +1,378 @@
-//! The hub driven in memory: a temporary store, sessions that are only
-//! their links (no sockets), and what lands in each outbox. Every wait is
-//! for something the hub must do; nothing sleeps.
+//! The hub core driven in memory: a temporary store, sessions that are only
+//! their links (no sockets, no driver, no threads), the time given by the
+//! test, and what each batch returns. Nothing waits or sleeps.
 
 use super::*;
 use crate::admin::proto::Reply as AdminReply;
 use crate::store::StoreOptions;
 use std::collections::VecDeque;
 
-/// A wait for the hub, failed rather than hung if it never comes.
-async fn bounded<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
-    match tokio::time::timeout(Duration::from_secs(20), f).await {
-        Ok(v) => v,
-        Err(_) => panic!("the hub did not {what}"),
-    }
-}
-
-struct Bench {
-    hub: HubHandle,
+/// A hub core, and what a driver would have done with its batches.
+pub(crate) struct Bench {
+    pub core: Hub,
+    pub t: Now,
     next: SessionId,
-}
-
-/// A session as the hub sees it.
-struct S {
-    link: Arc<SessionLink>,
-    got: VecDeque<Out>,
+    /// What reached each session's outbox, in order.
+    got: HashMap<SessionId, VecDeque<Out>>,
+    cut: HashSet<SessionId>,
+    released: HashSet<SessionId>,
+    pub presence: Vec<PresenceChange>,
+    /// The ticket of the last finished batch.
+    pub ticket: u64,
+    durable: tokio::sync::watch::Receiver<Durable>,
 }
 
 impl Bench {
-    fn new() -> Bench {
-        let store = Store::open(StoreOptions::temporary()).unwrap();
-        let hub = Hub::spawn(store, 1, Live::new(Limits::default()), None).unwrap();
-        Bench { hub, next: 1 }
+    pub fn new() -> Bench {
+        Self::on(Store::open(Self::options(None)).unwrap(), 1)
     }
 
-    async fn open(&mut self) -> S {
+    /// A store that counts what its commit thread wrote as durable without
+    /// waiting for the disk: the tests wait for the thread, not for fsync.
+    pub fn options(path: Option<&std::path::Path>) -> StoreOptions {
+        let mut opts = StoreOptions::temporary();
+        opts.path = path.map(|p| p.to_path_buf());
+        opts.no_flush = true;
+        opts
+    }
+
+    pub fn on(store: Store, node: NodeId) -> Bench {
+        let durable = store.durable();
+        let t = Now {
+            at: Instant::now(),
+            wall_ms: 1_800_000_000_000,
+        };
+        let mut core = Hub::new(store, node, Live::new(Limits::default()), None, t).unwrap();
+        core.start(t);
+        let mut b = Bench {
+            core,
+            t,
+            next: 1,
+            got: HashMap::new(),
+            cut: HashSet::new(),
+            released: HashSet::new(),
+            presence: Vec::new(),
+            ticket: 0,
+            durable,
+        };
+        b.finish();
+        b
+    }
+
+    /// Let time pass (the next batch sees it).
+    pub fn advance(&mut self, d: Duration) {
+        self.t.at += d;
+        self.t.wall_ms += d.as_millis() as u64;
+    }
+
+    /// One batch of inputs, carried out as the driver would.
+    pub fn batch(&mut self, inputs: Vec<Input>) {
+        self.core.begin_batch(self.t);
+        for input in inputs {
+            self.core.handle(input, self.t);
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let b = self.core.finish_batch(self.t);
+        assert!(self.core.failed().is_none(), "{:?}", self.core.failed());
+        self.ticket = b.ticket;
+        for action in b.actions {
+            match action {
+                Action::Say { link, out, .. } => {
+                    self.got.entry(link.id).or_default().push_back(out)
+                }
+                Action::Cut(link) => drop(self.cut.insert(link.id)),
+                Action::Release(link) => drop(self.released.insert(link.id)),
+                Action::Presence(p) => self.presence.push(p),
+            }
+        }
+        for (id, item) in b.out {
+            if self.core.link(id).is_some() {
+                let out = Out {
+                    ticket: b.ticket,
+                    item,
+                };
+                self.got.entry(id).or_default().push_back(out);
+            }
+        }
+        self.core.maintain();
+        self.wait_durable();
+    }
+
+    /// Wait for the commit thread to have written this batch, as a session
+    /// waits before it writes anything of it.
+    fn wait_durable(&self) {
+        let since = Instant::now();
+        while self.durable.borrow().ticket < self.ticket {
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "the log was not written"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// How far this node's own log is durable (what a link may send).
+    pub fn durable_own(&self) -> u64 {
+        let node = self.durable.borrow().position.get(&self.core.node).copied();
+        node.unwrap_or(0)
+    }
+
+    pub fn open(&mut self) -> SessionId {
+        let id = self.next;
+        self.next += 1;
         let link = Arc::new(SessionLink::new(
-            self.next,
+            id,
             "127.0.0.1:1".parse().unwrap(),
             64,
             1024,
         ));
-        self.next += 1;
         link.set_kind(crate::api::SessionTraits::default(), "test");
-        assert!(self.hub.send(HubMsg::Open(link.clone())).await);
-        S {
-            link,
-            got: VecDeque::new(),
-        }
+        self.batch(vec![Input::Open(link)]);
+        id
     }
 
-    async fn ask(&self, s: &mut S, cmd: Command) -> Result<Reply, ChatError> {
-        let id = s.link.id;
-        assert!(self.hub.send(HubMsg::Request { id, cmd }).await);
-        loop {
-            match s.next().await.item {
-                OutItem::Reply(r) => return *r,
-                _ => continue,
+    /// Everything a session got so far.
+    pub fn take(&mut self, id: SessionId) -> Vec<Out> {
+        self.got.remove(&id).map(Vec::from).unwrap_or_default()
+    }
+
+    pub fn ask(&mut self, id: SessionId, cmd: Command) -> Result<Reply, ChatError> {
+        self.batch(vec![Input::Request { id, cmd }]);
+        self.reply(id)
+    }
+
+    /// The first reply a session got (what came before it is dropped).
+    fn reply(&mut self, id: SessionId) -> Result<Reply, ChatError> {
+        let q = self.got.entry(id).or_default();
+        while let Some(out) = q.pop_front() {
+            if let OutItem::Reply(r) = out.item {
+                return *r;
             }
         }
+        panic!("session {id} got no reply");
     }
 
-    async fn user(&mut self, name: &str) -> (S, Uid) {
-        let mut s = self.open().await;
+    pub fn user(&mut self, name: &str) -> (SessionId, Uid) {
+        let s = self.open();
         let reg = Command::Register {
             name: name.into(),
             hash: format!("hash of {name}"),
             id: None,
         };
-        let Ok(Reply::Registered(u)) = self.ask(&mut s, reg).await else {
+        let Ok(Reply::Registered(u)) = self.ask(s, reg) else {
             panic!("register {name}");
         };
-        self.login(&mut s, u.id, name).await;
+        self.login(s, u.id, name);
         (s, u.id)
     }
 
-    async fn login(&self, s: &mut S, user: Uid, name: &str) {
+    pub fn login(&mut self, id: SessionId, user: Uid, name: &str) {
         let hash = format!("hash of {name}");
-        let id = s.link.id;
-        assert!(self.hub.send(HubMsg::Login { id, user, hash }).await);
-        match s.reply().await {
+        self.batch(vec![Input::Login { id, user, hash }]);
+        match self.reply(id) {
             Ok(Reply::LoggedIn { user: u, .. }) => assert_eq!(u.id, user),
             other => panic!("login of {name}: {other:?}"),
         }
     }
 
-    async fn befriend(&self, a: &mut S, b: &mut S, bu: Uid, au: Uid) {
+    fn befriend(&mut self, (a, au): (SessionId, Uid), (b, bu): (SessionId, Uid)) {
         let req = Command::FriendRequest {
             user: bu,
             text: String::new(),
         };
-        assert!(self.ask(a, req).await.is_ok());
-        assert!(self
-            .ask(b, Command::FriendAccept { user: au })
-            .await
-            .is_ok());
-    }
-
-    /// Waits until the hub's log is durable up to `ticket`.
-    async fn durable(&self, ticket: u64) {
-        let mut d = self.hub.durable();
-        let flushed = async {
-            while d.borrow().ticket < ticket {
-                d.changed().await.unwrap();
-            }
-        };
-        bounded(flushed, "flush the log").await;
+        assert!(self.ask(a, req).is_ok());
+        assert!(self.ask(b, Command::FriendAccept { user: au }).is_ok());
     }
 }
 
-impl S {
-    async fn next(&mut self) -> Out {
-        if self.got.is_empty() {
-            let more = bounded(self.link.outbox.take_all(&mut self.got), "push").await;
-            assert!(more, "the outbox closed");
-        }
-        self.got.pop_front().unwrap()
-    }
-
-    async fn reply(&mut self) -> Result<Reply, ChatError> {
-        loop {
-            if let OutItem::Reply(r) = self.next().await.item {
-                return *r;
-            }
-        }
-    }
-
-    /// The next message pushed to this session, and its ticket.
-    async fn message(&mut self) -> (MsgView, u64) {
-        loop {
-            let out = self.next().await;
-            if let OutItem::Event(e) = &out.item {
-                if let Event::Message(m) = &**e {
-                    return (m.clone(), out.ticket);
-                }
-            }
-        }
-    }
-
-    /// The next presence change pushed to this session.
-    async fn presence(&mut self) -> (Uid, bool) {
-        loop {
-            if let OutItem::Event(e) = self.next().await.item {
-                if let Event::Presence { user, online } = &*e {
-                    return (user.id, *online);
-                }
-            }
-        }
-    }
+/// The messages pushed to a session, with their tickets.
+fn messages(got: &[Out]) -> Vec<(MsgView, u64)> {
+    got.iter()
+        .filter_map(|o| match &o.item {
+            OutItem::Event(e) => match &**e {
+                Event::Message(m) => Some((m.clone(), o.ticket)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
-#[tokio::test]
-async fn a_message_reaches_every_session_of_its_recipient_after_its_flush() {
+fn presence_of(got: &[Out], who: Uid) -> Vec<bool> {
+    got.iter()
+        .filter_map(|o| match &o.item {
+            OutItem::Event(e) => match &**e {
+                Event::Presence { user, online } if user.id == who => Some(*online),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_message_reaches_every_session_of_its_recipient_with_its_batch_ticket() {
     let mut b = Bench::new();
-    let (mut alice, a) = b.user("alice").await;
-    let (mut bob1, bu) = b.user("bob").await;
-    let mut bob2 = b.open().await;
-    b.login(&mut bob2, bu, "bob").await;
+    let (alice, a) = b.user("alice");
+    let (bob1, bu) = b.user("bob");
+    let bob2 = b.open();
+    b.login(bob2, bu, "bob");
+    let before = b.ticket;
     let send = Command::Send {
         to: Target::User(bu),
         text: "hi bob".into(),
         cid: Some("c1".into()),
         time: None,
     };
-    let Ok(Reply::Sent { id, .. }) = b.ask(&mut alice, send.clone()).await else {
+    let Ok(Reply::Sent { id, .. }) = b.ask(alice, send.clone()) else {
         panic!("send");
     };
-    for bob in [&mut bob1, &mut bob2] {
-        let (m, ticket) = bob.message().await;
+    // The push waits for the flush of the batch that logged the message.
+    assert!(b.ticket > before);
+    for bob in [bob1, bob2] {
+        let got = messages(&b.take(bob));
+        assert_eq!(got.len(), 1, "one push per session");
+        let (m, ticket) = &got[0];
         assert_eq!((m.msg.id, m.msg.from, &*m.msg.text), (id, a, "hi bob"));
-        // The writer waits for this ticket: the hub must get it flushed.
-        b.durable(ticket).await;
+        assert_eq!(*ticket, b.ticket);
     }
+    assert_eq!(b.core.applied().get(&1).copied(), Some(b.core.next_seq - 1));
     // The same cid again is the same message, not a second one.
     let Ok(Reply::Sent {
         id: again,
         duplicate,
         ..
-    }) = b.ask(&mut alice, send).await
+    }) = b.ask(alice, send)
     else {
         panic!("resend");
     };
     assert_eq!((again, duplicate), (id, true));
+    assert!(messages(&b.take(bob1)).is_empty());
 }
 
-#[tokio::test]
-async fn friends_see_presence_only_when_the_last_session_goes() {
+#[test]
+fn friends_see_presence_only_when_the_last_session_goes() {
     let mut b = Bench::new();
-    let (mut alice, a) = b.user("alice").await;
-    let (mut bob1, bu) = b.user("bob").await;
-    b.befriend(&mut alice, &mut bob1, bu, a).await;
-    let mut bob2 = b.open().await;
-    b.login(&mut bob2, bu, "bob").await;
-    assert!(b.hub.send(HubMsg::Close { id: bob1.link.id }).await);
-    // Bob still has a session: nothing about him comes before this pong
-    // (the hub queues pushes and replies in the order it makes them).
-    let id = alice.link.id;
+    let alice = b.user("alice");
+    let bob1 = b.user("bob");
+    let bu = bob1.1;
+    b.befriend(alice, bob1);
+    let bob2 = b.open();
+    b.login(bob2, bu, "bob");
+    b.take(alice.0);
+    b.batch(vec![Input::Close { id: bob1.0 }]);
     assert!(
-        b.hub
-            .send(HubMsg::Request {
-                id,
-                cmd: Command::Ping
-            })
-            .await
+        b.released.contains(&bob1.0),
+        "the hub lets go of a closed session"
     );
-    loop {
-        match alice.next().await.item {
-            OutItem::Reply(r) => {
-                assert!(matches!(*r, Ok(Reply::Pong)));
-                break;
-            }
-            OutItem::Event(e) => {
-                if let Event::Presence { user, online } = &*e {
-                    assert!(user.id != bu || *online, "bob went offline too early");
-                }
-            }
-            _ => {}
-        }
-    }
-    assert!(b.hub.send(HubMsg::Close { id: bob2.link.id }).await);
-    assert_eq!(alice.presence().await, (bu, false));
+    assert_eq!(presence_of(&b.take(alice.0), bu), Vec::<bool>::new());
+    let mesh_heard = b.presence.len();
+    b.batch(vec![Input::Close { id: bob2 }]);
+    assert_eq!(presence_of(&b.take(alice.0), bu), vec![false]);
+    // The mesh hears of it once, too.
+    let told: Vec<_> = b.presence[mesh_heard..]
+        .iter()
+        .map(|p| (p.user, p.online))
+        .collect();
+    assert_eq!(told, vec![(bu, false)]);
 }
 
-#[tokio::test]
-async fn an_operator_kick_says_why_and_closes_the_outbox() {
+#[test]
+fn an_operator_kick_says_why_and_lets_go() {
     let mut b = Bench::new();
-    let (mut bob, _) = b.user("bob").await;
-    let id = bob.link.id;
-    let kicked = b
-        .hub
-        .ask(|reply| HubMsg::Admin {
-            req: AdminReq::Kick {
-                session: Some(id),
-                user: None,
-            },
-            reply,
-        })
-        .await
-        .unwrap();
+    let (bob, _) = b.user("bob");
+    let kicked = b.core.admin(AdminReq::Kick {
+        session: Some(bob),
+        user: None,
+    });
     assert_eq!(kicked, Ok(AdminReply::Kicked { kicked: 1 }));
-    loop {
-        if let OutItem::Bye(code) = bob.next().await.item {
-            assert_eq!(code, ErrorCode::Kicked);
-            break;
-        }
-    }
-    // The writer says goodbye and closes the connection: the hub has let go.
-    let mut rest = VecDeque::new();
-    assert!(bob.got.is_empty() && !bob.link.outbox.take_all(&mut rest).await);
+    b.batch(vec![]);
+    let got = b.take(bob);
     assert!(
-        !bob.link.kill.is_cancelled(),
-        "the goodbye is written first"
+        matches!(
+            got.last().map(|o| &o.item),
+            Some(OutItem::Bye(ErrorCode::Kicked))
+        ),
+        "the goodbye comes last"
     );
+    // The writer says goodbye and closes the connection: it is not cut.
+    assert!(b.released.contains(&bob) && !b.cut.contains(&bob));
+    assert!(b.core.link(bob).is_none());
 }
 
-#[tokio::test]
-async fn a_request_before_login_is_refused_and_the_session_goes_on() {
+#[test]
+fn a_request_before_login_is_refused_and_the_session_goes_on() {
     let mut b = Bench::new();
-    let mut s = b.open().await;
+    let s = b.open();
     let send = Command::Send {
         to: Target::User(Uid(1)),
         text: "who am I".into(),
         cid: None,
         time: None,
     };
-    let e = b.ask(&mut s, send).await.unwrap_err();
+    let e = b.ask(s, send).unwrap_err();
     assert_eq!(e.code, ErrorCode::NotLoggedIn);
-    assert!(matches!(
-        b.ask(&mut s, Command::Ping).await,
-        Ok(Reply::Pong)
-    ));
+    assert!(matches!(b.ask(s, Command::Ping), Ok(Reply::Pong)));
+}
+
+#[test]
+fn silence_closes_a_session_only_once_the_idle_timeout_has_passed() {
+    let mut b = Bench::new();
+    let (quiet, _) = b.user("quiet");
+    let idle = Limits::default().idle_timeout.unwrap();
+    b.take(quiet);
+    b.advance(idle - Duration::from_secs(1));
+    b.batch(vec![]);
+    assert!(b.core.link(quiet).is_some() && b.take(quiet).is_empty());
+    b.advance(Duration::from_secs(2));
+    b.batch(vec![]);
+    let got = b.take(quiet);
+    let said = got.iter().any(|o| {
+        matches!(&o.item, OutItem::Event(e)
+            if matches!(&**e, Event::Error(err) if err.code == ErrorCode::IdleTimeout))
+    });
+    assert!(said, "the session is told why");
+    assert!(b.released.contains(&quiet) && b.core.link(quiet).is_none());
+}
+
+#[test]
+fn a_session_that_never_logs_in_is_closed_at_the_login_timeout() {
+    let mut b = Bench::new();
+    let s = b.open();
+    let (talker, _) = b.user("talker");
+    let deadline = Limits::default().login_timeout.unwrap();
+    b.advance(deadline + Duration::from_secs(1));
+    b.batch(vec![Input::Request {
+        id: talker,
+        cmd: Command::Ping,
+    }]);
+    assert!(b.core.link(s).is_none(), "not logged in in time");
+    // The one that logged in is judged by the idle timeout, not this one.
+    let idle = Limits::default().idle_timeout.unwrap();
+    assert_eq!(
+        b.core.link(talker).is_some(),
+        deadline + Duration::from_secs(1) <= idle
+    );
+}
+
+#[test]
+fn stamps_follow_the_time_given_not_the_machines_clock() {
+    let mut b = Bench::new();
+    let (alice, _) = b.user("alice");
+    let (_, bu) = b.user("bob");
+    // Less than the idle timeout, which would close alice's session.
+    b.advance(Duration::from_secs(60));
+    let send = Command::Send {
+        to: Target::User(bu),
+        text: "a minute later".into(),
+        cid: None,
+        time: None,
+    };
+    let Ok(Reply::Sent { id, .. }) = b.ask(alice, send) else {
+        panic!("send");
+    };
+    assert_eq!(id.millis(), b.t.wall_ms);
 }

@@ -29,6 +29,8 @@
 //! outbound link, its I/O), `receive.rs` (inbound links), `wire.rs` (frames),
 //! `tls.rs` (certificates).
 
+#[cfg(test)]
+mod harness;
 mod join;
 mod plan;
 mod receive;
@@ -38,12 +40,12 @@ pub mod wire;
 
 use join::*;
 pub use join::{prepare, remembered, Prepared};
-use plan::Plan;
+use plan::{Plan, Stretch};
 use receive::*;
 use send::*;
 
 pub use crate::config::MeshSettings;
-use crate::hub::{HubHandle, HubMsg};
+use crate::hub::{HubHandle, HubMsg, Input};
 use crate::ids::{NodeId, MAX_NODE};
 use crate::store::{Position, Store};
 use std::collections::{BTreeMap, HashMap};

@@ -163,7 +163,10 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
             node,
             "link from member down: its sessions no longer count as online"
         );
-        inner.hub.send(HubMsg::PeerDown { node }).await;
+        inner
+            .hub
+            .send(HubMsg::Input(Input::PeerDown { node }))
+            .await;
     }
     if let Err(e) = &result {
         conn.close(2u32.into(), e.as_bytes());
@@ -193,17 +196,17 @@ pub(super) async fn receive(
         };
         inner.touch(node);
         let msg = match frame {
-            Frame::Ops { origin, ops } => HubMsg::PeerOps { origin, ops },
+            Frame::Ops { origin, ops } => HubMsg::Input(Input::PeerOps { origin, ops }),
             Frame::Presence {
                 full,
                 online,
                 offline,
-            } => HubMsg::PeerPresence {
+            } => HubMsg::Input(Input::PeerPresence {
                 node,
                 full,
                 online,
                 offline,
-            },
+            }),
             Frame::Members { members } => {
                 for m in members {
                     inner.add_member(m);

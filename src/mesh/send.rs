@@ -115,6 +115,17 @@ pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<()
     result
 }
 
+/// The operations of a stretch a plan asked for, at most [`BATCH`] of them
+/// (the rest go in later rounds).
+pub(super) fn read_stretch(
+    logs: &crate::store::LogReader,
+    s: Stretch,
+) -> Result<Vec<crate::model::Op>, crate::store::StoreError> {
+    let mut ops = logs.read(s.origin, s.after, BATCH)?;
+    ops.retain(|o| o.seq <= s.upto);
+    Ok(ops)
+}
+
 /// The state of one outbound link: what to send is its [`Plan`]'s to say.
 pub(super) struct Sender {
     inner: Arc<Inner>,
@@ -210,13 +221,12 @@ impl Sender {
         after: u64,
         upto: u64,
     ) -> Result<u64, String> {
-        let ops = self
-            .inner
-            .hub
-            .logs()
-            .read(origin, after, BATCH)
-            .map_err(|e| e.to_string())?;
-        let ops: Vec<_> = ops.into_iter().filter(|o| o.seq <= upto).collect();
+        let stretch = Stretch {
+            origin,
+            after,
+            upto,
+        };
+        let ops = read_stretch(self.inner.hub.logs(), stretch).map_err(|e| e.to_string())?;
         let Some(last) = ops.last().map(|o| o.seq) else {
             return Ok(after);
         };

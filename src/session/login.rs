@@ -10,7 +10,7 @@ pub(super) async fn with_password(
 ) -> Option<HubMsg> {
     let hub = &shared.hub;
     let id = link.id;
-    let echo = |e: ChatError| HubMsg::Echo { id, result: Err(e) };
+    let echo = |e: ChatError| HubMsg::Input(Input::Echo { id, result: Err(e) });
     let msg = match incoming {
         // `dispatch` hands these to `plain` first.
         other @ (Incoming::Command(..) | Incoming::Invalid(..)) => plain(other, id).ok()?,
@@ -27,14 +27,14 @@ pub(super) async fn with_password(
             match checked {
                 Err(e) => echo(e),
                 Ok(()) => match shared.passwords.hash(password).await {
-                    Ok(hash) => HubMsg::Request {
+                    Ok(hash) => HubMsg::Input(Input::Request {
                         id,
                         cmd: Command::Register {
                             name,
                             hash,
                             id: chosen,
                         },
-                    },
+                    }),
                     Err(e) => echo(e),
                 },
             }
@@ -71,7 +71,7 @@ pub(super) async fn with_password(
                 Verdict::Wrong
             };
             match (shared.end_attempt(attempt, verdict, link.peer), cred) {
-                (Ok(()), Some((user, hash))) => HubMsg::Login { id, user, hash },
+                (Ok(()), Some((user, hash))) => HubMsg::Input(Input::Login { id, user, hash }),
                 (Err(e), _) if e.code == ErrorCode::Busy => echo(e),
                 (_, None) if tell_unknown => echo(ChatError::new(
                     ErrorCode::UnknownUser,
@@ -86,7 +86,7 @@ pub(super) async fn with_password(
         }
         // The secret is hashed here, off the hub.
         Incoming::Resume { token, .. } => match crate::tokens::parse(&token) {
-            Some(token) => HubMsg::Resume { id, token },
+            Some(token) => HubMsg::Input(Input::Resume { id, token }),
             None => echo(ChatError::new(
                 ErrorCode::InvalidToken,
                 "this is not a session token; log in with the password",
@@ -116,10 +116,10 @@ pub(super) async fn with_password(
                                 }
                                 Err(e) => echo(e),
                                 Ok(()) => match shared.passwords.hash(new).await {
-                                    Ok(new_hash) => HubMsg::Request {
+                                    Ok(new_hash) => HubMsg::Input(Input::Request {
                                         id,
                                         cmd: Command::Passwd { old_hash, new_hash },
-                                    },
+                                    }),
                                     Err(e) => echo(e),
                                 },
                             }

@@ -30,7 +30,9 @@ use crate::auth::{Passwords, Verdict};
 use crate::config::{Limits, Live};
 use crate::dialect::{self, Decoder, Dialect, Edge, Frames, Incoming, Listen, ReqCtx, Who, Writes};
 use crate::framing::{FrameError, Framer};
-use crate::hub::{HubHandle, HubMsg, Out, OutItem, SessionId, SessionLink, TrySend, REPLAY_PAGE};
+use crate::hub::{
+    HubHandle, HubMsg, Input, Out, OutItem, SessionId, SessionLink, TrySend, REPLAY_PAGE,
+};
 use crate::ids::{NodeId, Stamp, Uid};
 use crate::rules::{check_password, check_user_name};
 use crate::throttle::{Account, Attempt, LoginThrottle};
@@ -217,14 +219,18 @@ pub async fn serve(
         ctxs: Mutex::new(VecDeque::new()),
         dialect: AtomicU8::new(d.to_u8()),
     });
-    if !shared.hub.send(HubMsg::Open(link.clone())).await {
+    if !shared
+        .hub
+        .send(HubMsg::Input(Input::Open(link.clone())))
+        .await
+    {
         return;
     }
     let writer = spawn_writer(wr, link.clone(), conn.clone(), shared.clone());
     read_loop(rd, &link, &conn, &shared, decoder, edge.listen).await;
     // The hub stops routing to us and closes the outbox after our last
     // request's reply; the writer finishes what is queued, then stops.
-    if !shared.hub.send(HubMsg::Close { id }).await {
+    if !shared.hub.send(HubMsg::Input(Input::Close { id })).await {
         link.outbox.close();
     }
     let kill = link.kill.clone();
@@ -435,8 +441,8 @@ fn try_dispatch(incoming: Incoming, link: &SessionLink, shared: &Shared) -> Disp
 /// The hub message for a request that needs no password work.
 fn plain(incoming: Incoming, id: SessionId) -> Result<HubMsg, Incoming> {
     match incoming {
-        Incoming::Command(_, cmd) => Ok(HubMsg::Request { id, cmd }),
-        Incoming::Invalid(_, e) => Ok(HubMsg::Echo { id, result: Err(e) }),
+        Incoming::Command(_, cmd) => Ok(HubMsg::Input(Input::Request { id, cmd })),
+        Incoming::Invalid(_, e) => Ok(HubMsg::Input(Input::Echo { id, result: Err(e) })),
         other => Err(other),
     }
 }

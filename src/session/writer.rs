@@ -308,7 +308,11 @@ impl Writer {
             return;
         }
         let ids = std::mem::take(&mut self.written);
-        if let TrySend::Full(msg) = self.shared.hub.try_send(HubMsg::Delivered { user, ids }) {
+        if let TrySend::Full(msg) = self
+            .shared
+            .hub
+            .try_send(HubMsg::Input(Input::Delivered { user, ids }))
+        {
             Box::pin(self.shared.hub.send(msg)).await;
         }
     }

@@ -1,0 +1,343 @@
+//! Hub cores and the mesh's plans on a network that lives in memory: each
+//! node is a hub core on its own store, each link is the [`Plan`] the real
+//! outbound link uses, and the network between them loses, reorders and
+//! repeats what it carries, partitions and heals, and restarts nodes. Time
+//! is a number the harness moves on; nothing sleeps. The real QUIC tests
+//! (tests/cluster*.rs) check the same over sockets.
+
+use super::send::read_stretch;
+use super::Plan;
+use crate::api::{Command, Reply};
+use crate::hub::tests::Bench;
+use crate::hub::Input;
+use crate::ids::{Gid, NodeId, Uid};
+use crate::model::{Op, Target};
+use crate::store::{Position, Store};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How often the real links tick.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A tiny deterministic generator, so every run is the same run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+struct Node {
+    id: NodeId,
+    hub: Option<Bench>,
+    dir: tempfile::TempDir,
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    /// One plan per directed link that is up.
+    links: HashMap<(NodeId, NodeId), Plan>,
+    /// Directed links the network does not carry.
+    cut: Vec<(NodeId, NodeId)>,
+    rng: Rng,
+    /// Percent of frames lost, repeated; and whether delivery is shuffled.
+    loss: u64,
+    repeat: u64,
+    shuffle: bool,
+}
+
+fn open_store(dir: &std::path::Path) -> Store {
+    Store::open(Bench::options(Some(dir))).unwrap()
+}
+
+impl Net {
+    fn new(n: NodeId, seed: u64) -> Net {
+        let nodes = (1..=n)
+            .map(|id| {
+                let dir = tempfile::tempdir().unwrap();
+                let hub = Some(Bench::on(open_store(dir.path()), id));
+                Node { id, hub, dir }
+            })
+            .collect();
+        Net {
+            nodes,
+            links: HashMap::new(),
+            cut: Vec::new(),
+            rng: Rng(seed | 1),
+            loss: 0,
+            repeat: 0,
+            shuffle: false,
+        }
+    }
+
+    fn hub(&mut self, n: NodeId) -> &mut Bench {
+        self.nodes[n as usize - 1].hub.as_mut().expect("node is up")
+    }
+
+    fn applied(&self, n: NodeId) -> Option<Position> {
+        let hub = self.nodes[n as usize - 1].hub.as_ref()?;
+        Some(hub.core.applied().clone())
+    }
+
+    /// Cut both directions between `a` and the others in `others`.
+    fn partition(&mut self, a: NodeId, others: &[NodeId]) {
+        for &b in others {
+            self.cut.push((a, b));
+            self.cut.push((b, a));
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Stop a node and start it again from its directory: it comes back
+    /// knowing only what its store has, and its links start over.
+    fn restart(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n as usize - 1];
+        let old = node.hub.take().expect("node is up");
+        let t = Some(old.t);
+        old.core.close().unwrap();
+        self.links.retain(|(a, b), _| *a != n && *b != n);
+        let mut hub = Bench::on(open_store(node.dir.path()), n);
+        if let Some(t) = t {
+            hub.t = t;
+        }
+        node.hub = Some(hub);
+    }
+
+    /// One tick of every link: each side's plan says what to send, the
+    /// network carries it (or not), the receivers apply it and say how far
+    /// they are.
+    fn step(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        let mut frames: Vec<(NodeId, NodeId, Vec<Op>)> = Vec::new();
+        for &a in &ids {
+            for &b in &ids {
+                if a == b {
+                    continue;
+                }
+                let (Some(mine), Some(theirs)) = (self.applied(a), self.applied(b)) else {
+                    continue;
+                };
+                if self.cut.contains(&(a, b)) {
+                    self.links.remove(&(a, b));
+                    continue;
+                }
+                // A link that comes up starts from what the peer says it has.
+                let plan = self
+                    .links
+                    .entry((a, b))
+                    .or_insert_with(|| Plan::new(a, b, theirs.clone()));
+                plan.acked(theirs);
+                let hub = self.nodes[a as usize - 1].hub.as_ref().unwrap();
+                let logs = hub.core.log_reader();
+                let now = hub.t.at;
+                let own = hub.durable_own();
+                let mut stretches: Vec<_> = plan.own(own).into_iter().collect();
+                if let Some(s) = stretches.first() {
+                    let sent = read_stretch(&logs, *s).unwrap();
+                    if let Some(last) = sent.last() {
+                        plan.sent_own(last.seq);
+                    }
+                    frames.push((a, b, sent));
+                    stretches.clear();
+                }
+                stretches.extend(plan.tick(now, mine, own));
+                for s in stretches {
+                    frames.push((a, b, read_stretch(&logs, s).unwrap()));
+                }
+            }
+        }
+        if self.shuffle {
+            for i in (1..frames.len()).rev() {
+                let j = (self.rng.next() % (i as u64 + 1)) as usize;
+                frames.swap(i, j);
+            }
+        }
+        let mut inputs: HashMap<NodeId, Vec<Input>> = HashMap::new();
+        for (_, b, ops) in frames {
+            if ops.is_empty() || self.rng.chance(self.loss) {
+                continue;
+            }
+            let origin = ops[0].origin;
+            let copies = if self.rng.chance(self.repeat) { 2 } else { 1 };
+            for _ in 0..copies {
+                let ops = ops.clone();
+                inputs
+                    .entry(b)
+                    .or_default()
+                    .push(Input::PeerOps { origin, ops });
+            }
+        }
+        for n in &mut self.nodes {
+            let Some(hub) = n.hub.as_mut() else { continue };
+            hub.advance(TICK);
+            hub.batch(inputs.remove(&n.id).unwrap_or_default());
+        }
+    }
+
+    /// Tick until every node has applied the same, or give up.
+    fn settle(&mut self, max_steps: usize) -> usize {
+        for i in 0..max_steps {
+            let first = self.applied(1);
+            if self.nodes.iter().all(|n| self.applied(n.id) == first) {
+                return i;
+            }
+            self.step();
+        }
+        panic!(
+            "no agreement after {max_steps} ticks: {:?}",
+            self.nodes
+                .iter()
+                .map(|n| self.applied(n.id))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    fn digests(&mut self) -> Vec<crate::store::Digest> {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        ids.into_iter()
+            .map(|n| self.hub(n).core.digest().unwrap())
+            .collect()
+    }
+}
+
+/// A user on node `n`, logged in there.
+fn user(net: &mut Net, n: NodeId, name: &str) -> (NodeId, u64, Uid) {
+    let (s, u) = net.hub(n).user(name);
+    (n, s, u)
+}
+
+fn ask(net: &mut Net, (n, s, _): (NodeId, u64, Uid), cmd: Command) -> Result<Reply, String> {
+    net.hub(n).ask(s, cmd).map_err(|e| e.message)
+}
+
+fn say(net: &mut Net, from: (NodeId, u64, Uid), to: Target, text: &str) {
+    let cmd = Command::Send {
+        to,
+        text: text.into(),
+        cid: None,
+        time: None,
+    };
+    assert!(
+        matches!(ask(net, from, cmd), Ok(Reply::Sent { .. })),
+        "{text}"
+    );
+}
+
+/// Three nodes with a user each, friends across nodes, one group.
+fn three_with_friends(net: &mut Net) -> ([(NodeId, u64, Uid); 3], Gid) {
+    let a = user(net, 1, "ann");
+    let b = user(net, 2, "ben");
+    let c = user(net, 3, "cal");
+    net.settle(100);
+    for (x, y) in [(a, b), (b, c), (c, a)] {
+        assert!(ask(net, x, Command::FriendAdd { user: y.2 }).is_ok());
+    }
+    let create = Command::GroupCreate {
+        name: "all".into(),
+        desc: String::new(),
+    };
+    let Ok(Reply::Group(g)) = ask(net, a, create) else {
+        panic!("group");
+    };
+    net.settle(100);
+    for m in [b, c] {
+        assert!(ask(net, m, Command::GroupJoin { group: g.id }).is_ok());
+    }
+    net.settle(100);
+    ([a, b, c], g.id)
+}
+
+#[test]
+fn a_partitioned_node_catches_up_after_the_heal_and_the_digests_agree() {
+    let mut net = Net::new(3, 7);
+    let ([a, b, c], g) = three_with_friends(&mut net);
+    net.partition(3, &[1, 2]);
+    for i in 0..40 {
+        say(&mut net, a, Target::User(b.2), &format!("a to b {i}"));
+        say(&mut net, c, Target::User(a.2), &format!("c to a {i}"));
+        say(&mut net, b, Target::Group(g), &format!("b to all {i}"));
+        net.step();
+    }
+    // 1 and 2 agree with each other (after what the last round sent)...
+    for _ in 0..10 {
+        if net.applied(1) == net.applied(2) {
+            break;
+        }
+        net.step();
+    }
+    assert_eq!(net.applied(1), net.applied(2));
+    // ...but cut off, node 3 has not seen their messages, nor they its own.
+    assert_ne!(net.applied(3), net.applied(1));
+    net.heal();
+    net.settle(200);
+    let d = net.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "{d:?}");
+}
+
+#[test]
+fn loss_reordering_and_repeats_change_nothing_in_the_end() {
+    let mut net = Net::new(3, 11);
+    net.loss = 20;
+    net.repeat = 30;
+    net.shuffle = true;
+    let ([a, b, c], g) = three_with_friends(&mut net);
+    for i in 0..60 {
+        let from = [a, b, c][i % 3];
+        say(&mut net, from, Target::Group(g), &format!("round {i}"));
+        if i % 2 == 0 {
+            net.step();
+        }
+    }
+    net.loss = 0;
+    net.settle(400);
+    let d = net.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "{d:?}");
+}
+
+#[test]
+fn a_node_restarted_during_a_partition_rejoins_through_a_relay() {
+    let mut net = Net::new(3, 23);
+    let ([a, b, _], _) = three_with_friends(&mut net);
+    // 1 and 3 cannot talk: what 1 writes reaches 3 only through 2.
+    net.partition(1, &[3]);
+    for i in 0..20 {
+        say(&mut net, a, Target::User(b.2), &format!("relayed {i}"));
+        net.step();
+    }
+    net.restart(2);
+    for i in 0..20 {
+        say(
+            &mut net,
+            a,
+            Target::User(b.2),
+            &format!("after restart {i}"),
+        );
+        net.step();
+    }
+    net.settle(400);
+    let d = net.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "{d:?}");
+    // The partition is still there: 3 got 1's messages from 2.
+    assert!(net.cut.contains(&(1, 3)));
+}
+
+#[test]
+fn the_harness_notices_a_network_that_never_delivers() {
+    let mut net = Net::new(2, 5);
+    let a = user(&mut net, 1, "ann");
+    net.partition(1, &[2]);
+    let _ = a;
+    let stuck = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.settle(20)));
+    assert!(stuck.is_err(), "settle must fail when nothing gets through");
+}
