@@ -40,7 +40,7 @@
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
 //! | `store`     | every sled access: the log (its own sled database, written and flushed by the commit thread), the tables (checkpointed from in-memory layers), group commit, the node's identity (id, uuid), kept counts | know chat rules |
-//! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip; `mesh::plan` decides what to send a peer, given the time | apply operations (the hub does); do I/O in `plan` |
+//! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, presence and member gossip; `mesh::plan` decides what to send a peer and `mesh::members` keeps the member table (gossip, conflicts, offered ids, which links are up), both given the time; `mesh::harness` (tests) runs hub cores and plans on an in-memory network | apply operations (the hub does); do I/O or read the clock in `plan` and `members` |
 //! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to; `admin::proto`, its typed requests and replies (used by the socket, the hub and `chatctl`) | hold state; build JSON by hand |
 //! | `backup`    | backup files (the log up to a point) and restore            | run while chatd owns the directory |
 //! | `telemetry` | Prometheus metrics and `/health` over HTTP                  | sit on a hot path (recording is the `metrics` facade) |

@@ -23,15 +23,18 @@
 //! This module moves operations and presence; it does not apply them (the
 //! hub does) and never touches the store's tables.
 //!
-//! Files: this one (the members as seen from here, the cluster's status),
-//! `join.rs` (this node's identity in the cluster, discovery), `plan.rs`
-//! (what to send a peer: a state machine given the time), `send.rs` (the
-//! outbound link, its I/O), `receive.rs` (inbound links), `wire.rs` (frames),
-//! `tls.rs` (certificates).
+//! Files: this one (starting, the cluster's status, what the links share),
+//! `members.rs` (the member table and which links are up: a state machine
+//! given the time), `join.rs` (this node's identity in the cluster,
+//! discovery), `plan.rs` (what to send a peer: a state machine given the
+//! time), `send.rs` (the outbound link, its I/O), `receive.rs` (inbound
+//! links), `wire.rs` (frames), `tls.rs` (certificates), `harness.rs` (tests:
+//! hub cores and plans on an in-memory network).
 
 #[cfg(test)]
 mod harness;
 mod join;
+mod members;
 mod plan;
 mod receive;
 mod send;
@@ -40,6 +43,7 @@ pub mod wire;
 
 use join::*;
 pub use join::{prepare, remembered, Prepared};
+use members::{Learned, Members};
 use plan::{Plan, Stretch};
 use receive::*;
 use send::*;
@@ -48,12 +52,11 @@ pub use crate::config::MeshSettings;
 use crate::hub::{HubHandle, HubMsg, Input};
 use crate::ids::{NodeId, MAX_NODE};
 use crate::store::{Position, Store};
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wire::{Frame, MemberInfo};
@@ -71,30 +74,16 @@ const RELAY_DELAY: Duration = Duration::from_secs(1);
 /// How long a handshake step may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How a member looks from here.
-struct Peer {
-    info: MemberInfo,
-    out_up: bool,
-    in_up: bool,
-    /// Which inbound link is current; an older one closing changes nothing.
-    in_gen: u64,
-    last_contact: Option<SystemTime>,
-    /// How far the peer says it has applied each origin's log.
-    peer_applied: Position,
-}
-
 struct Inner {
     me: MemberInfo,
     endpoint: quinn::Endpoint,
     hub: HubHandle,
     members_file: PathBuf,
-    peers: Mutex<BTreeMap<NodeId, Peer>>,
+    /// The member table (`members.rs`): who, which links are up, offers.
+    members: Mutex<Members>,
     /// Bumped when the member list changes, so links gossip it.
     members_version: watch::Sender<u64>,
-    next_gen: AtomicU64,
     refused: AtomicU64,
-    /// Ids offered to joining nodes (by their uuid), held for a minute.
-    offers: Mutex<HashMap<NodeId, (String, Instant)>>,
     stop: CancellationToken,
 }
 
@@ -137,15 +126,13 @@ impl Mesh {
     pub fn start(p: Prepared, hub: HubHandle) -> Mesh {
         let (members_version, _) = watch::channel(0);
         let inner = Arc::new(Inner {
+            members: Mutex::new(Members::new(p.me.clone())),
             me: p.me,
             endpoint: p.endpoint,
             hub,
             members_file: p.members_file,
-            peers: Mutex::new(BTreeMap::new()),
             members_version,
-            next_gen: AtomicU64::new(1),
             refused: AtomicU64::new(0),
-            offers: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         });
         for m in p.known {
@@ -163,42 +150,9 @@ impl Mesh {
     pub fn status(&self) -> ClusterStatus {
         let inner = &self.inner;
         let ours = inner.hub.applied().borrow().clone();
-        let mut members = vec![MemberStatus {
-            node: inner.me.node,
-            uuid: inner.me.uuid.clone(),
-            addr: inner.me.addr.clone(),
-            state: "self".into(),
-            last_contact_ms: None,
-            lag_ops: 0,
-        }];
-        for p in lock(&inner.peers).values() {
-            let lag = ours
-                .iter()
-                .filter(|(o, _)| **o != p.info.node)
-                .map(|(o, s)| s.saturating_sub(p.peer_applied.get(o).copied().unwrap_or(0)))
-                .sum();
-            members.push(MemberStatus {
-                node: p.info.node,
-                uuid: p.info.uuid.clone(),
-                addr: p.info.addr.clone(),
-                state: match (p.out_up, p.in_up) {
-                    (true, true) => "up",
-                    (false, false) => "down",
-                    _ => "partial",
-                }
-                .into(),
-                last_contact_ms: p.last_contact.and_then(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .ok()
-                        .map(|d| d.as_millis() as u64)
-                }),
-                lag_ops: lag,
-            });
-        }
-        members.sort_by_key(|m| m.node);
         ClusterStatus {
             node: inner.me.node,
-            members,
+            members: lock(&inner.members).status(&ours),
             refused: inner.refused.load(Ordering::Relaxed),
         }
     }
@@ -216,84 +170,42 @@ impl Mesh {
 }
 
 impl Inner {
-    /// The id a joining node (by uuid) should take: the lowest one no member
-    /// has and no other joiner was offered in the last minute.
     fn offer_id(&self, uuid: &str) -> Option<NodeId> {
-        let taken: Vec<NodeId> = lock(&self.peers).keys().copied().collect();
-        let mut offers = lock(&self.offers);
-        offers.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
-        if let Some((&n, _)) = offers.iter().find(|(_, (u, _))| u == uuid) {
-            return Some(n);
-        }
-        let n = (1..=MAX_NODE)
-            .find(|n| *n != self.me.node && !taken.contains(n) && !offers.contains_key(n))?;
-        offers.insert(n, (uuid.to_string(), Instant::now()));
-        Some(n)
+        lock(&self.members).offer_id(uuid, Instant::now())
     }
 
     fn member_list(&self) -> Vec<MemberInfo> {
-        let mut v: Vec<MemberInfo> = lock(&self.peers).values().map(|p| p.info.clone()).collect();
-        v.push(self.me.clone());
-        v
+        lock(&self.members).list()
     }
 
     /// Add or update a member; dial it if it is new. Returns false when the
     /// member conflicts with one we know (same id, another node).
     fn add_member(self: &Arc<Self>, m: MemberInfo) -> bool {
-        if m.node == self.me.node {
-            if m.uuid != self.me.uuid {
-                tracing::error!(node = m.node, addr = %m.addr, "another node claims this node's id");
+        let (node, addr) = (m.node, m.addr.clone());
+        let learned = lock(&self.members).learn(m);
+        match learned {
+            Learned::Known => return true,
+            Learned::Conflict => {
+                tracing::error!(
+                    node,
+                    other = %addr,
+                    "a node claims an id that another has; ignoring it (restart it with an empty data directory or another --node-id)"
+                );
                 return false;
             }
-            return true;
+            Learned::Moved => tracing::info!(node, %addr, "member moved"),
+            Learned::New => tracing::info!(node, %addr, "member joined"),
         }
-        if m.node == 0 || m.node > MAX_NODE {
-            return false;
+        self.members_changed();
+        if learned == Learned::New {
+            let inner = self.clone();
+            tokio::spawn(async move { dial_loop(inner, node).await });
         }
-        let mut peers = lock(&self.peers);
-        match peers.get_mut(&m.node) {
-            Some(p) if p.info.uuid != m.uuid => {
-                tracing::error!(
-                    node = m.node,
-                    known = %p.info.addr,
-                    other = %m.addr,
-                    "two nodes claim the same node id; ignoring the newcomer (restart it with an empty data directory or another --node-id)"
-                );
-                false
-            }
-            Some(p) => {
-                if p.info.addr != m.addr {
-                    tracing::info!(node = m.node, addr = %m.addr, "member moved");
-                    p.info.addr = m.addr;
-                    drop(peers);
-                    self.members_changed();
-                }
-                true
-            }
-            None => {
-                tracing::info!(node = m.node, addr = %m.addr, "member joined");
-                peers.insert(
-                    m.node,
-                    Peer {
-                        info: m.clone(),
-                        out_up: false,
-                        in_up: false,
-                        in_gen: 0,
-                        last_contact: None,
-                        peer_applied: Position::new(),
-                    },
-                );
-                drop(peers);
-                self.members_changed();
-                let inner = self.clone();
-                tokio::spawn(async move { dial_loop(inner, m.node).await });
-                true
-            }
-        }
+        true
     }
 
     fn members_changed(&self) {
-        let list: Vec<MemberInfo> = lock(&self.peers).values().map(|p| p.info.clone()).collect();
+        let list = lock(&self.members).others();
         save_members(&self.members_file, &list);
         self.members_version.send_modify(|v| *v += 1);
     }
@@ -320,8 +232,6 @@ impl Inner {
     }
 
     fn touch(&self, node: NodeId) {
-        if let Some(p) = lock(&self.peers).get_mut(&node) {
-            p.last_contact = Some(SystemTime::now());
-        }
+        lock(&self.members).heard(node, crate::ids::wall_millis());
     }
 }

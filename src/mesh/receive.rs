@@ -122,12 +122,7 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.closed()).await;
         return Ok(());
     }
-    let gen = inner.next_gen.fetch_add(1, Ordering::Relaxed);
-    if let Some(p) = lock(&inner.peers).get_mut(&node) {
-        p.in_up = true;
-        p.in_gen = gen;
-        p.last_contact = Some(SystemTime::now());
-    }
+    let gen = lock(&inner.members).in_up(node, crate::ids::wall_millis());
     tracing::info!(node, "link from member up");
 
     // Tell the peer, as we go, how far we have applied.
@@ -148,16 +143,7 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
     });
     let result = receive(inner, node, &mut recv).await;
     reporter.abort();
-    let current = {
-        let mut peers = lock(&inner.peers);
-        match peers.get_mut(&node) {
-            Some(p) if p.in_gen == gen => {
-                p.in_up = false;
-                true
-            }
-            _ => false,
-        }
-    };
+    let current = lock(&inner.members).in_down(node, gen);
     if current {
         tracing::warn!(
             node,

@@ -11,16 +11,13 @@ pub(super) async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
         if inner.stop.is_cancelled() {
             return;
         }
-        let info = match lock(&inner.peers).get(&node) {
-            Some(p) => p.info.clone(),
+        let info = match lock(&inner.members).info(node) {
+            Some(info) => info.clone(),
             None => return,
         };
         let started = Instant::now();
         let result = outbound(&inner, &info).await;
-        let was_up = lock(&inner.peers)
-            .get_mut(&node)
-            .map(|p| std::mem::replace(&mut p.out_up, false))
-            .unwrap_or(false);
+        let was_up = lock(&inner.members).out_down(node);
         if inner.stop.is_cancelled() {
             return;
         }
@@ -85,11 +82,8 @@ pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<()
     for m in members {
         inner.add_member(m);
     }
-    if let Some(p) = lock(&inner.peers).get_mut(&node) {
-        p.out_up = true;
-        p.peer_applied = applied.iter().copied().collect();
-        p.last_contact = Some(SystemTime::now());
-    }
+    let position: Position = applied.iter().copied().collect();
+    lock(&inner.members).out_up(node, position, crate::ids::wall_millis());
     tracing::info!(node, addr = %info.addr, "link to member up");
 
     // What the peer tells us back on this link: how far it has applied.
@@ -181,10 +175,7 @@ impl Sender {
                 ack = acks.recv() => match ack {
                     Some(p) => {
                         self.plan.acked(p.clone());
-                        if let Some(peer) = lock(&self.inner.peers).get_mut(&self.peer) {
-                            peer.peer_applied = p;
-                            peer.last_contact = Some(SystemTime::now());
-                        }
+                        lock(&self.inner.members).acked(self.peer, p, crate::ids::wall_millis());
                     }
                     None => return Err("peer closed the link".into()),
                 },
