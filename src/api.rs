@@ -9,6 +9,9 @@ use std::fmt;
 use std::sync::Arc;
 
 /// How a login names its user.
+/// Most message ids one acknowledgement may carry.
+pub const MAX_ACK_IDS: usize = 4096;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Who {
     Id(Uid),

@@ -577,9 +577,6 @@ fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.clamp(0.001, 1e9))
 }
 
-/// Most message ids one acknowledgement may carry.
-pub const MAX_ACK_IDS: usize = 4096;
-
 /// Limits on everything a client can drive, as the rules and sessions use them.
 #[derive(Clone, Debug)]
 pub struct Limits {

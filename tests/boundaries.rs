@@ -129,6 +129,8 @@ fn the_pure_modules_do_no_io_and_read_no_clock() {
 fn the_hub_core_is_given_the_time_and_leaves_the_io_to_its_driver() {
     for f in [
         "mod.rs",
+        "input.rs",
+        "batch.rs",
         "login.rs",
         "routing.rs",
         "replay.rs",

@@ -9,11 +9,11 @@
 
 use super::fields::Fields;
 use super::{Frames, Incoming, ReqCtx, ReqId, Who};
+use crate::api::MAX_ACK_IDS;
 use crate::api::{
     ChatError, Command, ErrorCode, Event, FriendView, GroupView, MemberView, MsgView, Reply,
     RequestView, UserRef,
 };
-use crate::config::MAX_ACK_IDS;
 use crate::ids::{Gid, Stamp, Uid};
 use crate::model::Target;
 use serde::Serialize;

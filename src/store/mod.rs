@@ -42,9 +42,11 @@ pub use digest::Digest;
 mod layers;
 mod log;
 mod open;
+mod options;
 use log::*;
 pub use log::{Durability, Durable, LogReader};
 pub(crate) mod merge;
+pub use options::{RecentCids, StoreOptions};
 pub mod schema;
 pub mod space;
 
@@ -239,80 +241,6 @@ pub(crate) struct Layer {
 impl Layer {
     fn is_empty(&self) -> bool {
         self.maps.iter().all(BTreeMap::is_empty)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    pub path: Option<PathBuf>,
-    /// sled page cache, bytes.
-    pub cache_bytes: u64,
-    /// Freeze and write the in-memory layer after this long...
-    pub checkpoint_interval: Duration,
-    /// ...or once it holds about this many bytes.
-    pub checkpoint_bytes: usize,
-    /// Fault injection: delay every commit flush (tests only).
-    pub commit_delay: Duration,
-    /// Unsafe: count a commit as durable without flushing it.
-    pub no_flush: bool,
-}
-
-impl StoreOptions {
-    pub fn at(path: impl Into<PathBuf>) -> StoreOptions {
-        StoreOptions {
-            path: Some(path.into()),
-            cache_bytes: 128 << 20,
-            checkpoint_interval: Duration::from_secs(1),
-            checkpoint_bytes: 32 << 20,
-            commit_delay: Duration::ZERO,
-            no_flush: false,
-        }
-    }
-
-    /// A throwaway database, for tests of the rules.
-    pub fn temporary() -> StoreOptions {
-        StoreOptions {
-            path: None,
-            cache_bytes: 16 << 20,
-            checkpoint_interval: Duration::from_secs(1),
-            checkpoint_bytes: 32 << 20,
-            commit_delay: Duration::ZERO,
-            no_flush: false,
-        }
-    }
-}
-
-/// The resend filter: each user's last few client message ids. Kept in
-/// memory only (rebuilt from the log tail after a restart); a resend comes
-/// within seconds of the original, not days.
-#[derive(Default)]
-pub struct RecentCids {
-    by_user: HashMap<u32, VecDeque<(Box<str>, Stamp)>>,
-}
-
-const CIDS_PER_USER: usize = 256;
-const CID_USERS_MAX: usize = 200_000;
-
-impl RecentCids {
-    pub fn get(&self, user: u32, cid: &str) -> Option<Stamp> {
-        self.by_user
-            .get(&user)?
-            .iter()
-            .rev()
-            .find(|(c, _)| &**c == cid)
-            .map(|(_, s)| *s)
-    }
-
-    pub fn insert(&mut self, user: u32, cid: &str, id: Stamp) {
-        if self.by_user.len() >= CID_USERS_MAX && !self.by_user.contains_key(&user) {
-            // Bounded memory: forget everyone's filters rather than grow.
-            self.by_user.clear();
-        }
-        let ring = self.by_user.entry(user).or_default();
-        if ring.len() == CIDS_PER_USER {
-            ring.pop_front();
-        }
-        ring.push_back((cid.into(), id));
     }
 }
 
@@ -624,61 +552,4 @@ impl From<StoreError> for crate::api::ChatError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{OpBody, Target};
-
-    #[test]
-    fn last_stamps_follow_the_log() {
-        let mut s = Store::open(StoreOptions::temporary()).unwrap();
-        let op = |origin: NodeId, seq: u64, millis: u64| Op {
-            origin,
-            seq,
-            stamp: Stamp::new(millis, origin),
-            body: OpBody::Notice { text: "hi".into() },
-        };
-        s.append_log(1, vec![op(1, 1, 10), op(1, 2, 20)]).unwrap();
-        s.append_log(2, vec![op(2, 1, 15)]).unwrap();
-        assert_eq!(s.last_stamps().get(&1), Some(&op(1, 2, 20).stamp));
-        assert_eq!(s.last_stamps().get(&2), Some(&op(2, 1, 15).stamp));
-        assert_eq!(s.last_stamp(), op(1, 2, 20).stamp);
-    }
-
-    #[test]
-    fn log_segments_are_encoded_slices_and_stay_small() {
-        let ops: Vec<Op> = (1..=400u64)
-            .map(|seq| Op {
-                origin: 3,
-                seq,
-                stamp: Stamp::new(seq, 3),
-                body: OpBody::Send {
-                    from: crate::ids::Uid(1),
-                    to: Target::User(crate::ids::Uid(2)),
-                    // Mostly small, now and then a text bigger than a segment.
-                    text: "x".repeat(if seq % 97 == 0 {
-                        9000
-                    } else {
-                        seq as usize % 300
-                    }),
-                    cid: None,
-                    time: None,
-                },
-            })
-            .collect();
-        let segments = log_segments(&ops);
-        assert!(segments.len() > 10, "{}", segments.len());
-        let mut next = 0;
-        for (first, bytes) in &segments {
-            let part: Vec<Op> = decode(bytes).unwrap();
-            assert_eq!(part[0].seq, *first);
-            assert_eq!(*bytes, encode(&ops[next..next + part.len()]));
-            assert!(
-                part.len() == 1 || bytes.len() <= RECORD_MAX_BYTES,
-                "{}",
-                bytes.len()
-            );
-            next += part.len();
-        }
-        assert_eq!(next, ops.len());
-    }
-}
+mod tests;

@@ -1,0 +1,181 @@
+//! The end of a batch and the core's housekeeping: logging the batch's
+//! operations and returning what goes out; sessions that do not keep up;
+//! checkpoints, free disk space, shutdown, a storage failure; and what the
+//! driver may ask of the core.
+
+use super::*;
+
+impl Hub {
+    /// Enter or leave read-only mode as free space crosses the watermark
+    /// (leaving it a little above, so it does not flap).
+    pub(super) fn check_space(&mut self) {
+        self.space_checked = self.now.at;
+        let Some(free) = self.store.free_space() else {
+            return;
+        };
+        let floor = self.batch_limits.min_free_bytes;
+        let resume = floor + (floor / 8).max(crate::store::space::RESERVE_BYTES);
+        if !self.storage_full && free < floor {
+            self.storage_full = true;
+            tracing::error!(
+                free_mb = free >> 20,
+                min_free_mb = floor >> 20,
+                "the disk is nearly full: taking no changes until there is room"
+            );
+        } else if self.storage_full && free >= resume {
+            self.storage_full = false;
+            tracing::info!(
+                free_mb = free >> 20,
+                "there is room on the disk again: taking changes"
+            );
+            self.ensure_lobby();
+        }
+        if !self.storage_full {
+            self.store.ensure_reserve(resume);
+        }
+        self.storage_full_flag
+            .store(self.storage_full, Ordering::Relaxed);
+        metrics::gauge!("chatd_storage_full").set(if self.storage_full { 1.0 } else { 0.0 });
+    }
+
+    pub(super) fn storage_full_error() -> ChatError {
+        ChatError::new(
+            ErrorCode::StorageFull,
+            "the server's disk is full; nothing can be changed until there is room (reading works)",
+        )
+    }
+
+    /// Say goodbye to every session; new ones are turned away. The driver
+    /// stops once none are left or its grace runs out.
+    pub fn begin_shutdown(&mut self) {
+        tracing::info!(sessions = self.sessions.len(), "shutting down");
+        self.shutting_down = true;
+        let ticket = self.store.ticket();
+        for s in self.sessions.values() {
+            let out = Out {
+                ticket,
+                item: OutItem::Bye(ErrorCode::ShuttingDown),
+            };
+            self.actions.push(Action::Say {
+                link: s.link.clone(),
+                out,
+                or_cut: true,
+            });
+        }
+    }
+
+    /// Log this batch's operations as one segment, ask for a flush, and hand
+    /// everything out with the ticket that flush will reach. The timers that
+    /// are due run first.
+    pub fn finish_batch(&mut self, now: Now) -> Batch {
+        self.now = now;
+        if now.at.saturating_duration_since(self.last_idle_sweep) >= IDLE_SWEEP {
+            self.close_idle_sessions();
+        }
+        if now.at.saturating_duration_since(self.space_checked) >= SPACE_CHECK {
+            self.check_space();
+        }
+        self.commit_marks();
+        if !self.new_ops.is_empty() {
+            let next = Vec::with_capacity(self.new_ops.len());
+            let ops = std::mem::replace(&mut self.new_ops, next);
+            if let Err(e) = self.store.append_log(self.node, ops) {
+                self.fail(e);
+            }
+        }
+        for (origin, ops) in std::mem::take(&mut self.peer_ops) {
+            if let Err(e) = self.store.append_log(origin, ops) {
+                self.fail(e);
+            }
+        }
+        let applied = (self.applied != *self.store.applied()).then(|| {
+            self.applied = self.store.applied().clone();
+            self.applied.clone()
+        });
+        let ticket = self.store.commit();
+        Batch {
+            ticket,
+            out: std::mem::take(&mut self.out),
+            actions: std::mem::take(&mut self.actions),
+            applied,
+        }
+    }
+
+    /// Sessions whose outboxes had no room: close them. Closing may tell
+    /// friends that the user went offline, which is another round of pushes
+    /// (with the same ticket).
+    pub fn overflowed(&mut self, ids: &[SessionId]) -> Batch {
+        for &id in ids {
+            if let Some(s) = self.sessions.get(&id) {
+                tracing::info!(session = id, peer = %s.link.peer, "closing a session that does not keep up");
+            }
+            self.kill(id, None);
+        }
+        Batch {
+            ticket: self.store.ticket(),
+            out: std::mem::take(&mut self.out),
+            actions: std::mem::take(&mut self.actions),
+            applied: None,
+        }
+    }
+
+    /// Checkpoint the tables when it is time (after the batch went out).
+    pub fn maintain(&mut self) {
+        if let Err(e) = self.store.maintain(!self.storage_full) {
+            self.fail(e);
+        }
+    }
+
+    /// Write the tables out; the log already has everything.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.sessions.clear();
+        self.store.close()
+    }
+
+    /// A storage failure leaves the hub unable to keep its promises: it
+    /// keeps the first, and the driver stops chatd before anything goes out.
+    pub(super) fn fail(&mut self, e: StoreError) {
+        self.failed.get_or_insert(e);
+    }
+
+    pub fn failed(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
+    }
+
+    /// The link of a session the hub holds.
+    pub fn link(&self, id: SessionId) -> Option<&Arc<SessionLink>> {
+        self.sessions.get(&id).map(|s| &s.link)
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &Arc<SessionLink>> {
+        self.sessions.values().map(|s| &s.link)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The users with a session on this node, for a new peer link.
+    pub fn local_users(&self) -> Vec<Uid> {
+        self.by_user.keys().copied().collect()
+    }
+
+    /// A fingerprint of the replicated state. It writes the tables out
+    /// first: not on a full disk.
+    pub fn digest(&mut self) -> Result<crate::store::Digest, String> {
+        if self.storage_full {
+            return Err(Self::storage_full_error().message);
+        }
+        self.store.digest().map_err(|e| e.to_string())
+    }
+
+    /// A reader of this node's log (for the mesh's links).
+    pub fn log_reader(&self) -> LogReader {
+        self.store.log_reader()
+    }
+
+    /// How far each origin's log is applied here.
+    pub fn applied(&self) -> &Position {
+        self.store.applied()
+    }
+}
