@@ -123,6 +123,21 @@ fn every_scenario_delivers_everything_it_sends() {
     );
     assert_eq!(delivered_all(&r), 300);
 
+    // Stored history: messages cost bytes on disk, measured from outside.
+    let data = dir.path().to_string_lossy().to_string();
+    let r = chatbench(
+        &[
+            &["history", "--messages", "2000", "--wait", "1.5"][..],
+            &["--data-dir", &data][..],
+            &target[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["sent"], 2000, "{r}");
+    let per = r["extra"]["bytes_per_message"].as_f64().unwrap_or(0.0);
+    let log = r["extra"]["log_bytes_per_message"].as_f64().unwrap_or(0.0);
+    assert!(per > 0.0 && log > 0.0 && per >= log, "{r}");
+
     // Idle sessions and a login storm.
     let r = chatbench(
         &[

@@ -6,7 +6,8 @@
 //! * `client`: connections in each dialect (and the relay's), setup requests,
 //!   encoding sends and decoding receipts cheaply.
 //! * `scenarios`: 1:1 pairs (closed or open loop), group fan-out, offline
-//!   drain, idle sessions, login storm.
+//!   drain, stored history (bytes per message on disk), idle sessions,
+//!   login storm.
 //! * `relay`: the ceiling: a TCP relay with no JSON and no storage.
 //! * `fuzz`: mutated requests of every dialect, and a probe that checks the
 //!   server keeps answering.

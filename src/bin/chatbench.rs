@@ -5,6 +5,7 @@
 //! chatbench pairs  --addr ... --rate 50000            # open loop
 //! chatbench fanout --addr ... --members 500 --senders 2
 //! chatbench drain  --addr ... --messages 10000
+//! chatbench history --addr ... --messages 100000 --data-dir DIR
 //! chatbench idle   --addr ... --sessions 10000 --pid ...
 //! chatbench logins --addr ... --users 1000 --concurrency 64
 //! chatbench relay  --pairs 500 --window 4             # the machine's ceiling
@@ -16,7 +17,9 @@
 //! limit; README's "Performance" section has the exact commands.
 
 use chatd::bench::fuzz::{self, FuzzOpts, Ports};
-use chatd::bench::scenarios::{self, DrainOpts, FanoutOpts, IdleOpts, LoginOpts, PairsOpts};
+use chatd::bench::scenarios::{
+    self, DrainOpts, FanoutOpts, HistoryOpts, IdleOpts, LoginOpts, PairsOpts,
+};
 use chatd::bench::{relay, Common, Proto, Report, Transport};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -142,6 +145,20 @@ enum Cmd {
         /// Seconds between queueing and the login (the server checkpoints
         /// its memory to its database every second).
         #[arg(long, default_value_t = 2.0)]
+        wait: f64,
+    },
+    /// Store messages; report what each costs on the server's disk (its
+    /// data directory measured from outside: log, tables, all).
+    History {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// The server's --data-dir.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Seconds to let the server write its tables before each measure.
+        #[arg(long, default_value_t = 3.0)]
         wait: f64,
     },
     /// Hold logged-in idle sessions; report server memory per session.
@@ -348,6 +365,20 @@ fn main() -> ExitCode {
                     wait: Duration::from_secs_f64(wait.max(0.0)),
                 };
                 Ok(vec![scenarios::drain(&o).await?])
+            }
+            Cmd::History {
+                target,
+                messages,
+                data_dir,
+                wait,
+            } => {
+                let o = HistoryOpts {
+                    common: target.common(),
+                    messages: (*messages).max(1),
+                    data_dir: data_dir.clone(),
+                    wait: Duration::from_secs_f64(wait.max(0.0)),
+                };
+                Ok(vec![scenarios::history(&o).await?])
             }
             Cmd::Idle {
                 target,

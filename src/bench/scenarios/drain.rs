@@ -18,56 +18,7 @@ pub async fn drain(o: &DrainOpts) -> Res<Report> {
     let prefix = run_prefix();
     let names = vec![format!("{prefix}-sender"), format!("{prefix}-reader")];
     let ids = register_all(c, &names).await?;
-    let mut sender = Setup::open(c.addrs[0], Proto::Native, c.transport).await?;
-    sender.login(ids[0], &c.password).await?;
-    let (mut rd, mut wr, pending) = sender.into_parts();
-    // Queue them, pipelined, and wait for every "sent".
-    let epoch = Instant::now();
-    let (to, total, size) = (ids[1], o.messages, c.size);
-    let writing = tokio::spawn(async move {
-        let mut out = Vec::new();
-        for chunk in (0..total).collect::<Vec<_>>().chunks(256) {
-            out.clear();
-            for i in chunk {
-                encode_send(
-                    &mut out,
-                    Proto::Native,
-                    to,
-                    false,
-                    now_ns(epoch),
-                    (0, *i as u64),
-                    size,
-                );
-            }
-            wr.write_all(&out).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<Wr, String>(wr)
-    });
-    let mut lines = Lines::default();
-    lines.push(&pending);
-    let mut accepted = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    while accepted < o.messages {
-        while let Some(v) = lines.next_value() {
-            match decode(Proto::Native, v) {
-                Seen::Sent => accepted += 1,
-                Seen::Error(e) => return Err(format!("queueing failed: {e}")),
-                _ => {}
-            }
-        }
-        if accepted >= o.messages {
-            break;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(60), rd.read(&mut buf))
-            .await
-            .map_err(|_| "queueing stalled")?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the server closed the sender".into());
-        }
-        lines.push(&buf[..n]);
-    }
-    let _ = writing.await;
+    queue(c, ids[0], ids[1], o.messages).await?;
     tokio::time::sleep(o.wait).await;
     let before = rss_all(&c.pids);
     // The reader logs in; time until everything is in.
@@ -80,6 +31,7 @@ pub async fn drain(o: &DrainOpts) -> Res<Report> {
     lines.push(&pending);
     let mut got = 0usize;
     let mut acks = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
     while got < o.messages {
         while let Some(v) = lines.next_value() {
             if let Seen::Message { id, .. } = decode(c.proto, v) {
@@ -131,4 +83,60 @@ pub async fn drain(o: &DrainOpts) -> Res<Report> {
     r.extra
         .insert("login_to_last_ms".into(), json!(all.as_secs_f64() * 1000.0));
     Ok(r)
+}
+
+/// Send `total` messages from `from` to `to` (pipelined, native) and wait
+/// until every one is acknowledged as stored.
+pub(super) async fn queue(c: &Common, from: u32, to: u32, total: usize) -> Res<()> {
+    let mut sender = Setup::open(c.addrs[0], Proto::Native, c.transport).await?;
+    sender.login(from, &c.password).await?;
+    let (mut rd, mut wr, pending) = sender.into_parts();
+    // Queue them, pipelined, and wait for every "sent".
+    let epoch = Instant::now();
+    let size = c.size;
+    let writing = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for chunk in (0..total).collect::<Vec<_>>().chunks(256) {
+            out.clear();
+            for i in chunk {
+                encode_send(
+                    &mut out,
+                    Proto::Native,
+                    to,
+                    false,
+                    now_ns(epoch),
+                    (0, *i as u64),
+                    size,
+                );
+            }
+            wr.write_all(&out).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<Wr, String>(wr)
+    });
+    let mut lines = Lines::default();
+    lines.push(&pending);
+    let mut accepted = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while accepted < total {
+        while let Some(v) = lines.next_value() {
+            match decode(Proto::Native, v) {
+                Seen::Sent => accepted += 1,
+                Seen::Error(e) => return Err(format!("queueing failed: {e}")),
+                _ => {}
+            }
+        }
+        if accepted >= total {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(60), rd.read(&mut buf))
+            .await
+            .map_err(|_| "queueing stalled")?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the server closed the sender".into());
+        }
+        lines.push(&buf[..n]);
+    }
+    let _ = writing.await;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod drain;
 mod fanout;
+mod history;
 mod sessions;
 
 use super::client::{decode, encode_ack, encode_send, Lines, Res, Seen, Setup};
@@ -11,6 +12,7 @@ use super::{new_histogram, now_ns, rss_all, run_prefix, Common, Latency, Proto, 
 pub use drain::*;
 pub use fanout::*;
 use hdrhistogram::Histogram;
+pub use history::*;
 use serde_json::json;
 pub use sessions::*;
 use std::net::SocketAddr;
