@@ -127,8 +127,7 @@ impl Hub {
     }
 
     /// Write the tables out; the log already has everything.
-    pub fn close(mut self) -> Result<(), StoreError> {
-        self.sessions.clear();
+    pub fn close(self) -> Result<(), StoreError> {
         self.store.close()
     }
 
