@@ -151,6 +151,10 @@ pub fn guest_node(u: Uid) -> crate::ids::NodeId {
     (offset / crate::ids::GUEST_BLOCK + 1) as crate::ids::NodeId
 }
 
+/// Tally entries (a conversation's minute each) swept per call; the hub
+/// sweeps the rest between batches.
+pub const SWEEP_BUDGET: usize = 512;
+
 pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
     let mut fx = Vec::new();
     let st = op.stamp;
@@ -382,12 +386,18 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
         } => set_role(s, st, *group, *user, *role, *actor, *since, &mut fx)?,
         OpBody::Send { cid, from, .. } => {
             if let Some(m) = op.message() {
-                s.add_message(&m);
                 if let Some(cid) = cid {
                     s.recent_cids.insert(from.0, cid, m.id);
                 }
-                fx.push(Effect::Message(Arc::new(m)));
+                // One that expired before it arrived goes nowhere.
+                if s.add_message(&m)? {
+                    fx.push(Effect::Message(Arc::new(m)));
+                }
             }
+        }
+        OpBody::Expire { history, queue } => {
+            s.raise_watermarks(*history, *queue);
+            s.sweep(SWEEP_BUDGET)?;
         }
         OpBody::Delivered { marks } => {
             for (u, id) in marks {

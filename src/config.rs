@@ -196,6 +196,17 @@ pub struct Settings {
     )]
     pub max_unauthenticated_per_address: usize,
 
+    /// Remove messages older than this from history (and from every
+    /// queue), on every node of the cluster alike: the shortest any node
+    /// asks for is what the cluster keeps. Seconds; 0 keeps history for ever.
+    #[arg(long, env = "CHATD_HISTORY_MAX_AGE_SECS", default_value_t = 0)]
+    pub history_max_age_secs: u64,
+
+    /// Stop delivering a message nobody received within this long (it
+    /// stays in history while that keeps it). Seconds; 0: until delivered.
+    #[arg(long, env = "CHATD_QUEUE_MAX_AGE_SECS", default_value_t = 0)]
+    pub queue_max_age_secs: u64,
+
     /// Close a native-protocol session that sends nothing for this long
     /// (clients send "ping" to stay connected). Seconds; 0 disables.
     #[arg(long, env = "CHATD_IDLE_TIMEOUT_SECS", default_value_t = 90)]
@@ -567,6 +578,10 @@ impl Settings {
             min_free_bytes: self.min_free_mb << 20,
             welcome: (!self.welcome.is_empty()).then(|| self.welcome.clone()),
             token_lifetime: Duration::from_secs_f64((self.token_days * 86_400.0).clamp(1.0, 3.2e9)),
+            history_max_age: (self.history_max_age_secs > 0)
+                .then(|| Duration::from_secs(self.history_max_age_secs.min(1 << 40))),
+            queue_max_age: (self.queue_max_age_secs > 0)
+                .then(|| Duration::from_secs(self.queue_max_age_secs.min(1 << 40))),
             ..Limits::default()
         }
     }
@@ -609,6 +624,9 @@ pub struct Limits {
     pub min_free_bytes: u64,
     pub welcome: Option<String>,
     pub token_lifetime: Duration,
+    /// Retention (`None`: keep).
+    pub history_max_age: Option<Duration>,
+    pub queue_max_age: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -644,6 +662,8 @@ impl Default for Limits {
             min_free_bytes: 64 << 20,
             welcome: None,
             token_lifetime: Duration::from_secs(30 * 86_400),
+            history_max_age: None,
+            queue_max_age: None,
         }
     }
 }

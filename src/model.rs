@@ -258,6 +258,15 @@ pub enum OpBody {
     RevokeTokens {
         user: Uid,
     },
+    /// Retention: messages stamped before `history` are gone, and those
+    /// before `queue` are no longer delivered as pending. Each value only
+    /// raises the cluster's watermark (`Stamp::ZERO` leaves it), so the
+    /// outcome does not depend on the order these arrive in, and a message
+    /// that arrives below the watermark is dropped everywhere alike.
+    Expire {
+        history: Stamp,
+        queue: Stamp,
+    },
 }
 
 impl Op {

@@ -38,6 +38,39 @@ impl Hub {
         metrics::gauge!("chatd_storage_full").set(if self.storage_full { 1.0 } else { 0.0 });
     }
 
+    /// Retention: when this node's settings want the watermarks higher
+    /// (by a thousandth of the age, at least a second), it says so to the
+    /// whole cluster with an `Expire` operation.
+    pub(super) fn expire(&mut self) {
+        self.retention_checked = self.now.at;
+        if self.storage_full {
+            return;
+        }
+        let now = self.now.wall_ms;
+        let due = |age: Option<Duration>, have: Stamp| match age {
+            Some(age) => {
+                let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                let want = now.saturating_sub(age);
+                let step = (age / 1000).max(1000);
+                (want >= have.millis().saturating_add(step)).then(|| Stamp::new(want, 0))
+            }
+            None => None,
+        };
+        let have = self.store.watermarks();
+        let history = due(self.batch_limits.history_max_age, have.history);
+        let queue = due(self.batch_limits.queue_max_age, have.queue);
+        if history.is_some() || queue.is_some() {
+            let stamp = self.stamp();
+            self.commit(
+                stamp,
+                OpBody::Expire {
+                    history: history.unwrap_or(Stamp::ZERO),
+                    queue: queue.unwrap_or(Stamp::ZERO),
+                },
+            );
+        }
+    }
+
     pub(super) fn storage_full_error() -> ChatError {
         ChatError::new(
             ErrorCode::StorageFull,
@@ -74,6 +107,14 @@ impl Hub {
         }
         if now.at.saturating_duration_since(self.space_checked) >= SPACE_CHECK {
             self.check_space();
+        }
+        if now.at.saturating_duration_since(self.retention_checked) >= RETENTION_CHECK {
+            self.expire();
+        }
+        if self.store.sweep_pending() {
+            if let Err(e) = self.store.sweep(crate::apply::SWEEP_BUDGET) {
+                self.fail(e);
+            }
         }
         self.commit_marks();
         if !self.new_ops.is_empty() {
@@ -139,6 +180,11 @@ impl Hub {
 
     pub fn failed(&self) -> Option<&StoreError> {
         self.failed.as_ref()
+    }
+
+    /// Messages in history (expired ones leave it as the sweep goes).
+    pub fn stored_messages(&self) -> u64 {
+        self.store.counts().messages
     }
 
     /// The link of a session the hub holds.

@@ -87,6 +87,8 @@ const HELD_USERS_MAX: usize = 100_000;
 
 /// How often free disk space is looked at.
 const SPACE_CHECK: Duration = Duration::from_millis(500);
+/// How often the retention settings are held against the watermarks.
+const RETENTION_CHECK: Duration = Duration::from_secs(1);
 
 struct Session {
     link: Arc<SessionLink>,
@@ -161,6 +163,7 @@ pub struct Hub {
     storage_full: bool,
     storage_full_flag: Arc<std::sync::atomic::AtomicBool>,
     space_checked: Instant,
+    retention_checked: Instant,
     /// The applied position the driver was last given.
     applied: Position,
     /// The first storage failure: the driver stops chatd before anything
@@ -256,6 +259,7 @@ impl Hub {
             storage_full: false,
             storage_full_flag: Arc::new(Default::default()),
             space_checked: now.at,
+            retention_checked: now.at,
             failed: None,
         })
     }

@@ -20,6 +20,8 @@ pub(crate) struct Bench {
     /// The ticket of the last finished batch.
     pub ticket: u64,
     durable: tokio::sync::watch::Receiver<Durable>,
+    /// The limits the core reads each batch (as SIGHUP replaces them).
+    pub limits: Live<Limits>,
 }
 
 impl Bench {
@@ -42,7 +44,8 @@ impl Bench {
             at: Instant::now(),
             wall_ms: 1_800_000_000_000,
         };
-        let mut core = Hub::new(store, node, Live::new(Limits::default()), None, t).unwrap();
+        let limits = Live::new(Limits::default());
+        let mut core = Hub::new(store, node, limits.clone(), None, t).unwrap();
         core.start(t);
         let mut b = Bench {
             core,
@@ -54,6 +57,7 @@ impl Bench {
             presence: Vec::new(),
             ticket: 0,
             durable,
+            limits,
         };
         b.finish();
         b

@@ -332,6 +332,85 @@ fn a_node_restarted_during_a_partition_rejoins_through_a_relay() {
     assert!(net.cut.contains(&(1, 3)));
 }
 
+/// The texts a user sees: history with another user, then what is pending.
+fn seen(net: &mut Net, who: (NodeId, u64, Uid), with: Target) -> (Vec<String>, Vec<String>) {
+    let texts = |v: Vec<crate::api::MsgView>| v.iter().map(|m| m.msg.text.clone()).collect();
+    let history = Command::History {
+        with,
+        before: None,
+        limit: Some(100),
+    };
+    let Ok(Reply::History { messages, .. }) = ask(net, who, history) else {
+        panic!("history");
+    };
+    let Ok(Reply::Pending {
+        messages: pending, ..
+    }) = ask(net, who, Command::Pending)
+    else {
+        panic!("pending");
+    };
+    (texts(messages), texts(pending))
+}
+
+#[test]
+fn retention_removes_old_messages_alike_on_every_node_even_late_ones() {
+    let mut net = Net::new(3, 31);
+    let ([a, b, c], g) = three_with_friends(&mut net);
+    // Only node 2 keeps history for a day; the cluster follows it. (The
+    // sessions must outlive the days that pass.)
+    let day = Duration::from_secs(86_400);
+    for n in 1..=3 {
+        let mut limits = (*net.hub(n).limits.get()).clone();
+        limits.idle_timeout = None;
+        if n == 2 {
+            limits.history_max_age = Some(day);
+        }
+        net.hub(n).limits.set(limits);
+    }
+    for i in 0..5 {
+        say(&mut net, a, Target::User(b.2), &format!("old {i}"));
+        say(&mut net, b, Target::Group(g), &format!("old group {i}"));
+    }
+    net.settle(100);
+    // Into sled with them (a digest writes the tables out).
+    net.digests();
+    // Cut off, node 3 writes a message the others will only get once it
+    // is older than the cluster keeps.
+    net.partition(3, &[1, 2]);
+    say(&mut net, c, Target::User(a.2), "late");
+    for n in 1..=3 {
+        net.hub(n).advance(2 * day);
+    }
+    for i in 0..3 {
+        say(&mut net, a, Target::User(b.2), &format!("new {i}"));
+        net.step();
+    }
+    let (history, pending) = seen(&mut net, b, Target::User(a.2));
+    assert_eq!(history, vec!["new 0", "new 1", "new 2"]);
+    assert_eq!(pending, vec!["new 0", "new 1", "new 2"]);
+    // Node 3 has not heard of the expiry yet.
+    let (history, _) = seen(&mut net, c, Target::Group(g));
+    assert_eq!(history.len(), 5);
+    net.heal();
+    net.settle(200);
+    let d = net.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "{d:?}");
+    assert_eq!(d[0].messages, 3, "{d:?}");
+    for (who, with) in [(a, Target::User(c.2)), (c, Target::Group(g))] {
+        let (history, pending) = seen(&mut net, who, with);
+        assert!(history.is_empty(), "{history:?}");
+        assert!(!pending.iter().any(|t| t == "late" || t.starts_with("old")));
+    }
+    // The kept count follows, on every node, exactly.
+    for n in 1..=3 {
+        assert_eq!(net.hub(n).core.stored_messages(), 3, "node {n}");
+    }
+    // And it holds through a restart (the tally and the count are written together).
+    net.restart(3);
+    assert_eq!(net.hub(3).core.stored_messages(), 3);
+    assert_eq!(net.hub(3).core.digest().unwrap(), d[0]);
+}
+
 #[test]
 fn the_harness_notices_a_network_that_never_delivers() {
     let mut net = Net::new(2, 5);

@@ -6,7 +6,8 @@ use super::*;
 /// A fingerprint of the replicated state, equal on nodes that hold the same
 /// state. Inboxes are left out (they are derived from history and cursors,
 /// and where they are chunked depends on timing); history is hashed message
-/// by message for the same reason.
+/// by message for the same reason, leaving out those below the history
+/// watermark.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digest {
     pub hash: String,
@@ -34,7 +35,6 @@ impl Fnv {
 
 impl Store {
     pub fn digest(&mut self) -> Result<Digest> {
-        self.checkpoint_now()?;
         let mut h = Fnv(0xcbf2_9ce4_8422_2325);
         let mut d = Digest {
             hash: String::new(),
@@ -42,8 +42,14 @@ impl Store {
             groups: 0,
             messages: 0,
         };
+        // Expired messages count as gone wherever the sweep has got to.
+        while self.sweep(4096)? {}
+        self.checkpoint_now()?;
+        let floor = self.marks.history.0;
         for t in Table::ALL {
-            if t == Table::Inbox {
+            // The tally is bookkeeping of where messages are (and lives in
+            // the meta tree, with this node's identity).
+            if t == Table::Inbox || t == Table::Tally {
                 continue;
             }
             h.write(t.tree_name().as_bytes());
@@ -52,6 +58,9 @@ impl Store {
                 match t {
                     Table::History => {
                         for (id, body) in flush::frames(&v)? {
+                            if id < floor {
+                                continue;
+                            }
                             h.write(&k[..schema::CONV_LEN]);
                             h.write(&id.to_be_bytes());
                             h.write(&body);

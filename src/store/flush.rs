@@ -68,9 +68,17 @@ impl Checkpointer {
                         // replays one more layer's worth of the log.
                         // The counts go in the same write: they are those
                         // of exactly this position.
+                        // So does the tally, which the counts follow (see
+                        // `retention.rs`).
                         let mut b = sled::Batch::default();
                         b.insert("checkpoint", encode(&layer.upto));
                         b.insert("counts", encode(&layer.counts));
+                        for (k, v) in &layer.maps[Table::Tally as usize] {
+                            match v {
+                                Some(v) => b.insert(k.as_slice(), &v[..]),
+                                None => b.remove(k.as_slice()),
+                            }
+                        }
                         meta.apply_batch(b)?;
                         Ok(())
                     });
@@ -127,10 +135,24 @@ fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<
     }
     for t in Table::ALL {
         let map = &layer.maps[t as usize];
-        if map.is_empty() {
+        let cuts: Vec<(&[u8], Stamp)> = layer
+            .cuts
+            .iter()
+            .filter(|((ti, _), _)| *ti == t as usize)
+            .map(|((_, p), below)| (p.as_slice(), *below))
+            .collect();
+        if (map.is_empty() && cuts.is_empty()) || t == Table::Tally {
             continue;
         }
         let tree = &trees[t as usize];
+        for (prefix, below) in &cuts {
+            cut_chunks(tree, prefix, *below)?;
+        }
+        let cut_below = |prefix: &[u8]| {
+            cuts.iter()
+                .find(|(p, _)| *p == prefix)
+                .map_or(Stamp::ZERO, |(_, b)| *b)
+        };
         match t.chunk_prefix_len() {
             None => {
                 // One key at a time, never a sled batch: see `write_chunks`.
@@ -147,6 +169,9 @@ fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<
                 // so acknowledged inbox entries can be left out.
                 let cursors = &trees[Table::Cursors as usize];
                 let skip = |prefix: &[u8], id: Stamp| -> Result<bool> {
+                    if id < cut_below(prefix) {
+                        return Ok(true);
+                    }
                     if t != Table::Inbox {
                         return Ok(false);
                     }
@@ -235,6 +260,33 @@ fn write_chunks(
             batch.insert(key(&prefix, last), encode_chunk(&chunk));
         }
         tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// Remove the messages under `prefix` below `below` (they have expired):
+/// the chunks wholly below go, and the one that straddles is written
+/// again without them. Readers never see these (they are below the
+/// watermark), so no batch is needed.
+fn cut_chunks(tree: &sled::Tree, prefix: &[u8], below: Stamp) -> Result<()> {
+    for r in tree.range(key(prefix, 0)..key(prefix, below.0)) {
+        let (k, _) = r?;
+        tree.remove(k)?;
+    }
+    if let Some(r) = tree
+        .range(key(prefix, below.0)..=key(prefix, u64::MAX))
+        .next()
+    {
+        let (k, v) = r?;
+        let all = frames(&v)?;
+        if all.first().is_some_and(|(id, _)| *id < below.0) {
+            let keep: Vec<(u64, Arc<[u8]>)> = all
+                .into_iter()
+                .filter(|(id, _)| *id >= below.0)
+                .map(|(id, b)| (id, b.into()))
+                .collect();
+            tree.insert(k, encode_chunk(&keep))?;
+        }
     }
     Ok(())
 }

@@ -29,7 +29,8 @@
 //! Files: this one (the types, the log's position, checkpoints), `open.rs`,
 //! `log.rs` (group commit, log segments, reading the log), `layers.rs`
 //! (reads and writes through the layers), `flush.rs` (the checkpointer),
-//! `schema.rs` (the typed key table), `merge.rs`, `digest.rs`,
+//! `schema.rs` (the typed key table), `retention.rs` (watermarks, the
+//! per-minute tally and the sweep that removes expired messages), `merge.rs`, `digest.rs`,
 //! `identity.rs` (the node's id and uuid), `space.rs` (free disk space).
 //!
 //! This module must not know chat rules; it stores bytes under typed keys
@@ -43,8 +44,10 @@ mod layers;
 mod log;
 mod open;
 mod options;
+mod retention;
 use log::*;
 pub use log::{Durability, Durable, LogReader};
+pub use retention::Watermarks;
 pub(crate) mod merge;
 pub use options::{RecentCids, StoreOptions};
 pub mod schema;
@@ -145,9 +148,11 @@ pub enum Table {
     Inbox,
     Tokens,
     TokenFloors,
+    Retention,
+    Tally,
 }
 
-const TABLES: usize = 12;
+const TABLES: usize = 14;
 
 impl Table {
     pub const ALL: [Table; TABLES] = [
@@ -163,6 +168,8 @@ impl Table {
         Table::Inbox,
         Table::Tokens,
         Table::TokenFloors,
+        Table::Retention,
+        Table::Tally,
     ];
 
     pub fn tree_name(self) -> &'static str {
@@ -179,6 +186,10 @@ impl Table {
             Table::Inbox => "inbox",
             Table::Tokens => "tokens",
             Table::TokenFloors => "token_floors",
+            Table::Retention => "retention",
+            // Kept beside the checkpoint record, so that one sled batch
+            // writes both (see `retention.rs`); its keys start with 0.
+            Table::Tally => "meta",
         }
     }
 
@@ -232,6 +243,9 @@ pub(crate) struct Layer {
     bytes: usize,
     /// The counts once this layer is written.
     counts: Counts,
+    /// Expired messages to remove from a message table: (table, prefix)
+    /// -> every message below this id (`retention.rs`).
+    cuts: BTreeMap<(usize, Vec<u8>), Stamp>,
     /// The log position this layer brings the tables up to...
     upto: Position,
     /// ...which the log holds once this commit ticket is written.
@@ -240,7 +254,7 @@ pub(crate) struct Layer {
 
 impl Layer {
     fn is_empty(&self) -> bool {
-        self.maps.iter().all(BTreeMap::is_empty)
+        self.maps.iter().all(BTreeMap::is_empty) && self.cuts.is_empty()
     }
 }
 
@@ -270,6 +284,10 @@ pub struct Store {
     reserving: Arc<std::sync::atomic::AtomicBool>,
     pub recent_cids: RecentCids,
     counts: Counts,
+    /// The retention watermarks, as in the `retention` table.
+    marks: Watermarks,
+    /// Expired messages may remain to be swept.
+    sweeping: bool,
 }
 
 /// The smallest key greater than every key starting with `prefix`.

@@ -145,8 +145,12 @@ impl Store {
             reserving: Arc::default(),
             recent_cids: RecentCids::default(),
             counts: Counts::default(),
+            marks: Watermarks::default(),
+            sweeping: true,
         };
         store.counts = store.checkpointed_counts()?;
+        store.ensure_tally()?;
+        store.marks = store.stored_watermarks()?;
         let (applied, last_stamps) = store.log_end()?;
         // Whatever the log held at start is on disk.
         store.durability.flushed.send_replace(Durable {

@@ -15,7 +15,10 @@
 //! | inbox        | recipient uid, msg id             | message / chunk        |
 //! | tokens       | uid, stamp that issued it         | `TokenRec`             |
 //! | token_floors | uid                               | stamp: older tokens are revoked |
+//! | retention    | `history` or `queue`              | watermark stamp        |
+//! | tally (in meta) | 0, minute (u32), conversation  | messages stored (u32)  |
 
+use super::retention::at_least;
 use super::{decode, encode, prefix_end, Result, Store, Table};
 use crate::ids::{Gid, NodeId, Stamp, Uid};
 use crate::model::{Edge, Group, Member, Message, Target, TokenRec, User};
@@ -322,27 +325,37 @@ impl Store {
     // ---- messages --------------------------------------------------------------
 
     /// Record a message in its conversation's history and, for a direct
-    /// message, in the recipient's inbox.
-    pub fn add_message(&mut self, m: &Message) {
+    /// message, in the recipient's inbox. A message below the history
+    /// watermark has expired already: it is not stored (false).
+    pub fn add_message(&mut self, m: &Message) -> Result<bool> {
+        if m.id < self.marks.history {
+            return Ok(false);
+        }
+        let conv = conv_of(m);
+        self.tally(&conv, m.id)?;
         // Counted by the operation, which is applied once per position.
         self.counts.messages += 1;
         let bytes: Arc<[u8]> = encode(m).into();
-        self.put_message(Table::History, &conv_of(m), m.id, bytes.clone());
+        self.put_message(Table::History, &conv, m.id, bytes.clone());
         if let Target::User(to) = m.to {
             self.put_message(Table::Inbox, &to.0.to_be_bytes(), m.id, bytes);
         }
+        Ok(true)
     }
 
     /// Up to `limit` messages of a conversation before `before`, oldest first,
-    /// and whether older ones remain.
+    /// and whether older ones remain (none below the history watermark).
     pub fn history(
         &self,
         conv: &Conv,
         before: Option<Stamp>,
         limit: usize,
     ) -> Result<(Vec<Message>, bool)> {
+        let floor = self.marks.history;
         let mut out = Vec::with_capacity(limit.min(256));
-        let mut it = self.messages(Table::History, conv, before, true);
+        let mut it = self
+            .messages(Table::History, conv, before, true)
+            .take_while(|r| r.as_ref().map_or(true, |m| m.id >= floor));
         for r in it.by_ref() {
             out.push(r?);
             if out.len() == limit {
@@ -354,23 +367,27 @@ impl Store {
         Ok((out, more))
     }
 
-    /// Direct messages to `u` after `after`, oldest first.
+    /// Direct messages to `u` after `after` that are still pending,
+    /// oldest first.
     pub fn inbox_after(
         &self,
         u: Uid,
         after: Option<Stamp>,
     ) -> impl Iterator<Item = Result<Message>> + '_ {
         let prefix = u.0.to_be_bytes();
-        self.messages(Table::Inbox, &prefix, after, false)
+        let from = at_least(after, self.marks.pending());
+        self.messages(Table::Inbox, &prefix, from, false)
     }
 
-    /// Messages of a conversation after `after`, oldest first.
+    /// Messages of a conversation after `after` that are still pending,
+    /// oldest first.
     pub fn conv_after(
         &self,
         conv: &Conv,
         after: Option<Stamp>,
     ) -> impl Iterator<Item = Result<Message>> + '_ {
-        self.messages(Table::History, conv, after, false)
+        let from = at_least(after, self.marks.pending());
+        self.messages(Table::History, conv, from, false)
     }
 
     /// Whether any key in a table starts with `prefix` (tests and digests).
@@ -409,7 +426,8 @@ mod tests {
         let mut s = Store::open(StoreOptions::temporary()).unwrap();
         let conv = conv_direct(Uid(1), Uid(2));
         for i in 1..=600u64 {
-            s.add_message(&msg(i, 1, Target::User(Uid(2)), &format!("m{i}")));
+            s.add_message(&msg(i, 1, Target::User(Uid(2)), &format!("m{i}")))
+                .unwrap();
             if i % 250 == 0 {
                 // Push what we have so far to sled, in chunks.
                 s.checkpoint_now().unwrap();
@@ -447,12 +465,14 @@ mod tests {
         let mut s = Store::open(StoreOptions::temporary()).unwrap();
         let g = Gid(5);
         for i in (10..=100u64).step_by(10) {
-            s.add_message(&msg(i, 1, Target::Group(g), &format!("{i}")));
+            s.add_message(&msg(i, 1, Target::Group(g), &format!("{i}")))
+                .unwrap();
         }
         s.checkpoint_now().unwrap();
         // Messages that order among the stored ones, as from a partitioned node.
         for i in [15u64, 55, 95, 10] {
-            s.add_message(&msg(i, 1, Target::Group(g), &format!("{i}")));
+            s.add_message(&msg(i, 1, Target::Group(g), &format!("{i}")))
+                .unwrap();
         }
         s.checkpoint_now().unwrap();
         let all: Vec<u64> = s
@@ -469,7 +489,8 @@ mod tests {
     fn acknowledged_inbox_entries_are_not_written() {
         let mut s = Store::open(StoreOptions::temporary()).unwrap();
         for i in 1..=10u64 {
-            s.add_message(&msg(i, 1, Target::User(Uid(2)), "x"));
+            s.add_message(&msg(i, 1, Target::User(Uid(2)), "x"))
+                .unwrap();
         }
         s.set_cursor(Uid(2), 1, msg(7, 0, Target::User(Uid(2)), "").id);
         s.checkpoint_now().unwrap();

@@ -56,3 +56,74 @@ fn log_segments_are_encoded_slices_and_stay_small() {
     }
     assert_eq!(next, ops.len());
 }
+
+/// Messages in the history tree on disk, and how many of them are below `below`.
+fn on_disk(s: &Store, below: Stamp) -> (usize, usize) {
+    let mut all = (0, 0);
+    for r in s.trees[Table::History as usize].iter() {
+        let (_, v) = r.unwrap();
+        for (id, _) in flush::frames(&v).unwrap() {
+            all.0 += 1;
+            all.1 += usize::from(id < below.0);
+        }
+    }
+    all
+}
+
+#[test]
+fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
+    use crate::ids::{Gid, Uid};
+    let dir = tempfile::tempdir().unwrap();
+    let base = 1_800_000_000_000u64;
+    let at = |minute: u64, k: u64| Stamp::new(base + minute * 60_000 + k * 10, 1);
+    let msg = |id: Stamp, to: Target| Message {
+        id,
+        from: Uid(1),
+        to,
+        text: format!("{}", id.0),
+        cid: None,
+        time: None,
+    };
+    let mut s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    for minute in 0..10 {
+        for k in 0..30 {
+            let to = [Target::User(Uid(2)), Target::Group(Gid(9))][k as usize % 2];
+            assert!(s.add_message(&msg(at(minute, k), to)).unwrap());
+        }
+        if minute % 3 == 0 {
+            s.checkpoint_now().unwrap();
+        }
+    }
+    s.checkpoint_now().unwrap();
+    assert_eq!(s.counts().messages, 300);
+    // Halfway through minute 4: minutes 0-3 go at once, minute 4 when it is
+    // wholly below the watermark; reads stop at the watermark itself.
+    let mark = at(4, 15);
+    s.raise_watermarks(mark, Stamp::ZERO);
+    while s.sweep(3).unwrap() {}
+    let conv = schema::conv_direct(Uid(1), Uid(2));
+    let (page, more) = s.history(&conv, None, 1000).unwrap();
+    assert!(!more && page.iter().all(|m| m.id >= mark));
+    assert_eq!(page.len(), 15 * 5 + 7);
+    assert!(s.inbox_after(Uid(2), None).all(|m| m.unwrap().id >= mark));
+    s.checkpoint_now().unwrap();
+    let (stored, below) = on_disk(&s, at(4, 0));
+    assert_eq!((stored, below), (180, 0));
+    assert_eq!(s.counts().messages, 180);
+    // Too late: a message below the watermark is not stored.
+    assert!(!s
+        .add_message(&msg(at(1, 99), Target::Group(Gid(9))))
+        .unwrap());
+    s.close().unwrap();
+
+    let mut s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    assert_eq!(s.watermarks().history, mark);
+    assert_eq!(s.counts().messages, 180);
+    // Minute 4 goes once the watermark has passed it.
+    s.raise_watermarks(at(5, 0), Stamp::ZERO);
+    while s.sweep(64).unwrap() {}
+    s.checkpoint_now().unwrap();
+    assert_eq!(on_disk(&s, at(5, 0)), (150, 0));
+    assert_eq!(s.counts().messages, 150);
+    assert_eq!(s.digest().unwrap().messages, 150);
+}
