@@ -410,6 +410,22 @@ pub fn apply(s: &mut Store, op: &Op) -> Result<Vec<Effect>> {
     Ok(fx)
 }
 
+/// Apply one operation of a snapshot (`crate::snapshot`): as any other,
+/// but it tells nobody (what it brings is not news) and leaves the resend
+/// filter alone (its client ids are from long ago).
+pub fn apply_snapshot_op(s: &mut Store, (stamp, body): crate::snapshot::SnapOp) -> Result<()> {
+    let op = Op {
+        origin: stamp.node(),
+        seq: 0,
+        stamp,
+        body,
+    };
+    match op.message() {
+        Some(m) => s.add_message(&m).map(|_| ()),
+        None => apply(s, &op).map(|_| ()),
+    }
+}
+
 fn register(
     s: &mut Store,
     st: Stamp,

@@ -207,6 +207,12 @@ pub struct Settings {
     #[arg(long, env = "CHATD_QUEUE_MAX_AGE_SECS", default_value_t = 0)]
     pub queue_max_age_secs: u64,
 
+    /// Keep this much of the operation log (by age) after the tables hold
+    /// it: a node away for less catches up from the log, one away longer
+    /// (or new) by snapshot. Older operations are compacted away. Seconds.
+    #[arg(long, env = "CHATD_LOG_KEEP_SECS", default_value_t = 86_400)]
+    pub log_keep_secs: u64,
+
     /// Close a native-protocol session that sends nothing for this long
     /// (clients send "ping" to stay connected). Seconds; 0 disables.
     #[arg(long, env = "CHATD_IDLE_TIMEOUT_SECS", default_value_t = 90)]
@@ -582,6 +588,7 @@ impl Settings {
                 .then(|| Duration::from_secs(self.history_max_age_secs.min(1 << 40))),
             queue_max_age: (self.queue_max_age_secs > 0)
                 .then(|| Duration::from_secs(self.queue_max_age_secs.min(1 << 40))),
+            log_keep: Duration::from_secs(self.log_keep_secs.min(1 << 40)),
             ..Limits::default()
         }
     }
@@ -627,6 +634,8 @@ pub struct Limits {
     /// Retention (`None`: keep).
     pub history_max_age: Option<Duration>,
     pub queue_max_age: Option<Duration>,
+    /// How much of the log, by age, compaction leaves.
+    pub log_keep: Duration,
 }
 
 impl Default for Limits {
@@ -664,6 +673,7 @@ impl Default for Limits {
             token_lifetime: Duration::from_secs(30 * 86_400),
             history_max_age: None,
             queue_max_age: None,
+            log_keep: Duration::from_secs(86_400),
         }
     }
 }

@@ -80,6 +80,7 @@ pub mod os;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;

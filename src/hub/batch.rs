@@ -162,7 +162,8 @@ impl Hub {
 
     /// Checkpoint the tables when it is time (after the batch went out).
     pub fn maintain(&mut self) {
-        if let Err(e) = self.store.maintain(!self.storage_full) {
+        let compact = (self.now.wall_ms, self.batch_limits.log_keep);
+        if let Err(e) = self.store.maintain_at(!self.storage_full, Some(compact)) {
             self.fail(e);
         }
     }

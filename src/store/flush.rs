@@ -25,6 +25,20 @@ enum Job {
     /// Free a written layer: a big one takes milliseconds to free, which
     /// the hub should not spend.
     Dispose(Arc<Layer>),
+    /// Drop the log's segments the tables have made unnecessary, of
+    /// operations stamped up to this time (`compact.rs`).
+    Compact {
+        cutoff_ms: u64,
+    },
+}
+
+/// What the checkpoint thread works on besides the tables: the log, for
+/// compaction.
+pub(crate) struct LogSide {
+    pub(crate) log: sled::Tree,
+    pub(crate) bounds: Arc<std::sync::Mutex<super::log::LogBounds>>,
+    /// A compaction is queued or running.
+    pub(crate) busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(crate) struct Checkpointer {
@@ -39,6 +53,7 @@ impl Checkpointer {
         trees: Arc<Vec<sled::Tree>>,
         meta: sled::Tree,
         log: Arc<Durability>,
+        side: LogSide,
     ) -> Result<Checkpointer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel();
@@ -51,6 +66,23 @@ impl Checkpointer {
                 for job in rx {
                     let layer = match job {
                         Job::Write(layer) => layer,
+                        Job::Compact { cutoff_ms } => {
+                            let r = super::compact::compact(
+                                &db,
+                                &meta,
+                                &side.log,
+                                &side.bounds,
+                                cutoff_ms,
+                            );
+                            side.busy.store(false, std::sync::atomic::Ordering::Release);
+                            match r {
+                                Ok(0) => {}
+                                Ok(n) => tracing::debug!(segments = n, "log compacted"),
+                                // Harmless: the log is only longer.
+                                Err(e) => tracing::warn!(error = %e, "log compaction failed"),
+                            }
+                            continue;
+                        }
                         Job::Dispose(layer) => {
                             let big = layer.bytes >= TRIM_AFTER_BYTES;
                             drop(layer);
@@ -72,7 +104,19 @@ impl Checkpointer {
                         // `retention.rs`).
                         let mut b = sled::Batch::default();
                         b.insert("checkpoint", encode(&layer.upto));
+                        b.insert("checkpoint_stamps", encode(&layer.stamps));
                         b.insert("counts", encode(&layer.counts));
+                        // A snapshot moved the log's start: recorded with
+                        // the tables that hold what it skips.
+                        let start = layer.log_start.as_ref().map(|moved| {
+                            let mut start = super::log::lock(&side.bounds).start.clone();
+                            for (&o, &seq) in &moved.position {
+                                let stamp = moved.stamps.get(&o).copied().unwrap_or_default();
+                                start.raise(o, seq, stamp);
+                            }
+                            b.insert("log_start", encode(&start));
+                            start
+                        });
                         for (k, v) in &layer.maps[Table::Tally as usize] {
                             match v {
                                 Some(v) => b.insert(k.as_slice(), &v[..]),
@@ -80,6 +124,9 @@ impl Checkpointer {
                             }
                         }
                         meta.apply_batch(b)?;
+                        if let Some(start) = start {
+                            super::log::lock(&side.bounds).start = start;
+                        }
                         Ok(())
                     });
                     if done_tx.send(r).is_err() {
@@ -98,6 +145,13 @@ impl Checkpointer {
     pub(crate) fn submit(&self, layer: Arc<Layer>) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Job::Write(layer));
+        }
+    }
+
+    /// Ask for a compaction pass (see `compact.rs`).
+    pub(crate) fn compact(&self, cutoff_ms: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job::Compact { cutoff_ms });
         }
     }
 
@@ -373,6 +427,24 @@ fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
         out.extend_from_slice(v);
     }
     out
+}
+
+/// Whether a chunk holds the message `id` (its frames' heads only).
+pub(super) fn chunk_holds(chunk: &[u8], id: u64) -> Result<bool> {
+    let bad = || StoreError::Corrupt("bad message chunk".into());
+    let mut rest = match chunk.split_first() {
+        Some((&FORMAT, rest)) => rest,
+        _ => return Err(bad()),
+    };
+    while rest.len() >= 12 {
+        let at = u64::from_be_bytes(rest[..8].try_into().map_err(|_| bad())?);
+        if at == id {
+            return Ok(true);
+        }
+        let len = u32::from_be_bytes(rest[8..12].try_into().map_err(|_| bad())?) as usize;
+        rest = rest.get(12 + len..).ok_or_else(bad)?;
+    }
+    Ok(false)
 }
 
 /// The (id, encoded message) frames of a chunk, in id order.

@@ -168,11 +168,41 @@ pub(super) fn log_segments(ops: &[Op]) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// Where each origin's log begins: its operations up to `position` (the
+/// last of them stamped `stamps`) are held by the tables alone, dropped by
+/// compaction or brought by a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LogStart {
+    pub position: Position,
+    pub stamps: BTreeMap<NodeId, Stamp>,
+}
+
+impl LogStart {
+    /// Move an origin's start forward (never back).
+    pub fn raise(&mut self, origin: NodeId, seq: u64, stamp: Stamp) {
+        if seq > self.position.get(&origin).copied().unwrap_or(0) {
+            self.position.insert(origin, seq);
+            self.stamps.insert(origin, stamp);
+        }
+    }
+}
+
+/// What the log's readers and its compaction share: where the log begins,
+/// and the positions that snapshots being read need kept (pins), under one
+/// lock, so that a compaction never drops what a snapshot just promised.
+#[derive(Default)]
+pub struct LogBounds {
+    pub(super) start: LogStart,
+    pub(super) pins: BTreeMap<u64, Position>,
+    pub(super) next_pin: u64,
+}
+
 /// Reads the log; cheap to clone and safe to use from any thread. Closing
 /// the store revokes every reader, so none keeps the database open.
 #[derive(Clone)]
 pub struct LogReader {
     pub(super) log: Arc<Mutex<Option<sled::Tree>>>,
+    pub(super) bounds: Arc<Mutex<LogBounds>>,
 }
 
 impl LogReader {
@@ -184,8 +214,29 @@ impl LogReader {
             .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))
     }
 
+    /// Where each origin's log begins (what it no longer holds).
+    pub fn start(&self) -> Position {
+        lock(&self.bounds).start.position.clone()
+    }
+
+    /// An error when the log no longer holds `origin`'s operations after
+    /// `after` (a reader of those needs a snapshot).
+    fn check_held(&self, origin: NodeId, after: u64) -> Result<()> {
+        let start = lock(&self.bounds)
+            .start
+            .position
+            .get(&origin)
+            .copied()
+            .unwrap_or(0);
+        if after < start {
+            return Err(StoreError::Compacted { origin, start });
+        }
+        Ok(())
+    }
+
     /// Ops of `origin` with sequence numbers after `after`, oldest first.
     pub fn read(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
+        self.check_held(origin, after)?;
         let log = self.tree()?;
         let mut out = Vec::new();
         // Start with the segment holding `after + 1`.
@@ -218,6 +269,9 @@ impl LogReader {
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
         let log = self.tree()?;
+        if after.is_none() {
+            self.check_held(origin, 0)?;
+        }
         let start = match after {
             Some(a) => std::ops::Bound::Excluded(log_key(origin, a).to_vec()),
             None => std::ops::Bound::Included(log_key(origin, 0).to_vec()),
@@ -231,6 +285,10 @@ impl LogReader {
         }
         Ok(out)
     }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(super) fn log_key(origin: NodeId, seq: u64) -> [u8; 10] {

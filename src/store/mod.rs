@@ -36,6 +36,7 @@
 //! This module must not know chat rules; it stores bytes under typed keys
 //! (`schema.rs`) and knows how to merge layers and chunks.
 
+mod compact;
 mod digest;
 mod flush;
 mod identity;
@@ -45,9 +46,12 @@ mod log;
 mod open;
 mod options;
 mod retention;
+mod snapshot;
 use log::*;
-pub use log::{Durability, Durable, LogReader};
+pub use log::{Durability, Durable, LogReader, LogStart};
 pub use retention::Watermarks;
+pub use schema::Record;
+pub use snapshot::{Pin, Point, SnapshotCursor, SnapshotReader};
 pub(crate) mod merge;
 pub use options::{RecentCids, StoreOptions};
 pub mod schema;
@@ -74,12 +78,21 @@ pub const FORMAT: u8 = 1;
 /// every page inline, where a flush covers it.
 pub const RECORD_MAX_BYTES: usize = 6 << 10;
 
+/// How often the log is looked at for segments to drop.
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub enum StoreError {
     Sled(sled::Error),
     Corrupt(String),
     /// Another process holds the data directory.
     Locked(PathBuf),
+    /// The log no longer holds `origin`'s operations up to `start` (they
+    /// were compacted into the tables): a reader needs a snapshot.
+    Compacted {
+        origin: NodeId,
+        start: u64,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -91,6 +104,10 @@ impl std::fmt::Display for StoreError {
                 f,
                 "data directory {} is in use by another process (is chatd running?)",
                 p.display()
+            ),
+            StoreError::Compacted { origin, start } => write!(
+                f,
+                "the log of node {origin} begins after operation {start} (compacted)"
             ),
         }
     }
@@ -246,8 +263,13 @@ pub(crate) struct Layer {
     /// Expired messages to remove from a message table: (table, prefix)
     /// -> every message below this id (`retention.rs`).
     cuts: BTreeMap<(usize, Vec<u8>), Stamp>,
-    /// The log position this layer brings the tables up to...
+    /// The log position this layer brings the tables up to (and the stamp
+    /// of each origin's operation there)...
     upto: Position,
+    stamps: BTreeMap<NodeId, Stamp>,
+    /// Where the log begins once this layer is written, when a snapshot
+    /// moved it (`snapshot.rs`).
+    log_start: Option<LogStart>,
     /// ...which the log holds once this commit ticket is written.
     ticket: u64,
 }
@@ -288,6 +310,14 @@ pub struct Store {
     marks: Watermarks,
     /// Expired messages may remain to be swept.
     sweeping: bool,
+    /// Where the log begins and what snapshots being read pin of it.
+    bounds: Arc<Mutex<log::LogBounds>>,
+    /// A compaction pass is queued or running; when the last was asked for.
+    compacting: Arc<std::sync::atomic::AtomicBool>,
+    last_compact: Instant,
+    /// The highest stamp of each origin that a snapshot brought
+    /// (`snapshot.rs`).
+    horizon: BTreeMap<NodeId, Stamp>,
 }
 
 /// The smallest key greater than every key starting with `prefix`.
@@ -412,6 +442,12 @@ impl Store {
     /// `write` false (the disk is full) nothing new is written: the tables
     /// wait in memory, and reads see them there.
     pub fn maintain(&mut self, write: bool) -> Result<()> {
+        self.maintain_at(write, None)
+    }
+
+    /// [`Store::maintain`], and, given the time and how much log to keep
+    /// (`keep`), a compaction pass every second or so (`compact.rs`).
+    pub fn maintain_at(&mut self, write: bool, compact: Option<(u64, Duration)>) -> Result<()> {
         if self.frozen.is_some() {
             let hard_limit = self.active.bytes > 4 * self.opts.checkpoint_bytes;
             if let Some(done) = self.checkpointer.poll(hard_limit) {
@@ -431,6 +467,16 @@ impl Store {
         if self.frozen.is_none() && due && write {
             self.rotate();
         }
+        if let (Some((now_ms, keep)), true) = (compact, write) {
+            use std::sync::atomic::Ordering;
+            if self.last_compact.elapsed() >= COMPACT_EVERY
+                && !self.compacting.swap(true, Ordering::AcqRel)
+            {
+                self.last_compact = Instant::now();
+                let keep = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+                self.checkpointer.compact(now_ms.saturating_sub(keep));
+            }
+        }
         Ok(())
     }
 
@@ -441,6 +487,7 @@ impl Store {
         }
         let mut layer = std::mem::take(&mut self.active);
         layer.upto = self.applied.clone();
+        layer.stamps = self.last_stamps.clone();
         layer.counts = self.counts;
         layer.ticket = self.commit();
         let layer = Arc::new(layer);

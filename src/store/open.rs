@@ -114,14 +114,22 @@ impl Store {
                 .spawn(move || d.run(log_db, log))
                 .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?
         };
+        let bounds: Arc<Mutex<log::LogBounds>> = Arc::default();
         let reader = LogReader {
             log: Arc::new(Mutex::new(Some(log.clone()))),
+            bounds: bounds.clone(),
         };
+        let compacting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let checkpointer = flush::Checkpointer::start(
             db.clone(),
             trees.clone(),
             meta.clone(),
             durability.clone(),
+            flush::LogSide {
+                log: log.clone(),
+                bounds: bounds.clone(),
+                busy: compacting.clone(),
+            },
         )?;
 
         let mut store = Store {
@@ -147,7 +155,14 @@ impl Store {
             counts: Counts::default(),
             marks: Watermarks::default(),
             sweeping: true,
+            bounds,
+            compacting,
+            last_compact: Instant::now(),
+            horizon: BTreeMap::new(),
         };
+        store.horizon = store.stored_horizon()?;
+        store.ensure_checkpoint_stamps()?;
+        log::lock(&store.bounds).start = store.stored_log_start()?;
         store.counts = store.checkpointed_counts()?;
         store.ensure_tally()?;
         store.marks = store.stored_watermarks()?;
@@ -170,10 +185,12 @@ impl Store {
         Ok(store)
     }
 
-    /// The last sequence number in the log of every origin, and its stamp.
+    /// The last sequence number in the log of every origin, and its stamp
+    /// (where the log begins, for an origin it holds nothing of any more).
     pub(super) fn log_end(&self) -> Result<(Position, BTreeMap<NodeId, Stamp>)> {
-        let mut pos = Position::new();
-        let mut stamps = BTreeMap::new();
+        let start = log::lock(&self.bounds).start.clone();
+        let mut pos = start.position;
+        let mut stamps = start.stamps;
         let mut origin: u32 = 0;
         while origin <= u32::from(u16::MAX) {
             let start = log_key(origin as NodeId, 0);
@@ -187,13 +204,34 @@ impl Store {
                 let (_, v) = last?;
                 let ops: Vec<Op> = decode(&v)?;
                 if let Some(op) = ops.last() {
-                    pos.insert(o, op.seq);
-                    stamps.insert(o, op.stamp);
+                    if op.seq > pos.get(&o).copied().unwrap_or(0) {
+                        pos.insert(o, op.seq);
+                        stamps.insert(o, op.stamp);
+                    }
                 }
             }
             origin = u32::from(o) + 1;
         }
         Ok((pos, stamps))
+    }
+
+    /// A data directory from before checkpoints recorded their stamps: read
+    /// them from the log once (never compacted there).
+    fn ensure_checkpoint_stamps(&self) -> Result<()> {
+        if self.meta.get("checkpoint_stamps")?.is_some() {
+            return Ok(());
+        }
+        let Some(v) = self.meta.get("checkpoint")? else {
+            return Ok(());
+        };
+        let position: Position = decode(&v)?;
+        let mut stamps = BTreeMap::new();
+        for (&o, &seq) in &position {
+            if let Some(op) = self.read_log(o, seq.saturating_sub(1), 1)?.first() {
+                stamps.insert(o, op.stamp);
+            }
+        }
+        self.meta_put("checkpoint_stamps", &encode(&stamps))
     }
 
     /// The counts the last checkpoint recorded. A data directory from

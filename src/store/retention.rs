@@ -50,6 +50,16 @@ fn tally_key(minute: u32, conv: &Conv) -> Vec<u8> {
     k
 }
 
+fn parse_tally_key(k: &[u8]) -> Result<(u32, Conv)> {
+    match (k.get(1..5), k.get(5..5 + CONV_LEN)) {
+        (Some(minute), Some(conv)) => Ok((
+            be_u32(minute),
+            Conv::try_from(conv).map_err(|_| StoreError::Corrupt("bad tally key".into()))?,
+        )),
+        _ => Err(StoreError::Corrupt("bad tally key".into())),
+    }
+}
+
 fn be_u32(v: &[u8]) -> u32 {
     v.get(..4)
         .and_then(|b| b.try_into().ok())
@@ -109,19 +119,18 @@ impl Store {
     pub(super) fn tally(&mut self, conv: &Conv, id: Stamp) -> Result<()> {
         let key = tally_key(minute_of(id), conv);
         let map = &self.active.maps[Table::Tally as usize];
-        let (n, new) = match map.get(&key) {
-            Some(v) => (v.as_deref().map(be_u32).unwrap_or(0), false),
-            None => (
-                self.get(Table::Tally, &key)?
-                    .map(|v| be_u32(&v))
-                    .unwrap_or(0),
-                true,
-            ),
+        let (old, new): (Option<Vec<u8>>, bool) = match map.get(&key) {
+            Some(v) => (v.as_deref().map(<[u8]>::to_vec), false),
+            None => (self.get(Table::Tally, &key)?.map(|v| v.to_vec()), true),
         };
         if new {
             self.active.bytes += key.len() + 64;
         }
-        let val: Arc<[u8]> = n.saturating_add(1).to_be_bytes().to_vec().into();
+        // The count, then (once a sweep cut into this minute) how far.
+        let old = old.unwrap_or_default();
+        let mut val = be_u32(&old).saturating_add(1).to_be_bytes().to_vec();
+        val.extend_from_slice(old.get(4..).unwrap_or(&[]));
+        let val: Arc<[u8]> = val.into();
         self.active.maps[Table::Tally as usize].insert(key, Some(val));
         Ok(())
     }
@@ -138,35 +147,90 @@ impl Store {
         if !self.sweeping {
             return Ok(false);
         }
+        let budget = budget.max(1);
+        let mark = self.marks.history;
         // Minutes before the watermark's are wholly below it.
-        let end = tally_key(minute_of(self.marks.history), &[0; CONV_LEN]);
-        let entries = self
+        let end = tally_key(minute_of(mark), &[0; CONV_LEN]);
+        let whole = self
             .scan(
                 Table::Tally,
                 Bound::Included(vec![TALLY]),
-                Bound::Excluded(end),
+                Bound::Excluded(end.clone()),
                 false,
             )
-            .take(budget.max(1))
-            .map(|r| r.map(|(k, v)| (k, be_u32(&v))))
+            .take(budget)
             .collect::<Result<Vec<_>>>()?;
-        for (k, n) in &entries {
-            let (Some(minute), Some(conv)) = (k.get(1..5), k.get(5..5 + CONV_LEN)) else {
-                return Err(StoreError::Corrupt("bad tally key".into()));
-            };
-            let minute = u64::from(be_u32(minute));
-            let below = Stamp::new((minute + 1) * MINUTE_MS, 0);
-            self.counts.messages = self.counts.messages.saturating_sub(u64::from(*n));
-            self.cut(Table::History, conv, below);
-            if conv[0] == 0 {
-                // A direct conversation: both users' queues hold its messages.
-                self.cut(Table::Inbox, &conv[1..5], below);
-                self.cut(Table::Inbox, &conv[5..9], below);
-            }
+        for (k, v) in &whole {
+            let (minute, conv) = parse_tally_key(k)?;
+            let below = Stamp::new((u64::from(minute) + 1) * MINUTE_MS, 0);
+            self.counts.messages = self.counts.messages.saturating_sub(u64::from(be_u32(v)));
+            self.cut_conv(&conv, below);
             self.del(Table::Tally, k.clone());
         }
-        self.sweeping = entries.len() >= budget.max(1);
+        if whole.len() >= budget {
+            return Ok(true);
+        }
+        self.sweeping = self.sweep_partial_minute(budget - whole.len())?;
         Ok(self.sweeping)
+    }
+
+    /// The watermark's own minute: its messages below the watermark are
+    /// counted (from where the last pass stopped) and cut, so that the
+    /// count of messages stays exact at every watermark. Each entry keeps
+    /// how far it was cut.
+    fn sweep_partial_minute(&mut self, budget: usize) -> Result<bool> {
+        let mark = self.marks.history;
+        let minute = minute_of(mark);
+        let minute_start = Stamp::new(u64::from(minute) * MINUTE_MS, 0);
+        if mark <= minute_start {
+            return Ok(false);
+        }
+        let from = tally_key(minute, &[0; CONV_LEN]);
+        let to = tally_key(minute.saturating_add(1), &[0; CONV_LEN]);
+        let entries = self
+            .scan(
+                Table::Tally,
+                Bound::Included(from),
+                Bound::Excluded(to),
+                false,
+            )
+            .collect::<Result<Vec<_>>>()?;
+        let mut done = 0;
+        for (k, v) in entries {
+            let cut_to = be_stamp(v.get(4..).unwrap_or(&[]));
+            if cut_to >= mark {
+                continue;
+            }
+            if done == budget {
+                return Ok(true);
+            }
+            done += 1;
+            let (_, conv) = parse_tally_key(&k)?;
+            let after = Stamp(cut_to.max(minute_start).0.saturating_sub(1));
+            let mut gone = 0u32;
+            for m in self.messages(Table::History, &conv, Some(after), false) {
+                if m?.id >= mark {
+                    break;
+                }
+                gone += 1;
+            }
+            self.counts.messages = self.counts.messages.saturating_sub(u64::from(gone));
+            self.cut_conv(&conv, mark);
+            let mut val = be_u32(&v).saturating_sub(gone).to_be_bytes().to_vec();
+            val.extend_from_slice(&mark.0.to_be_bytes());
+            self.put(Table::Tally, k, val);
+        }
+        Ok(false)
+    }
+
+    /// A conversation's messages below `below` leave its history and, for
+    /// two users, both of their queues.
+    fn cut_conv(&mut self, conv: &Conv, below: Stamp) {
+        self.cut(Table::History, conv, below);
+        if conv[0] == 0 {
+            self.cut(Table::Inbox, &conv[1..5], below);
+            self.cut(Table::Inbox, &conv[5..9], below);
+        }
     }
 
     /// Every message under `prefix` below `below` leaves the tables: from

@@ -19,7 +19,8 @@
 //! | tally (in meta) | 0, minute (u32), conversation  | messages stored (u32)  |
 
 use super::retention::at_least;
-use super::{decode, encode, prefix_end, Result, Store, Table};
+use super::snapshot::Point;
+use super::{decode, encode, flush, prefix_end, Result, Store, StoreError, Table, Watermarks};
 use crate::ids::{Gid, NodeId, Stamp, Uid};
 use crate::model::{Edge, Group, Member, Message, Target, TokenRec, User};
 use std::collections::BTreeMap;
@@ -332,6 +333,11 @@ impl Store {
             return Ok(false);
         }
         let conv = conv_of(m);
+        // One that a snapshot may have brought already is not stored (or
+        // counted) twice.
+        if self.seen_before(&conv, m.id)? {
+            return Ok(false);
+        }
         self.tally(&conv, m.id)?;
         // Counted by the operation, which is applied once per position.
         self.counts.messages += 1;
@@ -390,6 +396,25 @@ impl Store {
         self.messages(Table::History, conv, from, false)
     }
 
+    /// Whether a conversation holds a message.
+    pub fn has_message(&self, conv: &Conv, id: Stamp) -> Result<bool> {
+        let mut key = conv.to_vec();
+        key.extend_from_slice(&id.0.to_be_bytes());
+        for layer in self.layers() {
+            if let Some(v) = layer.maps[Table::History as usize].get(&key) {
+                return Ok(v.is_some());
+            }
+        }
+        // The chunk that would hold it is the first ending at or after it.
+        let tree = &self.trees[Table::History as usize];
+        let mut end = conv.to_vec();
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        match tree.range(key..=end).next() {
+            Some(r) => flush::chunk_holds(&r?.1, id.0),
+            None => Ok(false),
+        }
+    }
+
     /// Whether any key in a table starts with `prefix` (tests and digests).
     pub fn has_prefix(&self, t: Table, prefix: &[u8]) -> Result<bool> {
         Ok(self
@@ -403,6 +428,64 @@ impl Store {
             .transpose()?
             .is_some())
     }
+}
+
+/// A stored record, as a snapshot reads it (`snapshot.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Watermarks(Watermarks),
+    User(User),
+    TokenFloor(Uid, Stamp),
+    Token(Uid, Stamp, TokenRec),
+    Edge(Uid, Uid, Edge),
+    Group(Group),
+    Member(Gid, Uid, Member),
+    /// A user's delivery cursor (the id of the last message delivered
+    /// from the id's node).
+    Cursor(Uid, Stamp),
+    Message(Message),
+}
+
+/// The records of one stored entry of table `t`; of messages, only those
+/// the snapshot's point covers. Tables derived from others (names, guests,
+/// user_groups, inbox) give none.
+pub(super) fn records(
+    t: Table,
+    k: &[u8],
+    v: &[u8],
+    point: &Point,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let short = || StoreError::Corrupt(format!("short key in {}", t.tree_name()));
+    if k.len() < 4 {
+        return Err(short());
+    }
+    let a = u32_at(k, 0);
+    match t {
+        Table::Users => out.push(Record::User(decode(v)?)),
+        Table::TokenFloors => out.push(Record::TokenFloor(Uid(a), Stamp(u64_at(v, 0)))),
+        Table::Tokens if k.len() >= 12 => {
+            out.push(Record::Token(Uid(a), Stamp(u64_at(k, 4)), decode(v)?))
+        }
+        Table::Friends if k.len() >= 8 => {
+            out.push(Record::Edge(Uid(a), Uid(u32_at(k, 4)), decode(v)?))
+        }
+        Table::Groups => out.push(Record::Group(decode(v)?)),
+        Table::Members if k.len() >= 8 => {
+            out.push(Record::Member(Gid(a), Uid(u32_at(k, 4)), decode(v)?))
+        }
+        Table::Cursors => out.push(Record::Cursor(Uid(a), Stamp(u64_at(v, 0)))),
+        Table::History => {
+            for (id, body) in flush::frames(v)? {
+                if point.covers(Stamp(id)) {
+                    out.push(Record::Message(decode(&body)?));
+                }
+            }
+        }
+        Table::Tokens | Table::Friends | Table::Members => return Err(short()),
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -96,8 +96,8 @@ fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
     }
     s.checkpoint_now().unwrap();
     assert_eq!(s.counts().messages, 300);
-    // Halfway through minute 4: minutes 0-3 go at once, minute 4 when it is
-    // wholly below the watermark; reads stop at the watermark itself.
+    // Halfway through minute 4: minutes 0-3 go, and minute 4's messages
+    // below the watermark; reads stop at the watermark itself.
     let mark = at(4, 15);
     s.raise_watermarks(mark, Stamp::ZERO);
     while s.sweep(3).unwrap() {}
@@ -107,9 +107,9 @@ fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
     assert_eq!(page.len(), 15 * 5 + 7);
     assert!(s.inbox_after(Uid(2), None).all(|m| m.unwrap().id >= mark));
     s.checkpoint_now().unwrap();
-    let (stored, below) = on_disk(&s, at(4, 0));
-    assert_eq!((stored, below), (180, 0));
-    assert_eq!(s.counts().messages, 180);
+    let (stored, below) = on_disk(&s, mark);
+    assert_eq!((stored, below), (165, 0));
+    assert_eq!(s.counts().messages, 165);
     // Too late: a message below the watermark is not stored.
     assert!(!s
         .add_message(&msg(at(1, 99), Target::Group(Gid(9))))
@@ -118,12 +118,114 @@ fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
 
     let mut s = Store::open(StoreOptions::at(dir.path())).unwrap();
     assert_eq!(s.watermarks().history, mark);
-    assert_eq!(s.counts().messages, 180);
-    // Minute 4 goes once the watermark has passed it.
+    assert_eq!(s.counts().messages, 165);
+    // The rest of minute 4 goes once the watermark has passed it.
     s.raise_watermarks(at(5, 0), Stamp::ZERO);
     while s.sweep(64).unwrap() {}
     s.checkpoint_now().unwrap();
     assert_eq!(on_disk(&s, at(5, 0)), (150, 0));
     assert_eq!(s.counts().messages, 150);
     assert_eq!(s.digest().unwrap().messages, 150);
+}
+
+impl Store {
+    /// A compaction pass now, on this thread (tests).
+    pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<usize> {
+        compact::compact(&self.db, &self.meta, &self.log, &self.bounds, cutoff_ms)
+    }
+}
+
+#[test]
+fn compaction_drops_what_the_tables_hold_and_a_reopened_store_knows_where_its_log_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = |seq: u64| Op {
+        origin: 2,
+        seq,
+        stamp: Stamp::new(1000 + seq, 2),
+        body: OpBody::Notice {
+            text: "x".repeat(200),
+        },
+    };
+    let mut s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    // Many small batches make many segments.
+    for first in (1..=300u64).step_by(10) {
+        s.append_log(2, (first..first + 10).map(op).collect())
+            .unwrap();
+    }
+    s.checkpoint_now().unwrap();
+    s.append_log(2, (301..=320).map(op).collect()).unwrap();
+    let t = s.commit();
+    s.durability.wait_for(t);
+    // Nothing is stamped before the cutoff yet: nothing goes.
+    assert_eq!(s.compact_now(1000).unwrap(), 0);
+    // Everything old enough goes, but never past the checkpoint (300).
+    let dropped = s.compact_now(1000 + 250).unwrap();
+    assert!(dropped >= 20, "{dropped}");
+    let start = s.log_start()[&2];
+    assert!((240..=250).contains(&start), "{start}");
+    assert!(matches!(
+        s.log_reader().read(2, start - 1, 10),
+        Err(StoreError::Compacted { origin: 2, .. })
+    ));
+    assert_eq!(s.log_reader().read(2, start, 1).unwrap()[0].seq, start + 1);
+    assert!(s.compact_now(u64::MAX).unwrap() > 0);
+    assert_eq!(s.log_start()[&2], 300);
+    s.close().unwrap();
+
+    // Reopened: the position and the newest stamp are as before, and the
+    // log still begins where it did; closing checkpointed the rest.
+    let s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    assert_eq!(s.applied()[&2], 320);
+    assert_eq!(s.last_stamps()[&2], op(320).stamp);
+    assert_eq!(s.log_start()[&2], 300);
+    assert_eq!(s.compact_now(u64::MAX).unwrap(), 1);
+    assert_eq!(s.log_start()[&2], 320);
+    s.close().unwrap();
+}
+
+#[test]
+fn a_log_compacted_to_its_end_still_says_where_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = |seq: u64| Op {
+        origin: 1,
+        seq,
+        stamp: Stamp::new(5000 + seq, 1),
+        body: OpBody::Notice { text: "y".into() },
+    };
+    let mut s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    s.append_log(1, (1..=5).map(op).collect()).unwrap();
+    s.checkpoint_now().unwrap();
+    assert_eq!(s.compact_now(u64::MAX).unwrap(), 1);
+    s.close().unwrap();
+    let s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    assert_eq!(s.applied()[&1], 5);
+    assert_eq!(s.last_stamp(), op(5).stamp);
+    assert!(s.log_reader().read(1, 5, 10).unwrap().is_empty());
+    s.close().unwrap();
+}
+
+impl Store {
+    /// Every stored entry but the inbox and the tally, as text (tests).
+    pub(crate) fn dump(&mut self) -> Vec<String> {
+        self.checkpoint_now().unwrap();
+        let mut out = Vec::new();
+        for t in Table::ALL {
+            if t == Table::Inbox || t == Table::Tally {
+                continue;
+            }
+            for r in self.trees[t as usize].iter() {
+                let (k, v) = r.unwrap();
+                let shown = match t {
+                    Table::Users => format!("{:?}", decode::<crate::model::User>(&v).unwrap()),
+                    Table::Groups => format!("{:?}", decode::<crate::model::Group>(&v).unwrap()),
+                    Table::Friends => format!("{:?}", decode::<crate::model::Edge>(&v).unwrap()),
+                    Table::Members => format!("{:?}", decode::<crate::model::Member>(&v).unwrap()),
+                    Table::Tokens => format!("{:?}", decode::<crate::model::TokenRec>(&v).unwrap()),
+                    _ => format!("{v:?}"),
+                };
+                out.push(format!("{} {k:?} {shown}", t.tree_name()));
+            }
+        }
+        out
+    }
 }
