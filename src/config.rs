@@ -296,6 +296,18 @@ pub struct Settings {
     )]
     #[serde(skip)]
     pub fault_commit_delay_ms: u64,
+
+    /// Fault injection: pause this long at each step of a log compaction
+    /// (after the checkpoint is flushed, after the new start is recorded,
+    /// and between removals), so that a crash test lands inside one.
+    #[arg(
+        long,
+        env = "CHATD_FAULT_COMPACT_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    #[serde(skip)]
+    pub fault_compact_delay_ms: u64,
 }
 
 fn split_dialect_listen(v: &str) -> Result<(Listen, SocketAddr), String> {

@@ -68,6 +68,7 @@ impl Server {
         let mut opts = StoreOptions::at(settings.data_dir.join("db"));
         opts.cache_bytes = settings.cache_mb.max(8) << 20;
         opts.commit_delay = Duration::from_millis(settings.fault_commit_delay_ms);
+        opts.compact_delay = Duration::from_millis(settings.fault_compact_delay_ms);
         opts.no_flush = settings.unsafe_no_flush;
         if opts.no_flush {
             tracing::warn!(

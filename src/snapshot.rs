@@ -27,6 +27,15 @@ use serde::{Deserialize, Serialize};
 /// One operation of a snapshot: what `apply` is given, and its stamp.
 pub type SnapOp = (Stamp, OpBody);
 
+/// A snapshot as it reaches whoever installs it, in this order: its point,
+/// batches of operations, and the check of all of them.
+#[derive(Debug)]
+pub enum Part {
+    Begin(Point),
+    Ops(Vec<SnapOp>),
+    End(Check),
+}
+
 /// How much stored data one batch of a reading covers.
 pub const BATCH_BYTES: usize = 256 << 10;
 

@@ -136,6 +136,7 @@ fn the_hub_core_is_given_the_time_and_leaves_the_io_to_its_driver() {
         "replay.rs",
         "lobby.rs",
         "admin.rs",
+        "install.rs",
     ] {
         must_not_name(
             &format!("hub/{}", f.trim_end_matches(".rs")),
@@ -198,7 +199,7 @@ fn each_module_keeps_to_its_side_of_the_map() {
         "parse JSON or know what a value means",
     );
     must_not_name("mesh", &["crate::apply", "apply("], "apply operations");
-    for m in ["mesh/plan", "mesh/members"] {
+    for m in ["mesh/plan", "mesh/members", "mesh/catchup"] {
         must_not_name(
             m,
             &[
@@ -214,6 +215,11 @@ fn each_module_keeps_to_its_side_of_the_map() {
         );
     }
     must_not_name("apply", &["crate::rules"], "check permissions");
+    must_not_name(
+        "snapshot",
+        &["crate::apply", "apply(", "crate::hub", "crate::mesh"],
+        "apply anything or know who sends it",
+    );
     must_not_name(
         "model",
         &["crate::store", "crate::rules", "crate::apply", "crate::hub"],

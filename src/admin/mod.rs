@@ -155,17 +155,19 @@ async fn stream_backup(stream: UnixStream, ctx: &Ctx, point: proto::BackupPoint)
         node: point.node,
         uuid: point.uuid,
         position: point.position,
+        point: None,
     };
     let Ok(std_stream) = stream.into_std() else {
         return;
     };
     let logs = ctx.hub.logs().clone();
+    let snapshots = ctx.hub.snapshots().clone();
     let result = tokio::task::spawn_blocking(move || {
         std_stream
             .set_nonblocking(false)
             .map_err(|e| e.to_string())?;
         let mut w = std::io::BufWriter::new(std_stream);
-        backup::write(&mut w, &logs, &meta)
+        backup::write(&mut w, snapshots, &logs, &meta)
     })
     .await;
     match result {

@@ -227,6 +227,20 @@ pub struct HubStatus {
     pub storage_full: bool,
     #[serde(deserialize_with = "position")]
     pub log: Position,
+    /// Where the log begins for each origin (compaction dropped what is
+    /// before; the tables hold it).
+    #[serde(default, deserialize_with = "position")]
+    pub log_start: Position,
+}
+
+impl HubStatus {
+    /// Operations the log holds now.
+    pub fn log_kept(&self) -> u64 {
+        self.log
+            .iter()
+            .map(|(o, end)| end.saturating_sub(self.log_start.get(o).copied().unwrap_or(0)))
+            .sum()
+    }
 }
 
 /// Every reply, by the request it answers. On the wire its fields stand

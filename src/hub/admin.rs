@@ -429,6 +429,7 @@ impl Hub {
             storage_bytes: self.store.size_on_disk(),
             storage_full: self.storage_full,
             log: self.store.applied().clone(),
+            log_start: self.store.log_start(),
         })
     }
 }

@@ -215,6 +215,11 @@ impl Hub {
         self.store.digest().map_err(|e| e.to_string())
     }
 
+    /// A reader of snapshots of this node's tables.
+    pub fn snapshot_reader(&self) -> crate::store::SnapshotReader {
+        self.store.snapshot_reader()
+    }
+
     /// A reader of this node's log (for the mesh's links).
     pub fn log_reader(&self) -> LogReader {
         self.store.log_reader()

@@ -50,6 +50,7 @@ impl Hub {
         let started = Instant::now();
         let durable = store.durable();
         let logs = store.log_reader();
+        let snapshots = store.snapshot_reader();
         let core = Hub::new(store, node, limits, lobby, now())?;
         tracing::debug!(elapsed = ?started.elapsed(), "the hub is up to date with the log");
         let (applied_tx, applied) = watch::channel(core.applied().clone());
@@ -82,6 +83,7 @@ impl Hub {
             applied,
             presence: presence_tx,
             logs,
+            snapshots,
             node,
             storage_full,
         })

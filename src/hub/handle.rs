@@ -154,6 +154,7 @@ pub struct HubHandle {
     pub(super) applied: watch::Receiver<Position>,
     pub(super) presence: tokio::sync::broadcast::Sender<PresenceChange>,
     pub(super) logs: LogReader,
+    pub(super) snapshots: crate::store::SnapshotReader,
     pub(super) node: NodeId,
     pub(super) storage_full: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -220,6 +221,11 @@ impl HubHandle {
 
     pub fn logs(&self) -> &LogReader {
         &self.logs
+    }
+
+    /// Reads snapshots of the tables (for peers and backups).
+    pub fn snapshots(&self) -> &crate::store::SnapshotReader {
+        &self.snapshots
     }
 
     pub fn node(&self) -> NodeId {

@@ -61,6 +61,11 @@ pub enum Input {
     PeerDown {
         node: NodeId,
     },
+    /// Part of a snapshot a peer is sending (`install.rs`).
+    Snapshot {
+        from: NodeId,
+        part: crate::snapshot::Part,
+    },
 }
 
 /// What the driver does for the core, in order, before the batch's pushes.

@@ -36,6 +36,7 @@ mod batch;
 mod driver;
 mod handle;
 mod input;
+mod install;
 mod lobby;
 mod login;
 mod outbox;
@@ -169,6 +170,8 @@ pub struct Hub {
     /// The first storage failure: the driver stops chatd before anything
     /// of this batch goes out (the log has everything acknowledged).
     failed: Option<StoreError>,
+    /// A snapshot being installed (`install.rs`).
+    installing: Option<install::Installing>,
 }
 
 /// Whether a user has a session here (`by_user`) or on another node.
@@ -261,6 +264,7 @@ impl Hub {
             space_checked: now.at,
             retention_checked: now.at,
             failed: None,
+            installing: None,
         })
     }
 
@@ -317,6 +321,7 @@ impl Hub {
                 offline,
             } => self.peer_presence(node, full, online, offline),
             Input::PeerDown { node } => self.peer_presence(node, true, Vec::new(), Vec::new()),
+            Input::Snapshot { from, part } => self.snapshot_part(from, part),
         }
     }
 

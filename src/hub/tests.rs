@@ -24,6 +24,15 @@ pub(crate) struct Bench {
     pub limits: Live<Limits>,
 }
 
+impl Hub {
+    /// Write the tables out and compact the log now, keeping nothing
+    /// (tests; chatd does this in the background).
+    pub(crate) fn compact_now(&mut self) -> usize {
+        self.store.checkpoint_now().unwrap();
+        self.store.compact_now(u64::MAX).unwrap()
+    }
+}
+
 impl Bench {
     pub fn new() -> Bench {
         Self::on(Store::open(Self::options(None)).unwrap(), 1)

@@ -5,6 +5,7 @@
 //! is a number the harness moves on; nothing sleeps. The real QUIC tests
 //! (tests/cluster*.rs) check the same over sockets.
 
+use super::catchup::{CatchUp, PeerView};
 use super::send::read_stretch;
 use super::Plan;
 use crate::api::{Command, Reply};
@@ -12,6 +13,7 @@ use crate::hub::tests::Bench;
 use crate::hub::Input;
 use crate::ids::{Gid, NodeId, Uid};
 use crate::model::{Op, Target};
+use crate::snapshot::Part;
 use crate::store::{Position, Store};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,6 +54,9 @@ struct Net {
     loss: u64,
     repeat: u64,
     shuffle: bool,
+    /// Each node's catching up by snapshot, and the snapshots installed.
+    catchups: HashMap<NodeId, CatchUp>,
+    snapshots: usize,
 }
 
 fn open_store(dir: &std::path::Path) -> Store {
@@ -75,6 +80,8 @@ impl Net {
             loss: 0,
             repeat: 0,
             shuffle: false,
+            catchups: HashMap::new(),
+            snapshots: 0,
         }
     }
 
@@ -140,9 +147,10 @@ impl Net {
                 plan.acked(theirs);
                 let hub = self.nodes[a as usize - 1].hub.as_ref().unwrap();
                 let logs = hub.core.log_reader();
+                let start = logs.start();
                 let now = hub.t.at;
                 let own = hub.durable_own();
-                let mut stretches: Vec<_> = plan.own(own).into_iter().collect();
+                let mut stretches: Vec<_> = plan.own(own, &start).into_iter().collect();
                 if let Some(s) = stretches.first() {
                     let sent = read_stretch(&logs, *s).unwrap();
                     if let Some(last) = sent.last() {
@@ -151,7 +159,7 @@ impl Net {
                     frames.push((a, b, sent));
                     stretches.clear();
                 }
-                stretches.extend(plan.tick(now, mine, own));
+                stretches.extend(plan.tick(now, mine, own, &start));
                 for s in stretches {
                     frames.push((a, b, read_stretch(&logs, s).unwrap()));
                 }
@@ -178,6 +186,11 @@ impl Net {
                     .push(Input::PeerOps { origin, ops });
             }
         }
+        for &n in &ids {
+            if let Some(parts) = self.catch_up(n) {
+                inputs.entry(n).or_default().extend(parts);
+            }
+        }
         for n in &mut self.nodes {
             let Some(hub) = n.hub.as_mut() else { continue };
             hub.advance(TICK);
@@ -185,11 +198,61 @@ impl Net {
         }
     }
 
+    /// What node `n` knows of the others, as its links would tell it.
+    fn views(&self, n: NodeId) -> Vec<PeerView> {
+        self.nodes
+            .iter()
+            .filter(|b| b.id != n)
+            .filter_map(|b| {
+                let hub = b.hub.as_ref()?;
+                Some(PeerView {
+                    node: b.id,
+                    up: !self.cut.contains(&(n, b.id)),
+                    applied: hub.core.applied().clone(),
+                    start: hub.core.log_reader().start(),
+                })
+            })
+            .collect()
+    }
+
+    /// A snapshot for `n`, when its catching up asks for one: read from the
+    /// peer's tables and handed over whole (the network does not lose it).
+    fn catch_up(&mut self, n: NodeId) -> Option<Vec<Input>> {
+        let views = self.views(n);
+        let (mine, now) = {
+            let hub = self.nodes[n as usize - 1].hub.as_ref()?;
+            (hub.core.applied().clone(), hub.t.at)
+        };
+        let c = self.catchups.entry(n).or_default();
+        let from = c.tick(now, &mine, &views)?;
+        let reader = self.hub(from).core.snapshot_reader();
+        let mut reading = crate::snapshot::Reading::start(reader).unwrap();
+        let mut parts = vec![Part::Begin(reading.point().clone())];
+        while let Some(ops) = reading.next_batch().unwrap() {
+            parts.push(Part::Ops(ops));
+        }
+        parts.push(Part::End(reading.check()));
+        self.catchups.entry(n).or_default().done(now, true);
+        self.snapshots += 1;
+        Some(
+            parts
+                .into_iter()
+                .map(|part| Input::Snapshot { from, part })
+                .collect(),
+        )
+    }
+
     /// Tick until every node has applied the same, or give up.
     fn settle(&mut self, max_steps: usize) -> usize {
+        let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        self.settle_among(&all, max_steps)
+    }
+
+    /// Tick until these nodes have applied the same, or give up.
+    fn settle_among(&mut self, nodes: &[NodeId], max_steps: usize) -> usize {
         for i in 0..max_steps {
-            let first = self.applied(1);
-            if self.nodes.iter().all(|n| self.applied(n.id) == first) {
+            let first = self.applied(nodes[0]);
+            if nodes.iter().all(|&n| self.applied(n) == first) {
                 return i;
             }
             self.step();
@@ -409,6 +472,68 @@ fn retention_removes_old_messages_alike_on_every_node_even_late_ones() {
     net.restart(3);
     assert_eq!(net.hub(3).core.stored_messages(), 3);
     assert_eq!(net.hub(3).core.digest().unwrap(), d[0]);
+}
+
+#[test]
+fn a_node_away_past_the_compaction_point_rejoins_by_snapshot() {
+    let mut net = Net::new(3, 41);
+    let ([a, b, c], g) = three_with_friends(&mut net);
+    net.partition(3, &[1, 2]);
+    for i in 0..40 {
+        say(&mut net, a, Target::User(b.2), &format!("while away {i}"));
+        say(&mut net, b, Target::Group(g), &format!("to the group {i}"));
+    }
+    // Node 3 writes too, cut off: nobody else has that yet.
+    say(&mut net, c, Target::User(a.2), "from the far side");
+    net.settle_among(&[1, 2], 100);
+    // Nodes 1 and 2 keep no log: everything the tables hold goes.
+    assert!(net.hub(1).core.compact_now() > 0);
+    assert!(net.hub(2).core.compact_now() > 0);
+    net.heal();
+    net.settle(200);
+    assert!(net.snapshots >= 1, "node 3 could only catch up by snapshot");
+    let d = net.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "{d:?}");
+    let (history, _) = seen(&mut net, c, Target::Group(g));
+    assert_eq!(history.len(), 40);
+    // What node 3 wrote while away reached the others by its own log.
+    let (history, pending) = seen(&mut net, a, Target::User(c.2));
+    assert_eq!(history, vec!["from the far side"]);
+    assert!(pending.contains(&"from the far side".to_string()));
+    // The count of messages is exact after the snapshot, and after a restart.
+    let count = net.hub(1).core.stored_messages();
+    assert_eq!(net.hub(3).core.stored_messages(), count);
+    net.restart(3);
+    assert_eq!(net.hub(3).core.stored_messages(), count);
+    assert_eq!(net.hub(3).core.digest().unwrap(), d[0]);
+}
+
+#[test]
+fn both_sides_of_a_long_partition_compact_and_heal_by_snapshots() {
+    let mut net = Net::new(4, 43);
+    let ([a, b, c], g) = three_with_friends(&mut net);
+    let d4 = user(&mut net, 4, "dot");
+    net.settle(100);
+    // {1, 2} and {3, 4} apart, each writing, each compacting what it has.
+    net.partition(1, &[3, 4]);
+    net.partition(2, &[3, 4]);
+    for i in 0..20 {
+        say(&mut net, a, Target::Group(g), &format!("west {i}"));
+        say(&mut net, c, Target::Group(g), &format!("east {i}"));
+        say(&mut net, d4, Target::User(c.2), &format!("east side {i}"));
+    }
+    net.settle_among(&[1, 2], 100);
+    net.settle_among(&[3, 4], 100);
+    for n in 1..=4 {
+        net.hub(n).core.compact_now();
+    }
+    net.heal();
+    net.settle(300);
+    assert!(net.snapshots >= 2, "{} snapshots", net.snapshots);
+    let d = net.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "{d:?}");
+    let (history, _) = seen(&mut net, b, Target::Group(g));
+    assert_eq!(history.len(), 40, "{history:?}");
 }
 
 #[test]

@@ -195,6 +195,7 @@ pub(super) async fn discover(
         addr: me.addr.clone(),
         members: Vec::new(),
         discovery: true,
+        start: Vec::new(),
     };
     wire::write(&mut send, &hello)
         .await

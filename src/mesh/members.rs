@@ -5,6 +5,7 @@
 //! operator. The links (`send.rs`, `receive.rs`) tell it what happened and
 //! do what it answers; the time is given.
 
+use super::catchup::PeerView;
 use super::wire::MemberInfo;
 use super::MemberStatus;
 use crate::ids::{NodeId, MAX_NODE};
@@ -39,6 +40,8 @@ struct Peer {
     last_contact_ms: Option<u64>,
     /// How far the peer says it has applied each origin's log.
     applied: Position,
+    /// Where the peer says its log begins.
+    start: Position,
 }
 
 #[derive(Debug)]
@@ -87,6 +90,7 @@ impl Members {
                     in_gen: 0,
                     last_contact_ms: None,
                     applied: Position::new(),
+                    start: Position::new(),
                 };
                 self.peers.insert(peer.info.node, peer);
                 Learned::New
@@ -184,6 +188,26 @@ impl Members {
             p.applied = applied;
             p.last_contact_ms = Some(now_ms);
         }
+    }
+
+    /// `node` says where its log begins.
+    pub fn log_start(&mut self, node: NodeId, start: Position) {
+        if let Some(p) = self.peers.get_mut(&node) {
+            p.start = start;
+        }
+    }
+
+    /// What catching up needs to know of each peer (`catchup.rs`).
+    pub fn views(&self) -> Vec<PeerView> {
+        self.peers
+            .values()
+            .map(|p| PeerView {
+                node: p.info.node,
+                up: p.out_up,
+                applied: p.applied.clone(),
+                start: p.start.clone(),
+            })
+            .collect()
     }
 
     /// How every member looks from here, given how far we have applied.

@@ -16,6 +16,12 @@
 //!   heals through whichever nodes can still talk and a new node catches up
 //!   completely. Receiving nodes apply each origin's operations in order and
 //!   drop duplicates.
+//! * **Catching up by snapshot.** Each node's log begins where it last
+//!   compacted (it says where, in its hello and as it changes). A node that
+//!   lacks operations no peer's log still holds asks a peer that has them
+//!   for a snapshot (`catchup.rs` decides, `snapshots.rs` asks and
+//!   answers, on a QUIC stream of its own), installs it, and the logs
+//!   serve the rest.
 //! * **Failure detection.** QUIC keep-alives and the idle timeout
 //!   (`--peer-timeout-ms`): when the link a peer dialled dies, its sessions
 //!   no longer count as online here.
@@ -25,12 +31,14 @@
 //!
 //! Files: this one (starting, the cluster's status, what the links share),
 //! `members.rs` (the member table and which links are up: a state machine
-//! given the time), `join.rs` (this node's identity in the cluster,
+//! given the time), `catchup.rs` (when to ask for a snapshot, given the
+//! time), `snapshots.rs` (asking for one, sending one), `join.rs` (this node's identity in the cluster,
 //! discovery), `plan.rs` (what to send a peer: a state machine given the
 //! time), `send.rs` (the outbound link, its I/O), `receive.rs` (inbound
 //! links), `wire.rs` (frames), `tls.rs` (certificates), `harness.rs` (tests:
 //! hub cores and plans on an in-memory network).
 
+mod catchup;
 #[cfg(test)]
 mod harness;
 mod join;
@@ -38,6 +46,7 @@ mod members;
 mod plan;
 mod receive;
 mod send;
+mod snapshots;
 pub mod tls;
 pub mod wire;
 
@@ -71,6 +80,8 @@ const OWN_RESEND_MAX: Duration = Duration::from_secs(300);
 
 /// A peer that has lacked another origin's operations this long gets them from us.
 const RELAY_DELAY: Duration = Duration::from_secs(1);
+/// Snapshots a node sends at once (each reads the whole of its tables).
+const SNAPSHOTS_AT_ONCE: usize = 2;
 /// How long a handshake step may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -85,6 +96,12 @@ struct Inner {
     members_version: watch::Sender<u64>,
     refused: AtomicU64,
     stop: CancellationToken,
+    /// Our link to each member, to ask it for a snapshot over.
+    conns: Mutex<std::collections::HashMap<NodeId, quinn::Connection>>,
+    /// When to ask for a snapshot (`catchup.rs`).
+    catchup: Mutex<catchup::CatchUp>,
+    /// Snapshots sent at once, at most.
+    serving: tokio::sync::Semaphore,
 }
 
 /// A running mesh.
@@ -134,11 +151,15 @@ impl Mesh {
             members_version,
             refused: AtomicU64::new(0),
             stop: CancellationToken::new(),
+            conns: Mutex::default(),
+            catchup: Mutex::default(),
+            serving: tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE),
         });
         for m in p.known {
             inner.add_member(m);
         }
         tokio::spawn(accept_loop(inner.clone()));
+        tokio::spawn(snapshots::catchup_loop(inner.clone()));
         for seed in p.seeds {
             let inner = inner.clone();
             tokio::spawn(async move { inner.learn_from(&seed).await });

@@ -53,15 +53,19 @@ impl Plan {
         }
     }
 
-    /// The peer said how far it has applied.
+    /// The peer said how far it has applied. What it has of ours (a
+    /// snapshot may have brought it) need not be sent.
     pub fn acked(&mut self, applied: Position) {
+        self.sent_own = self.sent_own.max(at(&applied, self.me));
         self.peer_applied = applied;
     }
 
     /// Our own operations to send now that ours are durable up to
-    /// `durable_own`: everything after what this link has sent.
-    pub fn own(&self, durable_own: u64) -> Option<Stretch> {
-        (durable_own > self.sent_own).then_some(Stretch {
+    /// `durable_own`: everything after what this link has sent, unless
+    /// our log no longer begins that early (`start`): the peer then needs
+    /// a snapshot first (`catchup.rs`), and says so by how far it applied.
+    pub fn own(&self, durable_own: u64, start: &Position) -> Option<Stretch> {
+        (durable_own > self.sent_own && self.sent_own >= at(start, self.me)).then_some(Stretch {
             origin: self.me,
             after: self.sent_own,
             upto: durable_own,
@@ -80,7 +84,14 @@ impl Plan {
     /// Also notices a peer stuck behind our own operations (its disk was
     /// full, say): after a while `own` offers them again, and each resend to
     /// a peer that stays stuck waits twice as long.
-    pub fn tick(&mut self, now: Instant, applied: Position, durable_own: u64) -> Vec<Stretch> {
+    /// Nothing our log no longer holds (before `start`) is offered.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        applied: Position,
+        durable_own: u64,
+        start: &Position,
+    ) -> Vec<Stretch> {
         self.history.push_back((now, applied));
         while self
             .history
@@ -118,7 +129,7 @@ impl Plan {
                 .last_relay
                 .get(&origin)
                 .is_some_and(|t| now.duration_since(*t) < RELAY_DELAY);
-            if theirs < had && !recently {
+            if theirs < had && theirs >= at(start, origin) && !recently {
                 self.last_relay.insert(origin, now);
                 out.push(Stretch {
                     origin,

@@ -58,25 +58,27 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
         .await
         .map_err(|_| "no stream opened".to_string())?
         .map_err(|e| e.to_string())?;
-    let (version, node, uuid, addr, members, discovery) = match read_timeout(&mut recv).await? {
-        Frame::Hello {
-            version,
-            node,
-            uuid,
-            addr,
-            members,
-            discovery,
-        } => (version, node, uuid, addr, members, discovery),
-        other => {
-            return refuse(
-                inner,
-                &conn,
-                &mut send,
-                format!("expected a hello, got {other:?}"),
-            )
-            .await
-        }
-    };
+    let (version, node, uuid, addr, members, discovery, start) =
+        match read_timeout(&mut recv).await? {
+            Frame::Hello {
+                version,
+                node,
+                uuid,
+                addr,
+                members,
+                discovery,
+                start,
+            } => (version, node, uuid, addr, members, discovery, start),
+            other => {
+                return refuse(
+                    inner,
+                    &conn,
+                    &mut send,
+                    format!("expected a hello, got {other:?}"),
+                )
+                .await
+            }
+        };
     if version != wire::VERSION {
         let reason = format!(
             "mesh protocol version {version}, this node speaks {}",
@@ -122,8 +124,18 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.closed()).await;
         return Ok(());
     }
-    let gen = lock(&inner.members).in_up(node, crate::ids::wall_millis());
+    let gen = {
+        let mut members = lock(&inner.members);
+        members.log_start(node, start.into_iter().collect());
+        members.in_up(node, crate::ids::wall_millis())
+    };
     tracing::info!(node, "link from member up");
+    // The peer may ask for snapshots on streams of their own.
+    let streams = tokio::spawn(super::snapshots::serve_streams(
+        inner.clone(),
+        conn.clone(),
+        node,
+    ));
 
     // Tell the peer, as we go, how far we have applied.
     let mut applied = inner.hub.applied();
@@ -143,6 +155,7 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
     });
     let result = receive(inner, node, &mut recv).await;
     reporter.abort();
+    streams.abort();
     let current = lock(&inner.members).in_down(node, gen);
     if current {
         tracing::warn!(
@@ -197,6 +210,10 @@ pub(super) async fn receive(
                 for m in members {
                     inner.add_member(m);
                 }
+                continue;
+            }
+            Frame::Start { start } => {
+                lock(&inner.members).log_start(node, start.into_iter().collect());
                 continue;
             }
             Frame::Unknown => continue,

@@ -54,6 +54,7 @@ pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<()
             addr: inner.me.addr.clone(),
             members: inner.member_list(),
             discovery: false,
+            start: applied_vec(&inner.hub.logs().start()),
         },
     )
     .await
@@ -84,6 +85,7 @@ pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<()
     }
     let position: Position = applied.iter().copied().collect();
     lock(&inner.members).out_up(node, position, crate::ids::wall_millis());
+    lock(&inner.conns).insert(node, conn.clone());
     tracing::info!(node, addr = %info.addr, "link to member up");
 
     // What the peer tells us back on this link: how far it has applied.
@@ -105,6 +107,15 @@ pub(super) async fn outbound(inner: &Arc<Inner>, info: &MemberInfo) -> Result<()
         .run(&mut send, &mut acks)
         .await;
     reader.abort();
+    {
+        let mut conns = lock(&inner.conns);
+        if conns
+            .get(&node)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&node);
+        }
+    }
     conn.close(0u32.into(), b"bye");
     result
 }
@@ -125,12 +136,20 @@ pub(super) struct Sender {
     inner: Arc<Inner>,
     peer: NodeId,
     plan: Plan,
+    /// Where our log began when we last told the peer.
+    told_start: Position,
 }
 
 impl Sender {
     fn new(inner: Arc<Inner>, peer: NodeId, peer_applied: Position) -> Sender {
         let plan = Plan::new(inner.me.node, peer, peer_applied);
-        Sender { inner, peer, plan }
+        let told_start = inner.hub.logs().start();
+        Sender {
+            inner,
+            peer,
+            plan,
+            told_start,
+        }
     }
 
     async fn run(
@@ -148,7 +167,10 @@ impl Sender {
         loop {
             let own_ready = self
                 .plan
-                .own(durable.borrow().position.get(&me).copied().unwrap_or(0))
+                .own(
+                    durable.borrow().position.get(&me).copied().unwrap_or(0),
+                    &self.told_start,
+                )
                 .is_some();
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return Ok(()),
@@ -217,7 +239,13 @@ impl Sender {
             after,
             upto,
         };
-        let ops = read_stretch(self.inner.hub.logs(), stretch).map_err(|e| e.to_string())?;
+        let ops = match read_stretch(self.inner.hub.logs(), stretch) {
+            Ok(ops) => ops,
+            // Compacted since the plan was made: the peer will ask for a
+            // snapshot.
+            Err(crate::store::StoreError::Compacted { .. }) => return Ok(after),
+            Err(e) => return Err(e.to_string()),
+        };
         let Some(last) = ops.last().map(|o| o.seq) else {
             return Ok(after);
         };
@@ -235,7 +263,7 @@ impl Sender {
     ) -> Result<(), String> {
         let me = self.inner.me.node;
         let upto = durable.position.get(&me).copied().unwrap_or(0);
-        if let Some(s) = self.plan.own(upto) {
+        if let Some(s) = self.plan.own(upto, &self.told_start) {
             let last = self.send_ops(send, me, s.after, s.upto).await?;
             self.plan.sent_own(last);
         }
@@ -254,7 +282,17 @@ impl Sender {
             .get(&me)
             .copied()
             .unwrap_or(0);
-        for s in self.plan.tick(Instant::now(), applied, ours) {
+        // Tell the peer first when our log now begins later.
+        let start = hub.logs().start();
+        if start != self.told_start {
+            self.told_start = start;
+            let start = applied_vec(&self.told_start);
+            self.write(send, &Frame::Start { start }).await?;
+        }
+        for s in self
+            .plan
+            .tick(Instant::now(), applied, ours, &self.told_start)
+        {
             self.send_ops(send, s.origin, s.after, s.upto).await?;
         }
         Ok(())

@@ -8,8 +8,9 @@
 //! skipped. A frame longer than [`MAX_FRAME`] or that does not decode closes
 //! the connection.
 
-use crate::ids::{NodeId, Uid};
+use crate::ids::{NodeId, Stamp, Uid};
 use crate::model::Op;
+use crate::snapshot::SnapOp;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -46,6 +47,10 @@ pub enum Frame {
         /// Only asking for the member list; not a replication link.
         #[serde(default)]
         discovery: bool,
+        /// Where the dialer's log begins for each origin (what it can no
+        /// longer send but as a snapshot).
+        #[serde(default)]
+        start: Applied,
     },
     /// Acceptor -> dialer, in answer to `Hello`: who it is, what it has.
     Welcome {
@@ -59,9 +64,14 @@ pub enum Frame {
         offer: Option<NodeId>,
     },
     /// Acceptor -> dialer: why the hello was refused, before closing.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// Dialer -> acceptor: a run of one origin's operations, in order.
-    Ops { origin: NodeId, ops: Vec<Op> },
+    Ops {
+        origin: NodeId,
+        ops: Vec<Op>,
+    },
     /// Dialer -> acceptor: users with sessions on the dialer. `full`
     /// replaces what the acceptor knew; otherwise these are changes.
     Presence {
@@ -70,17 +80,54 @@ pub enum Frame {
         offline: Vec<Uid>,
     },
     /// Dialer -> acceptor: members the dialer learned of.
-    Members { members: Vec<MemberInfo> },
+    Members {
+        members: Vec<MemberInfo>,
+    },
     /// Acceptor -> dialer: how far the acceptor has applied each log.
-    Applied { applied: Applied },
+    Applied {
+        applied: Applied,
+    },
+    /// Dialer -> acceptor: its log now begins later (it compacted).
+    Start {
+        start: Applied,
+    },
+    /// On a stream of its own, opened by a node that needs one: send me a
+    /// snapshot. Answered on that stream by `SnapshotBegin`, any number of
+    /// `SnapshotOps`, and `SnapshotEnd`.
+    SnapshotRequest {},
+    /// The snapshot's point: every operation up to `position` is in it,
+    /// the last of each origin stamped `stamps`.
+    SnapshotBegin {
+        position: Applied,
+        stamps: Vec<(NodeId, Stamp)>,
+    },
+    SnapshotOps {
+        ops: Vec<SnapOp>,
+    },
+    /// How many operations were sent and their hash (`snapshot::Check`).
+    SnapshotEnd {
+        ops: u64,
+        hash: u64,
+    },
     /// A frame kind from a newer version: skipped (never sent).
     #[serde(skip)]
     Unknown,
 }
 
 /// The kinds this version knows (the `"t"` of every frame above).
-const KINDS: [&str; 7] = [
-    "Hello", "Welcome", "Refused", "Ops", "Presence", "Members", "Applied",
+const KINDS: [&str; 12] = [
+    "Hello",
+    "Welcome",
+    "Refused",
+    "Ops",
+    "Presence",
+    "Members",
+    "Applied",
+    "Start",
+    "SnapshotRequest",
+    "SnapshotBegin",
+    "SnapshotOps",
+    "SnapshotEnd",
 ];
 
 #[derive(Debug)]
@@ -194,6 +241,7 @@ mod tests {
                 addr: "127.0.0.1:1".into(),
                 members: vec![],
                 discovery: false,
+                start: vec![(2, 7)],
             },
             Frame::Ops {
                 origin: 3,
@@ -220,6 +268,18 @@ mod tests {
             Frame::Applied {
                 applied: vec![(3, 2)],
             },
+            Frame::Start {
+                start: vec![(3, 1)],
+            },
+            Frame::SnapshotRequest {},
+            Frame::SnapshotBegin {
+                position: vec![(3, 2)],
+                stamps: vec![(3, Stamp::new(2, 3))],
+            },
+            Frame::SnapshotOps {
+                ops: vec![(Stamp::new(2, 3), op(2, "b").body)],
+            },
+            Frame::SnapshotEnd { ops: 1, hash: 9 },
         ];
         // Every kind is listed as known (else it would decode as Unknown).
         assert_eq!(frames.len(), KINDS.len());

@@ -47,10 +47,17 @@ pub(super) fn compact(
     log: &sled::Tree,
     bounds: &Mutex<LogBounds>,
     cutoff_ms: u64,
+    delay: Duration,
 ) -> Result<usize> {
+    let pause = || {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+    };
     // The checkpoint record is written after its tables are flushed, but
     // is itself only durable with the next flush: make it so now.
     db.flush()?;
+    pause();
     let checkpoint: Position = match meta.get("checkpoint")? {
         Some(v) => decode(&v)?,
         None => return Ok(0),
@@ -87,6 +94,7 @@ pub(super) fn compact(
     }
     meta.insert("log_start", encode(&start))?;
     db.flush()?;
+    pause();
     {
         let mut b = lock(bounds);
         for (&origin, &seq) in &start.position {
@@ -95,8 +103,11 @@ pub(super) fn compact(
             }
         }
     }
-    for k in &doomed {
+    for (i, k) in doomed.iter().enumerate() {
         log.remove(k)?;
+        if i == doomed.len() / 2 {
+            pause();
+        }
     }
     Ok(doomed.len())
 }

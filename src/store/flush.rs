@@ -39,6 +39,8 @@ pub(crate) struct LogSide {
     pub(crate) bounds: Arc<std::sync::Mutex<super::log::LogBounds>>,
     /// A compaction is queued or running.
     pub(crate) busy: Arc<std::sync::atomic::AtomicBool>,
+    /// Fault injection (`StoreOptions::compact_delay`).
+    pub(crate) delay: std::time::Duration,
 }
 
 pub(crate) struct Checkpointer {
@@ -73,11 +75,16 @@ impl Checkpointer {
                                 &side.log,
                                 &side.bounds,
                                 cutoff_ms,
+                                side.delay,
                             );
                             side.busy.store(false, std::sync::atomic::Ordering::Release);
                             match r {
                                 Ok(0) => {}
-                                Ok(n) => tracing::debug!(segments = n, "log compacted"),
+                                Ok(n) => {
+                                    metrics::counter!("chatd_log_compacted_total")
+                                        .increment(n as u64);
+                                    tracing::debug!(segments = n, "log compacted");
+                                }
                                 // Harmless: the log is only longer.
                                 Err(e) => tracing::warn!(error = %e, "log compaction failed"),
                             }

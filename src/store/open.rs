@@ -129,6 +129,7 @@ impl Store {
                 log: log.clone(),
                 bounds: bounds.clone(),
                 busy: compacting.clone(),
+                delay: opts.compact_delay,
             },
         )?;
 

@@ -14,6 +14,8 @@ pub struct StoreOptions {
     pub checkpoint_bytes: usize,
     /// Fault injection: delay every commit flush (tests only).
     pub commit_delay: Duration,
+    /// Fault injection: pause at each step of a compaction (tests only).
+    pub compact_delay: Duration,
     /// Unsafe: count a commit as durable without flushing it.
     pub no_flush: bool,
 }
@@ -26,6 +28,7 @@ impl StoreOptions {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 32 << 20,
             commit_delay: Duration::ZERO,
+            compact_delay: Duration::ZERO,
             no_flush: false,
         }
     }
@@ -38,6 +41,7 @@ impl StoreOptions {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 32 << 20,
             commit_delay: Duration::ZERO,
+            compact_delay: Duration::ZERO,
             no_flush: false,
         }
     }

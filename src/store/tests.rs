@@ -131,7 +131,15 @@ fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
 impl Store {
     /// A compaction pass now, on this thread (tests).
     pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<usize> {
-        compact::compact(&self.db, &self.meta, &self.log, &self.bounds, cutoff_ms)
+        let no_delay = Duration::ZERO;
+        compact::compact(
+            &self.db,
+            &self.meta,
+            &self.log,
+            &self.bounds,
+            cutoff_ms,
+            no_delay,
+        )
     }
 }
 

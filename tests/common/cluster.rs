@@ -199,8 +199,13 @@ impl Cluster {
     /// Start node `i` again on its data directory, with no --join: it must
     /// find the cluster from what it remembers.
     pub async fn restart(&mut self, i: usize) {
+        self.restart_with(i, |_| {}).await
+    }
+
+    /// [`Cluster::restart`] with settings of its own.
+    pub async fn restart_with(&mut self, i: usize, f: impl FnOnce(&mut Settings)) {
         let node = &self.nodes[i];
-        let server = self.boot(i, &node.dir, &node.relay, None, |_| {}).await;
+        let server = self.boot(i, &node.dir, &node.relay, None, f).await;
         let addr = server.local_addr();
         let node = &mut self.nodes[i];
         node.addr = addr;

@@ -162,6 +162,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     ("groups", hub.groups.to_string()),
                     ("messages", or_dash(&hub.messages)),
                     ("storage (bytes)", hub.storage_bytes.to_string()),
+                    ("log kept (ops)", hub.log_kept().to_string()),
                     ("disk full", hub.storage_full.to_string()),
                 ] {
                     println!("{label:<16} {v}");
@@ -471,7 +472,10 @@ fn live_backup(cli: &Cli, file: &Path) -> Result<chatd::backup::Summary, Failure
     std::fs::rename(&tmp, file)
         .map_err(|e| Failure::refused(format!("cannot create {}: {e}", file.display())))?;
     let ops = point.position.values().sum();
-    Ok(chatd::backup::Summary { segments: 0, ops })
+    Ok(chatd::backup::Summary {
+        ops,
+        ..Default::default()
+    })
 }
 
 fn table(head: &[&str], rows: &[Vec<String>]) {

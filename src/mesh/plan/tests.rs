@@ -9,8 +9,12 @@ fn pos(pairs: &[(NodeId, u64)]) -> Position {
 #[test]
 fn own_operations_go_as_they_become_durable_and_once() {
     let mut p = Plan::new(1, 2, pos(&[(1, 3)]));
-    assert_eq!(p.own(3), None, "the peer has the first three");
-    let s = p.own(7).unwrap();
+    assert_eq!(
+        p.own(3, &Position::new()),
+        None,
+        "the peer has the first three"
+    );
+    let s = p.own(7, &Position::new()).unwrap();
     assert_eq!(
         s,
         Stretch {
@@ -20,8 +24,8 @@ fn own_operations_go_as_they_become_durable_and_once() {
         }
     );
     p.sent_own(7);
-    assert_eq!(p.own(7), None);
-    assert_eq!(p.own(8).map(|s| s.after), Some(7));
+    assert_eq!(p.own(7, &Position::new()), None);
+    assert_eq!(p.own(8, &Position::new()).map(|s| s.after), Some(7));
 }
 
 #[test]
@@ -30,12 +34,15 @@ fn what_the_peer_lacks_of_others_is_relayed_after_a_second_and_not_again_at_once
     let ms = |n: u64| t0 + Duration::from_millis(n);
     // We (1) have 10 of node 3's operations; the peer (2) has 4.
     let mut p = Plan::new(1, 2, pos(&[(3, 4)]));
-    assert!(p.tick(ms(0), pos(&[(3, 10)]), 0).is_empty());
+    assert!(p
+        .tick(ms(0), pos(&[(3, 10)]), 0, &Position::new())
+        .is_empty());
     assert!(
-        p.tick(ms(750), pos(&[(3, 10)]), 0).is_empty(),
+        p.tick(ms(750), pos(&[(3, 10)]), 0, &Position::new())
+            .is_empty(),
         "not before a second: node 3 may still reach the peer itself"
     );
-    let sent = p.tick(ms(1000), pos(&[(3, 10)]), 0);
+    let sent = p.tick(ms(1000), pos(&[(3, 10)]), 0, &Position::new());
     assert_eq!(
         sent,
         vec![Stretch {
@@ -45,14 +52,17 @@ fn what_the_peer_lacks_of_others_is_relayed_after_a_second_and_not_again_at_once
         }],
         "what we had a second ago"
     );
-    assert!(p.tick(ms(1250), pos(&[(3, 12)]), 0).is_empty());
+    assert!(p
+        .tick(ms(1250), pos(&[(3, 12)]), 0, &Position::new())
+        .is_empty());
     p.acked(pos(&[(3, 10)]));
     assert!(
-        p.tick(ms(2000), pos(&[(3, 12)]), 0).is_empty(),
+        p.tick(ms(2000), pos(&[(3, 12)]), 0, &Position::new())
+            .is_empty(),
         "12 arrived here less than a second ago"
     );
     assert_eq!(
-        p.tick(ms(2250), pos(&[(3, 12)]), 0),
+        p.tick(ms(2250), pos(&[(3, 12)]), 0, &Position::new()),
         vec![Stretch {
             origin: 3,
             after: 10,
@@ -66,9 +76,9 @@ fn neither_our_own_nor_the_peers_own_log_is_relayed() {
     let t0 = Instant::now();
     let mut p = Plan::new(1, 2, Position::new());
     let applied = pos(&[(1, 5), (2, 5)]);
-    p.tick(t0, applied.clone(), 5);
+    p.tick(t0, applied.clone(), 5, &Position::new());
     assert!(p
-        .tick(t0 + Duration::from_secs(2), applied, 5)
+        .tick(t0 + Duration::from_secs(2), applied, 5, &Position::new())
         .iter()
         .all(|s| s.origin != 1 && s.origin != 2));
 }
@@ -82,8 +92,8 @@ fn a_peer_stuck_behind_our_operations_gets_them_again_later_and_later() {
     let mut resent = Vec::new();
     for tick in 0..(4 * 60) {
         let now = t0 + Duration::from_millis(250 * tick);
-        p.tick(now, Position::new(), 9);
-        if let Some(stretch) = p.own(9) {
+        p.tick(now, Position::new(), 9, &Position::new());
+        if let Some(stretch) = p.own(9, &Position::new()) {
             assert_eq!(stretch.after, 2, "everything the peer lacks");
             resent.push(now.duration_since(t0).as_secs());
             p.sent_own(9);
@@ -92,8 +102,8 @@ fn a_peer_stuck_behind_our_operations_gets_them_again_later_and_later() {
     // Stuck from the first full second: again after 5 s, then 10, then 20.
     assert_eq!(resent, vec![6, 16, 36]);
     p.acked(pos(&[(1, 9)]));
-    p.tick(s(61), Position::new(), 9);
-    assert_eq!(p.own(9), None, "caught up: nothing more");
+    p.tick(s(61), Position::new(), 9, &Position::new());
+    assert_eq!(p.own(9, &Position::new()), None, "caught up: nothing more");
 }
 
 /// Nodes in memory: each one's applied position, and a plan per link it
@@ -193,12 +203,12 @@ impl Cluster {
                     continue;
                 };
                 plan.acked(self.applied[j].clone());
-                while let Some(s) = plan.own(durable_own) {
+                while let Some(s) = plan.own(durable_own, &Position::new()) {
                     let upto = s.upto.min(s.after + BATCH as u64);
                     plan.sent_own(upto);
                     frames.push(((i, j), (j, Stretch { upto, ..s })));
                 }
-                for s in plan.tick(self.now, applied.clone(), durable_own) {
+                for s in plan.tick(self.now, applied.clone(), durable_own, &Position::new()) {
                     let upto = s.upto.min(s.after + BATCH as u64);
                     frames.push(((i, j), (j, Stretch { upto, ..s })));
                 }
@@ -297,4 +307,38 @@ fn a_restarted_node_catches_up_from_where_it_was() {
     }
     assert!(c.converged(), "{:?}", c.applied);
     assert_eq!(c.applied[2][&1], 10 * 100 + 10 * 1000);
+}
+
+#[test]
+fn nothing_is_offered_from_before_the_log_begins() {
+    let t0 = Instant::now();
+    let start = pos(&[(1, 50), (3, 20)]);
+    // The peer has 10 of ours, but our log begins after 50.
+    let mut p = Plan::new(1, 2, pos(&[(1, 10), (3, 5)]));
+    assert_eq!(p.own(60, &start), None, "the peer needs a snapshot first");
+    // Relays of origin 3 too: what it lacks is not in our log.
+    p.tick(t0, pos(&[(1, 60), (3, 30)]), 60, &start);
+    let later = t0 + Duration::from_secs(2);
+    assert!(p
+        .tick(later, pos(&[(1, 60), (3, 30)]), 60, &start)
+        .is_empty());
+    // A snapshot brought the peer to 55 of ours and 25 of origin 3: from
+    // there the logs serve it.
+    p.acked(pos(&[(1, 55), (3, 25)]));
+    let own = p.own(60, &start).unwrap();
+    assert_eq!((own.after, own.upto), (55, 60));
+    let relays = p.tick(
+        later + Duration::from_secs(2),
+        pos(&[(1, 60), (3, 30)]),
+        60,
+        &start,
+    );
+    assert_eq!(
+        relays,
+        vec![Stretch {
+            origin: 3,
+            after: 25,
+            upto: 30
+        }]
+    );
 }
