@@ -179,6 +179,38 @@ impl Setup {
     }
 }
 
+/// Words to pad texts with: something like chat, so that what storage
+/// does with it (compression) is measured on text like the real thing,
+/// not on one letter repeated.
+fn padding(seq: u64, len: usize) -> &'static [u8] {
+    static TEXT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(|| {
+        const WORDS: &[&str] = &[
+            "the", "you", "and", "to", "it", "is", "that", "for", "on", "are", "with", "this",
+            "be", "at", "have", "was", "but", "not", "we", "can", "what", "so", "all", "if",
+            "just", "about", "get", "like", "know", "when", "time", "will", "see", "there", "good",
+            "how", "now", "then", "think", "yes", "no", "ok", "maybe", "tomorrow", "today",
+            "meeting", "lunch", "where", "sorry", "thanks", "great", "sure", "later", "call", "me",
+            "back", "home", "work", "late", "again", "please", "send", "file", "photo", "look",
+            "here", "tonight", "weekend", "coffee", "train", "minutes", "soon", "really", "funny",
+            "right", "fine", "busy", "free", "after", "before", "morning",
+        ];
+        let mut out = Vec::with_capacity(128 << 10);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while out.len() < 128 << 10 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
+            out.push(b' ');
+        }
+        out
+    });
+    let len = len.min(text.len() / 2);
+    let at = (seq.wrapping_mul(7919) % (text.len() / 2) as u64) as usize;
+    &text[at..at + len]
+}
+
 /// Append one send to `out`. The text starts with the send time (ns since
 /// the bench epoch) and a tag (`sender seq`), padded to `size` bytes.
 pub fn encode_send(
@@ -202,7 +234,8 @@ pub fn encode_send(
     let text_start = out.len();
     let _ = write!(out, "{t_ns} {} {} ", tag.0, tag.1);
     let used = out.len() - text_start;
-    out.resize(out.len() + size.saturating_sub(used).max(1), b'x');
+    let pad = size.saturating_sub(used).max(1);
+    out.extend_from_slice(padding(tag.1, pad));
     let _ = start;
     match proto {
         Proto::Native => out.extend_from_slice(b"\"}\n"),

@@ -479,9 +479,22 @@ fn a_node_away_past_the_compaction_point_rejoins_by_snapshot() {
     let mut net = Net::new(3, 41);
     let ([a, b, c], g) = three_with_friends(&mut net);
     net.partition(3, &[1, 2]);
+    // Long enough that the logs hold them in several segments (compaction
+    // keeps an origin's newest segment).
+    let long = "x".repeat(300);
     for i in 0..40 {
-        say(&mut net, a, Target::User(b.2), &format!("while away {i}"));
-        say(&mut net, b, Target::Group(g), &format!("to the group {i}"));
+        say(
+            &mut net,
+            a,
+            Target::User(b.2),
+            &format!("while away {i} {long}"),
+        );
+        say(
+            &mut net,
+            b,
+            Target::Group(g),
+            &format!("to the group {i} {long}"),
+        );
     }
     // Node 3 writes too, cut off: nobody else has that yet.
     say(&mut net, c, Target::User(a.2), "from the far side");
@@ -517,10 +530,16 @@ fn both_sides_of_a_long_partition_compact_and_heal_by_snapshots() {
     // {1, 2} and {3, 4} apart, each writing, each compacting what it has.
     net.partition(1, &[3, 4]);
     net.partition(2, &[3, 4]);
+    let long = "x".repeat(300);
     for i in 0..20 {
-        say(&mut net, a, Target::Group(g), &format!("west {i}"));
-        say(&mut net, c, Target::Group(g), &format!("east {i}"));
-        say(&mut net, d4, Target::User(c.2), &format!("east side {i}"));
+        say(&mut net, a, Target::Group(g), &format!("west {i} {long}"));
+        say(&mut net, c, Target::Group(g), &format!("east {i} {long}"));
+        say(
+            &mut net,
+            d4,
+            Target::User(c.2),
+            &format!("east side {i} {long}"),
+        );
     }
     net.settle_among(&[1, 2], 100);
     net.settle_among(&[3, 4], 100);

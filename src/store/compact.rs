@@ -8,15 +8,16 @@
 //! What may go, per origin: operations up to the durable checkpoint, up to
 //! the lowest pin (a snapshot being read needs the log after its point),
 //! and stamped before the cutoff (`--log-keep-secs`: a peer that was away
-//! for less than that catches up from the log, not by snapshot).
+//! for less than that catches up from the log, not by snapshot). Whole
+//! segments go, never an origin's newest (a few KiB at most).
 //!
-//! Crash safety, in this order: the checkpoint the compaction relies on is
-//! flushed; the new start of the log is recorded and flushed; only then
+//! Crash safety, in this order: the new start of the log is recorded and
+//! flushed, which makes the checkpoint it relies on durable too; only then
 //! are the segments removed. A crash at any step leaves either segments
 //! the start already excludes (removed by the next pass) or nothing done.
 //! Runs on the checkpoint thread, so no checkpoint moves meanwhile.
 
-use super::log::{lock, log_key, LogBounds};
+use super::log::{lock, log_key, parse_log_key, LogBounds};
 use super::*;
 
 /// Segments removed per pass at most (about 24 MiB of log): a long
@@ -39,6 +40,23 @@ pub(super) fn limit<'a>(
     out
 }
 
+/// The first operation of a stored segment (`FORMAT`, the count, then
+/// the operations), read without the rest.
+fn first_op(raw: &[u8]) -> Result<Op> {
+    let bad = |e: String| StoreError::Corrupt(format!("log segment: {e}"));
+    let config = bincode::config::standard();
+    let rest = match raw.split_first() {
+        Some((&FORMAT, rest)) => rest,
+        _ => return Err(bad("unknown format".into())),
+    };
+    let (_, at): (u64, usize) =
+        bincode::decode_from_slice(rest, config).map_err(|e| bad(e.to_string()))?;
+    let body = rest.get(at..).ok_or_else(|| bad("short".into()))?;
+    bincode::serde::decode_from_slice(body, config)
+        .map(|(op, _)| op)
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// One pass: drop what may go of segments stamped up to `cutoff_ms`.
 /// Returns the number of segments removed.
 pub(super) fn compact(
@@ -54,9 +72,6 @@ pub(super) fn compact(
             std::thread::sleep(delay);
         }
     };
-    // The checkpoint record is written after its tables are flushed, but
-    // is itself only durable with the next flush: make it so now.
-    db.flush()?;
     pause();
     let checkpoint: Position = match meta.get("checkpoint")? {
         Some(v) => decode(&v)?,
@@ -72,26 +87,44 @@ pub(super) fn compact(
         if upto <= from {
             continue;
         }
+        // A segment may go once the next one begins at or before `upto + 1`
+        // and is stamped by the cutoff (its operations are all older):
+        // only each segment's first operation is read. The newest segment
+        // stays, so the log always says where it ends.
+        let mut prev: Option<sled::IVec> = None;
+        let mut last_gone = None;
         for r in log.range(log_key(origin, 0)..=log_key(origin, u64::MAX)) {
             if doomed.len() >= SEGMENTS_PER_PASS {
                 break;
             }
             let (k, v) = r?;
-            let ops: Vec<Op> = decode(&v)?;
-            let Some(last) = ops.last() else {
-                doomed.push(k);
-                continue;
-            };
-            if last.seq > upto || last.stamp.millis() > cutoff_ms {
-                break;
+            let (_, first) = parse_log_key(&k)?;
+            let first_stamp = first_op(&v)?.stamp;
+            if let Some(p) = prev.take() {
+                if first.saturating_sub(1) > upto || first_stamp.millis() > cutoff_ms {
+                    break;
+                }
+                last_gone = Some(p.clone());
+                doomed.push(p);
             }
-            start.raise(origin, last.seq, last.stamp);
-            doomed.push(k);
+            prev = Some(k);
+        }
+        // Where the log now begins: the last operation of the last segment
+        // that goes.
+        if let Some(k) = last_gone {
+            if let Some(v) = log.get(&k)? {
+                let ops: Vec<Op> = decode(&v)?;
+                if let Some(last) = ops.last() {
+                    start.raise(origin, last.seq, last.stamp);
+                }
+            }
         }
     }
     if doomed.is_empty() {
         return Ok(0);
     }
+    // The checkpoint record (written after its tables were flushed) is
+    // only durable with the next flush: this one, with the new start.
     meta.insert("log_start", encode(&start))?;
     db.flush()?;
     pause();

@@ -1,7 +1,11 @@
 //! Writing frozen layers to sled (checkpoints) and reading message chunks.
 //!
 //! A chunk is `FORMAT` followed by frames `[id u64 BE][len u32 BE][message]`,
-//! stored under `prefix ++ id of its last message`. Chunks of one prefix never
+//! or `CHUNK_ZSTD`, the frames' length (u32 BE) and the frames compressed
+//! with zstd (when that saves a tenth or more), stored under `prefix ++ id
+//! of its last message`. Compressed here, once per chunk on the checkpoint
+//! thread, not by sled: sled would compress every page it rewrites, and
+//! its writers wait for that. Chunks of one prefix never
 //! overlap, so reading them in key order yields messages in id order. Most
 //! checkpoints only append chunks; a message older than the newest stored
 //! chunk (a late arrival from another node) makes the checkpoint merge it into
@@ -15,6 +19,13 @@ use std::sync::{mpsc, Arc};
 
 const CHUNK_MAX_MESSAGES: usize = 256;
 const CHUNK_MAX_BYTES: usize = super::RECORD_MAX_BYTES;
+/// The version byte of a compressed chunk.
+const CHUNK_ZSTD: u8 = 2;
+/// zstd's level: a chunk is compressed once, in the background.
+const ZSTD_LEVEL: i32 = 3;
+/// The largest a chunk's frames may be once decompressed (they are at
+/// most a record's worth; anything bigger is corrupt).
+const FRAMES_MAX: usize = 1 << 20;
 /// Freeing a layer this big returns its memory to the system; trimming
 /// after every small one would only cost time.
 const TRIM_AFTER_BYTES: usize = 8 << 20;
@@ -433,16 +444,45 @@ fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
         out.extend_from_slice(v);
     }
+    let frames = &out[1..];
+    if let Ok(small) = zstd::bulk::compress(frames, ZSTD_LEVEL) {
+        if small.len() + 5 < frames.len() - frames.len() / 10 {
+            let mut z = Vec::with_capacity(small.len() + 5);
+            z.push(CHUNK_ZSTD);
+            z.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+            z.extend_from_slice(&small);
+            return z;
+        }
+    }
     out
+}
+
+/// A chunk's frames, decompressed if they were compressed.
+fn chunk_frames(chunk: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    let bad = |why: &str| StoreError::Corrupt(format!("bad message chunk: {why}"));
+    match chunk.split_first() {
+        Some((&FORMAT, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
+        Some((&CHUNK_ZSTD, rest)) if rest.len() >= 4 => {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > FRAMES_MAX {
+                return Err(bad("too large"));
+            }
+            let frames =
+                zstd::bulk::decompress(&rest[4..], len).map_err(|e| bad(&e.to_string()))?;
+            if frames.len() != len {
+                return Err(bad("length"));
+            }
+            Ok(std::borrow::Cow::Owned(frames))
+        }
+        _ => Err(bad("unknown format")),
+    }
 }
 
 /// Whether a chunk holds the message `id` (its frames' heads only).
 pub(super) fn chunk_holds(chunk: &[u8], id: u64) -> Result<bool> {
     let bad = || StoreError::Corrupt("bad message chunk".into());
-    let mut rest = match chunk.split_first() {
-        Some((&FORMAT, rest)) => rest,
-        _ => return Err(bad()),
-    };
+    let frames = chunk_frames(chunk)?;
+    let mut rest = &frames[..];
     while rest.len() >= 12 {
         let at = u64::from_be_bytes(rest[..8].try_into().map_err(|_| bad())?);
         if at == id {
@@ -457,10 +497,8 @@ pub(super) fn chunk_holds(chunk: &[u8], id: u64) -> Result<bool> {
 /// The (id, encoded message) frames of a chunk, in id order.
 pub(super) fn frames(chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
     let bad = || StoreError::Corrupt("bad message chunk".into());
-    let mut rest = match chunk.split_first() {
-        Some((&FORMAT, rest)) => rest,
-        _ => return Err(bad()),
-    };
+    let all = chunk_frames(chunk)?;
+    let mut rest = &all[..];
     let mut out = Vec::new();
     while !rest.is_empty() {
         if rest.len() < 12 {

@@ -263,6 +263,8 @@ pub(crate) struct Layer {
     /// Expired messages to remove from a message table: (table, prefix)
     /// -> every message below this id (`retention.rs`).
     cuts: BTreeMap<(usize, Vec<u8>), Stamp>,
+    /// Messages counted per tally key, not yet folded into the tally.
+    tally_adds: HashMap<[u8; retention::TALLY_KEY_LEN], u32>,
     /// The log position this layer brings the tables up to (and the stamp
     /// of each origin's operation there)...
     upto: Position,
@@ -276,7 +278,9 @@ pub(crate) struct Layer {
 
 impl Layer {
     fn is_empty(&self) -> bool {
-        self.maps.iter().all(BTreeMap::is_empty) && self.cuts.is_empty()
+        self.maps.iter().all(BTreeMap::is_empty)
+            && self.cuts.is_empty()
+            && self.tally_adds.is_empty()
     }
 }
 
@@ -482,6 +486,10 @@ impl Store {
 
     fn rotate(&mut self) {
         self.last_rotate = Instant::now();
+        if let Err(e) = self.fold_tally() {
+            // Kept for the next rotation; the tally is only read back here.
+            tracing::warn!(error = %e, "cannot count messages into the tally yet");
+        }
         if self.active.is_empty() && self.applied == self.checkpoint().unwrap_or_default() {
             return;
         }

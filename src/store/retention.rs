@@ -42,6 +42,8 @@ fn minute_of(id: Stamp) -> u32 {
     u32::try_from(id.millis() / MINUTE_MS).unwrap_or(u32::MAX)
 }
 
+pub(super) const TALLY_KEY_LEN: usize = 5 + CONV_LEN;
+
 fn tally_key(minute: u32, conv: &Conv) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + CONV_LEN);
     k.push(TALLY);
@@ -116,22 +118,37 @@ impl Store {
     }
 
     /// Count a stored message under its minute and conversation.
-    pub(super) fn tally(&mut self, conv: &Conv, id: Stamp) -> Result<()> {
-        let key = tally_key(minute_of(id), conv);
-        let map = &self.active.maps[Table::Tally as usize];
-        let (old, new): (Option<Vec<u8>>, bool) = match map.get(&key) {
-            Some(v) => (v.as_deref().map(<[u8]>::to_vec), false),
-            None => (self.get(Table::Tally, &key)?.map(|v| v.to_vec()), true),
-        };
-        if new {
-            self.active.bytes += key.len() + 64;
+    /// Counted in memory first (a message's cost stays one map update);
+    /// folded into the tally before anything reads it or it is written.
+    pub(super) fn tally(&mut self, conv: &Conv, id: Stamp) {
+        let mut key = [0u8; TALLY_KEY_LEN];
+        key[0] = TALLY;
+        key[1..5].copy_from_slice(&minute_of(id).to_be_bytes());
+        key[5..].copy_from_slice(conv);
+        *self.active.tally_adds.entry(key).or_insert(0) += 1;
+    }
+
+    /// Fold the counts added since into the tally's entries.
+    pub(super) fn fold_tally(&mut self) -> Result<()> {
+        let adds: Vec<_> = self.active.tally_adds.drain().collect();
+        for (i, &(key, n)) in adds.iter().enumerate() {
+            let old = match self.get(Table::Tally, &key) {
+                Ok(v) => v.map(|v| v.to_vec()),
+                Err(e) => {
+                    // Nothing is lost: what is left waits for the next fold.
+                    self.active.tally_adds.extend(adds[i..].iter().copied());
+                    return Err(e);
+                }
+            };
+            if old.is_none() {
+                self.active.bytes += key.len() + 64;
+            }
+            // The count, then (once a sweep cut into this minute) how far.
+            let old = old.unwrap_or_default();
+            let mut val = be_u32(&old).saturating_add(n).to_be_bytes().to_vec();
+            val.extend_from_slice(old.get(4..).unwrap_or(&[]));
+            self.put(Table::Tally, key.to_vec(), val);
         }
-        // The count, then (once a sweep cut into this minute) how far.
-        let old = old.unwrap_or_default();
-        let mut val = be_u32(&old).saturating_add(1).to_be_bytes().to_vec();
-        val.extend_from_slice(old.get(4..).unwrap_or(&[]));
-        let val: Arc<[u8]> = val.into();
-        self.active.maps[Table::Tally as usize].insert(key, Some(val));
         Ok(())
     }
 
@@ -147,6 +164,7 @@ impl Store {
         if !self.sweeping {
             return Ok(false);
         }
+        self.fold_tally()?;
         let budget = budget.max(1);
         let mark = self.marks.history;
         // Minutes before the watermark's are wholly below it.

@@ -338,7 +338,7 @@ impl Store {
         if self.seen_before(&conv, m.id)? {
             return Ok(false);
         }
-        self.tally(&conv, m.id)?;
+        self.tally(&conv, m.id);
         // Counted by the operation, which is applied once per position.
         self.counts.messages += 1;
         let bytes: Arc<[u8]> = encode(m).into();
