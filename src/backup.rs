@@ -294,21 +294,14 @@ mod tests {
         w.write_all(MAGIC_V1).unwrap();
         let meta = serde_json::json!({"node": 1, "uuid": null, "position": {"1": 41}});
         record(&mut w, META, meta.to_string().as_bytes()).unwrap();
-        let mut after = None;
         let mut n = 0;
-        loop {
-            let segs = store.log_reader().segments(1, after, 41, 8).unwrap();
-            if segs.is_empty() {
-                break;
-            }
-            for (first, raw) in segs {
-                let mut payload = 1u16.to_be_bytes().to_vec();
-                payload.extend_from_slice(&first.to_be_bytes());
-                payload.extend_from_slice(&raw);
-                record(&mut w, SEGMENT, &payload).unwrap();
-                after = Some(first);
-                n += 1;
-            }
+        // Segments of a few operations each, as that version stored them.
+        for ops in store.log_reader().read(1, 0, 100).unwrap().chunks(5) {
+            let mut payload = 1u16.to_be_bytes().to_vec();
+            payload.extend_from_slice(&ops[0].seq.to_be_bytes());
+            payload.extend_from_slice(&encode(ops));
+            record(&mut w, SEGMENT, &payload).unwrap();
+            n += 1;
         }
         let end = serde_json::json!({"segments": n, "ops": 41});
         record(&mut w, END, end.to_string().as_bytes()).unwrap();

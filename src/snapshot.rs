@@ -36,8 +36,9 @@ pub enum Part {
     End(Check),
 }
 
-/// How much stored data one batch of a reading covers.
-pub const BATCH_BYTES: usize = 256 << 10;
+/// How much stored data one batch of a reading covers (compressed history
+/// holds several times as much once decoded).
+pub const BATCH_BYTES: usize = 64 << 10;
 
 /// Count and FNV-1a hash of a snapshot's operations, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

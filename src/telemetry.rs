@@ -17,7 +17,7 @@
 //! | `chatd_mesh_peers{state}` | gauge | cluster members by link state |
 //! | `chatd_mesh_lag_ops{node}` | gauge | operations a member has not confirmed |
 //! | `chatd_storage_full` | gauge | 1 while the disk is too full for changes |
-//! | `chatd_log_compacted_total` | counter | log segments dropped by compaction |
+//! | `chatd_log_compacted_total` | counter | logged operations compacted away (the tables hold them) |
 //! | `chatd_snapshots_sent_total` | counter | snapshots sent to peers |
 //! | `chatd_snapshots_installed_total` | counter | snapshots installed from peers |
 //! | `chatd_login_failures_total` | counter | wrong passwords (each also logged with the address) |

@@ -123,20 +123,37 @@ fn every_scenario_delivers_everything_it_sends() {
     );
     assert_eq!(delivered_all(&r), 300);
 
-    // Stored history: messages cost bytes on disk, measured from outside.
-    let data = dir.path().to_string_lossy().to_string();
-    let r = chatbench(
-        &[
-            &["history", "--messages", "2000", "--wait", "1.5"][..],
-            &["--data-dir", &data][..],
-            &target[..],
-        ]
-        .concat(),
+    // Stored history, on nodes chatbench runs itself: bytes on disk before
+    // and after compaction, start-up, catch-up from the log and by snapshot.
+    let r = chatbench(&[
+        "history",
+        "--messages",
+        "3000",
+        "--catch-up",
+        "--chatd",
+        env!("CARGO_BIN_EXE_chatd"),
+    ]);
+    assert_eq!(r["sent"], 3000, "{r}");
+    let x = &r["extra"];
+    let num = |k: &str| x[k].as_f64().unwrap_or(-1.0);
+    assert!(num("bytes_per_message") > 0.0, "{r}");
+    assert!(num("log_bytes_per_message") > 0.0, "{r}");
+    assert!(
+        num("bytes_per_message") >= num("log_bytes_per_message"),
+        "{r}"
     );
-    assert_eq!(r["sent"], 2000, "{r}");
-    let per = r["extra"]["bytes_per_message"].as_f64().unwrap_or(0.0);
-    let log = r["extra"]["log_bytes_per_message"].as_f64().unwrap_or(0.0);
-    assert!(per > 0.0 && log > 0.0 && per >= log, "{r}");
+    assert!(
+        num("log_bytes_compacted") < num("log_bytes_per_message") * 3000.0,
+        "{r}"
+    );
+    for k in [
+        "startup_s",
+        "status_ms",
+        "catch_up_log_s",
+        "catch_up_snapshot_s",
+    ] {
+        assert!(num(k) > 0.0, "{k}: {r}");
+    }
 
     // Idle sessions and a login storm.
     let r = chatbench(
@@ -163,8 +180,9 @@ fn every_scenario_delivers_everything_it_sends() {
     );
 
     // Fuzzing every dialect: the server neither goes away nor stalls.
+    let fuzz_dir = tempfile::tempdir().unwrap();
     let dialects = spawn_chatd(
-        tempfile::tempdir().unwrap().path(),
+        fuzz_dir.path(),
         &[
             "--listen-dialect",
             "go-chatroom=127.0.0.1:0,c-chatroom=127.0.0.1:0,epoll-chatroom=127.0.0.1:0",

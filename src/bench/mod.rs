@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod fuzz;
+pub mod nodes;
 pub mod relay;
 pub mod scenarios;
 pub mod ws;

@@ -5,7 +5,7 @@
 //! chatbench pairs  --addr ... --rate 50000            # open loop
 //! chatbench fanout --addr ... --members 500 --senders 2
 //! chatbench drain  --addr ... --messages 10000
-//! chatbench history --addr ... --messages 100000 --data-dir DIR
+//! chatbench history --messages 1000000 --size 20 --catch-up  # runs its own nodes
 //! chatbench idle   --addr ... --sessions 10000 --pid ...
 //! chatbench logins --addr ... --users 1000 --concurrency 64
 //! chatbench relay  --pairs 500 --window 4             # the machine's ceiling
@@ -147,19 +147,26 @@ enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         wait: f64,
     },
-    /// Store messages; report what each costs on the server's disk (its
-    /// data directory measured from outside: log, tables, all).
+    /// Run a node of its own that stores messages; report what each costs
+    /// on disk (log, tables, all; before and after the log is compacted),
+    /// its start-up with them and its status, and (--catch-up) how long an
+    /// empty node takes to catch up, from the log and by snapshot.
     History {
-        #[command(flatten)]
-        target: Target,
+        /// The chatd binary (default: the one beside chatbench).
+        #[arg(long)]
+        chatd: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
-        /// The server's --data-dir.
+        /// Message text size, bytes (at least 24).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Where the nodes' data directories go (default: a new directory,
+        /// removed afterwards).
         #[arg(long)]
-        data_dir: std::path::PathBuf,
-        /// Seconds to let the server write its tables before each measure.
-        #[arg(long, default_value_t = 3.0)]
-        wait: f64,
+        work_dir: Option<std::path::PathBuf>,
+        /// Also start empty nodes and time their catch-up.
+        #[arg(long)]
+        catch_up: bool,
     },
     /// Hold logged-in idle sessions; report server memory per session.
     Idle {
@@ -367,16 +374,24 @@ fn main() -> ExitCode {
                 Ok(vec![scenarios::drain(&o).await?])
             }
             Cmd::History {
-                target,
+                chatd,
                 messages,
-                data_dir,
-                wait,
+                size,
+                work_dir,
+                catch_up,
             } => {
+                let chatd = match chatd {
+                    Some(p) => p.clone(),
+                    None => std::env::current_exe()
+                        .map_err(|e| e.to_string())?
+                        .with_file_name("chatd"),
+                };
                 let o = HistoryOpts {
-                    common: target.common(),
+                    chatd,
                     messages: (*messages).max(1),
-                    data_dir: data_dir.clone(),
-                    wait: Duration::from_secs_f64(wait.max(0.0)),
+                    size: (*size).max(24),
+                    work_dir: work_dir.clone(),
+                    catch_up: *catch_up,
                 };
                 Ok(vec![scenarios::history(&o).await?])
             }

@@ -131,6 +131,14 @@ pub enum HubMsg {
     Ping {
         reply: oneshot::Sender<()>,
     },
+    /// Part of a peer's snapshot; `done` once it is applied, so that the
+    /// sender keeps only a part or two in the hub's queue (each holds
+    /// thousands of operations).
+    Snapshot {
+        from: NodeId,
+        part: crate::snapshot::Part,
+        done: oneshot::Sender<()>,
+    },
 }
 
 impl From<Input> for HubMsg {

@@ -27,7 +27,7 @@ pub(crate) struct Bench {
 impl Hub {
     /// Write the tables out and compact the log now, keeping nothing
     /// (tests; chatd does this in the background).
-    pub(crate) fn compact_now(&mut self) -> usize {
+    pub(crate) fn compact_now(&mut self) -> u64 {
         self.store.checkpoint_now().unwrap();
         self.store.compact_now(u64::MAX).unwrap()
     }

@@ -8,22 +8,23 @@
 //! What may go, per origin: operations up to the durable checkpoint, up to
 //! the lowest pin (a snapshot being read needs the log after its point),
 //! and stamped before the cutoff (`--log-keep-secs`: a peer that was away
-//! for less than that catches up from the log, not by snapshot). Whole
-//! segments go, never an origin's newest (a few KiB at most).
+//! for less than that catches up from the log, not by snapshot). The start
+//! moves by whole records (a segment each); the disk is given back by
+//! whole files (`logfile.rs`), once all they hold is behind it.
 //!
 //! Crash safety, in this order: the new start of the log is recorded and
 //! flushed, which makes the checkpoint it relies on durable too; only then
-//! are the segments removed. A crash at any step leaves either segments
-//! the start already excludes (removed by the next pass) or nothing done.
-//! Runs on the checkpoint thread, so no checkpoint moves meanwhile.
+//! are files removed. A crash at any step leaves either files the start
+//! already excludes (removed by the next pass) or nothing done. Runs on
+//! the checkpoint thread, so no checkpoint moves meanwhile.
 
-use super::log::{lock, log_key, parse_log_key, LogBounds};
+use super::log::{lock, LogBounds};
+use super::logfile::LogFiles;
 use super::*;
 
-/// Segments removed per pass at most (about 24 MiB of log): a long
-/// backlog goes over several seconds, and the thread stays free for
-/// checkpoints.
-const SEGMENTS_PER_PASS: usize = 4096;
+/// Operations passed per pass at most: a long backlog goes over several
+/// seconds, and the thread stays free for checkpoints.
+const OPS_PER_PASS: u64 = 1 << 20;
 
 /// How far each origin's log may be dropped: the checkpoint, held back by
 /// every pin.
@@ -40,33 +41,17 @@ pub(super) fn limit<'a>(
     out
 }
 
-/// The first operation of a stored segment (`FORMAT`, the count, then
-/// the operations), read without the rest.
-fn first_op(raw: &[u8]) -> Result<Op> {
-    let bad = |e: String| StoreError::Corrupt(format!("log segment: {e}"));
-    let config = bincode::config::standard();
-    let rest = match raw.split_first() {
-        Some((&FORMAT, rest)) => rest,
-        _ => return Err(bad("unknown format".into())),
-    };
-    let (_, at): (u64, usize) =
-        bincode::decode_from_slice(rest, config).map_err(|e| bad(e.to_string()))?;
-    let body = rest.get(at..).ok_or_else(|| bad("short".into()))?;
-    bincode::serde::decode_from_slice(body, config)
-        .map(|(op, _)| op)
-        .map_err(|e| bad(e.to_string()))
-}
-
-/// One pass: drop what may go of segments stamped up to `cutoff_ms`.
-/// Returns the number of segments removed.
+/// One pass: move the log's start past what may go (operations stamped up
+/// to `cutoff_ms`), then delete the files wholly behind it. Returns how
+/// many operations the start moved past.
 pub(super) fn compact(
     db: &sled::Db,
     meta: &sled::Tree,
-    log: &sled::Tree,
+    files: &LogFiles,
     bounds: &Mutex<LogBounds>,
     cutoff_ms: u64,
     delay: Duration,
-) -> Result<usize> {
+) -> Result<u64> {
     let pause = || {
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -77,58 +62,38 @@ pub(super) fn compact(
         Some(v) => decode(&v)?,
         None => return Ok(0),
     };
-    let (allowed, mut start) = {
+    let (allowed, old) = {
         let b = lock(bounds);
         (limit(&checkpoint, b.pins.values()), b.start.clone())
     };
-    let mut doomed = Vec::new();
+    let mut start = old.clone();
+    let mut passed = 0;
     for (&origin, &upto) in &allowed {
-        let from = start.position.get(&origin).copied().unwrap_or(0);
-        if upto <= from {
-            continue;
-        }
-        // A segment may go once the next one begins at or before `upto + 1`
-        // and is stamped by the cutoff (its operations are all older):
-        // only each segment's first operation is read. The newest segment
-        // stays, so the log always says where it ends.
-        let mut prev: Option<sled::IVec> = None;
-        let mut last_gone = None;
-        for r in log.range(log_key(origin, 0)..=log_key(origin, u64::MAX)) {
-            if doomed.len() >= SEGMENTS_PER_PASS {
+        // Whole records, from their heads: each goes once its last
+        // operation is behind the limit and stamped by the cutoff.
+        let mut from = start.position.get(&origin).copied().unwrap_or(0) + 1;
+        'records: while from <= upto && passed < OPS_PER_PASS {
+            let records = files.records_from(origin, from, 256);
+            if records.is_empty() {
                 break;
             }
-            let (k, v) = r?;
-            let (_, first) = parse_log_key(&k)?;
-            let first_stamp = first_op(&v)?.stamp;
-            if let Some(p) = prev.take() {
-                if first.saturating_sub(1) > upto || first_stamp.millis() > cutoff_ms {
-                    break;
+            for (_, loc) in records {
+                if loc.last > upto || crate::ids::Stamp(loc.last_stamp).millis() > cutoff_ms {
+                    break 'records;
                 }
-                last_gone = Some(p.clone());
-                doomed.push(p);
-            }
-            prev = Some(k);
-        }
-        // Where the log now begins: the last operation of the last segment
-        // that goes.
-        if let Some(k) = last_gone {
-            if let Some(v) = log.get(&k)? {
-                let ops: Vec<Op> = decode(&v)?;
-                if let Some(last) = ops.last() {
-                    start.raise(origin, last.seq, last.stamp);
-                }
+                let was = start.position.get(&origin).copied().unwrap_or(0);
+                start.raise(origin, loc.last, crate::ids::Stamp(loc.last_stamp));
+                passed += loc.last.saturating_sub(was);
+                from = loc.last + 1;
             }
         }
     }
-    if doomed.is_empty() {
-        return Ok(0);
-    }
-    // The checkpoint record (written after its tables were flushed) is
-    // only durable with the next flush: this one, with the new start.
-    meta.insert("log_start", encode(&start))?;
-    db.flush()?;
-    pause();
-    {
+    if start != old {
+        // The checkpoint record (written after its tables were flushed)
+        // is only durable with the next flush: this one, with the start.
+        meta.insert("log_start", encode(&start))?;
+        db.flush()?;
+        pause();
         let mut b = lock(bounds);
         for (&origin, &seq) in &start.position {
             if let Some(&stamp) = start.stamps.get(&origin) {
@@ -136,13 +101,12 @@ pub(super) fn compact(
             }
         }
     }
-    for (i, k) in doomed.iter().enumerate() {
-        log.remove(k)?;
-        if i == doomed.len() / 2 {
-            pause();
-        }
+    // Also what an earlier pass recorded but a crash kept from going.
+    let freed = files.drop_behind(&start.position)?;
+    if freed > 0 {
+        pause();
     }
-    Ok(doomed.len())
+    Ok(passed)
 }
 
 impl Store {

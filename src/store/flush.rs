@@ -46,7 +46,7 @@ enum Job {
 /// What the checkpoint thread works on besides the tables: the log, for
 /// compaction.
 pub(crate) struct LogSide {
-    pub(crate) log: sled::Tree,
+    pub(crate) files: Arc<super::logfile::LogFiles>,
     pub(crate) bounds: Arc<std::sync::Mutex<super::log::LogBounds>>,
     /// A compaction is queued or running.
     pub(crate) busy: Arc<std::sync::atomic::AtomicBool>,
@@ -83,7 +83,7 @@ impl Checkpointer {
                             let r = super::compact::compact(
                                 &db,
                                 &meta,
-                                &side.log,
+                                &side.files,
                                 &side.bounds,
                                 cutoff_ms,
                                 side.delay,
@@ -92,9 +92,8 @@ impl Checkpointer {
                             match r {
                                 Ok(0) => {}
                                 Ok(n) => {
-                                    metrics::counter!("chatd_log_compacted_total")
-                                        .increment(n as u64);
-                                    tracing::debug!(segments = n, "log compacted");
+                                    metrics::counter!("chatd_log_compacted_total").increment(n);
+                                    tracing::debug!(ops = n, "log compacted");
                                 }
                                 // Harmless: the log is only longer.
                                 Err(e) => tracing::warn!(error = %e, "log compaction failed"),

@@ -1,7 +1,9 @@
 //! The log's side of the store: group commit (the `Durability` thread that
-//! flushes each batch's segment and says how far the log is on disk), log
-//! segments and their keys, and reading the log (`LogReader`).
+//! writes each batch's segments, syncs, and says how far the log is on
+//! disk), log segments, and reading the log (`LogReader`). The files the
+//! log lives in are `logfile.rs`'s.
 
+use super::logfile::{LogFiles, Segment};
 use super::*;
 
 /// What is known to be on disk: every log write up to `ticket`, which
@@ -14,10 +16,10 @@ pub struct Durable {
 
 /// Group commit, and the only writer of the log. The hub hands over each
 /// batch's log segments and asks for everything up to a ticket to be made
-/// durable; one thread writes the segments to sled, flushes, and publishes
-/// the highest ticket whose writes are on disk. Each flush covers every
-/// write made before it started, so many batches share one fsync, and the
-/// hub never waits on sled's writes.
+/// durable; one thread appends the segments to the log's file, syncs it,
+/// and publishes the highest ticket whose writes are on disk. Each sync
+/// covers every write made before it started, so many batches share one
+/// fsync, and the hub never waits on the disk.
 pub struct Durability {
     pub(super) state: Mutex<CommitState>,
     pub(super) wake: Condvar,
@@ -46,7 +48,9 @@ impl Durability {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn run(self: Arc<Self>, db: sled::Db, log: sled::Tree) {
+    pub(super) fn run(self: Arc<Self>, files: Arc<LogFiles>) {
+        // Without a sync per commit (unsafe), still one every second.
+        let mut synced = std::time::Instant::now();
         loop {
             let (segments, target) = {
                 let mut st = self.lock();
@@ -54,6 +58,10 @@ impl Durability {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
                 if st.queue.is_empty() && st.target.ticket <= st.done && st.stop {
+                    drop(st);
+                    if let Err(e) = files.sync() {
+                        tracing::error!(error = %e, "cannot sync the log at shutdown");
+                    }
                     return;
                 }
                 // Every segment of a ticket is queued before the ticket is
@@ -62,13 +70,15 @@ impl Durability {
             };
             let mut written = segments
                 .iter()
-                .try_for_each(|(origin, ops)| insert_segments(&log, *origin, ops));
+                .try_for_each(|(origin, ops)| files.append(*origin, &log_segments(ops)));
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);
             }
-            if written.is_ok() && !self.no_flush {
+            let due = !self.no_flush || synced.elapsed() >= Duration::from_secs(1);
+            if written.is_ok() && due {
                 let started = std::time::Instant::now();
-                written = db.flush().map(|_| ()).map_err(StoreError::from);
+                written = files.sync();
+                synced = started;
                 metrics::histogram!("chatd_commit_flush_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
@@ -124,46 +134,45 @@ impl Durability {
     }
 }
 
-/// Write ops as log segments of at most [`RECORD_MAX_BYTES`] each (a
-/// single bigger op makes a segment of its own).
-pub(super) fn insert_segments(log: &sled::Tree, origin: NodeId, ops: &[Op]) -> Result<()> {
-    for (first, bytes) in log_segments(ops) {
-        log.insert(log_key(origin, first), bytes)?;
-    }
-    Ok(())
-}
-
-/// Ops cut into segments of at most [`RECORD_MAX_BYTES`] each: (seq of the
-/// first op, the bytes `encode` makes of those ops as a slice). This runs
-/// on the commit thread every reply waits for, so each op is encoded once:
-/// a slice is its length (a varint) followed by its elements.
-pub(super) fn log_segments(ops: &[Op]) -> Vec<(u64, Vec<u8>)> {
+/// Ops cut into segments of at most [`RECORD_MAX_BYTES`] each (a single
+/// bigger op makes a segment of its own): the first and last op's seq, the
+/// last one's stamp, and the bytes `encode` makes of those ops as a slice.
+/// This runs on the commit thread every reply waits for, so each op is
+/// encoded once: a slice is its length (a varint) followed by its elements.
+pub(super) fn log_segments(ops: &[Op]) -> Vec<Segment> {
     let config = bincode::config::standard();
     let finish = |n: u64, body: &[u8]| {
         let mut out = Vec::with_capacity(body.len() + 10);
         out.push(FORMAT);
         let _ = bincode::serde::encode_into_std_write(n, &mut out, config);
         out.extend_from_slice(body);
-        out
+        compress_segment(out)
     };
     let mut out = Vec::new();
-    let (mut first, mut n, mut body) = (0, 0u64, Vec::new());
+    let (mut first, mut last, mut n, mut body) = (0, (0, 0), 0u64, Vec::new());
     let mut one = Vec::new();
+    let segment = |first: u64, (seq, stamp): (u64, u64), n, body: &[u8]| Segment {
+        first,
+        last: seq,
+        last_stamp: stamp,
+        bytes: finish(n, body),
+    };
     for op in ops {
         one.clear();
         let _ = bincode::serde::encode_into_std_write(op, &mut one, config);
         if n > 0 && body.len() + one.len() > RECORD_MAX_BYTES - 16 {
-            out.push((first, finish(n, &body)));
+            out.push(segment(first, last, n, &body));
             (n, body) = (0, Vec::new());
         }
         if n == 0 {
             first = op.seq;
         }
+        last = (op.seq, op.stamp.0);
         body.extend_from_slice(&one);
         n += 1;
     }
     if n > 0 {
-        out.push((first, finish(n, &body)));
+        out.push(segment(first, last, n, &body));
     }
     out
 }
@@ -197,19 +206,60 @@ pub struct LogBounds {
     pub(super) next_pin: u64,
 }
 
+/// The version byte of a compressed segment: it, the plain segment's
+/// length (u32 BE), and the plain segment compressed with zstd.
+const SEGMENT_ZSTD: u8 = 2;
+/// zstd's fastest level: this runs on the path every reply waits for.
+const SEGMENT_ZSTD_LEVEL: i32 = 1;
+/// The largest a segment may be once decompressed (one op alone is bounded
+/// by the biggest request a client may send; anything past this is
+/// corrupt).
+const SEGMENT_MAX: usize = 64 << 20;
+
+/// A segment compressed, when that saves a tenth or more.
+fn compress_segment(plain: Vec<u8>) -> Vec<u8> {
+    if plain.len() < 128 {
+        return plain;
+    }
+    match zstd::bulk::compress(&plain, SEGMENT_ZSTD_LEVEL) {
+        Ok(z) if z.len() + 5 < plain.len() - plain.len() / 10 => {
+            let mut out = Vec::with_capacity(z.len() + 5);
+            out.push(SEGMENT_ZSTD);
+            out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+            out.extend_from_slice(&z);
+            out
+        }
+        _ => plain,
+    }
+}
+
+/// The operations of a stored segment, compressed or not.
+pub(super) fn decode_segment(bytes: &[u8]) -> Result<Vec<Op>> {
+    match bytes.split_first() {
+        Some((&SEGMENT_ZSTD, rest)) if rest.len() >= 4 => {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > SEGMENT_MAX {
+                return Err(StoreError::Corrupt("log segment too large".into()));
+            }
+            let plain = zstd::bulk::decompress(&rest[4..], len)
+                .map_err(|e| StoreError::Corrupt(format!("log segment: {e}")))?;
+            decode(&plain)
+        }
+        _ => decode(bytes),
+    }
+}
+
 /// Reads the log; cheap to clone and safe to use from any thread. Closing
 /// the store revokes every reader, so none keeps the database open.
 #[derive(Clone)]
 pub struct LogReader {
-    pub(super) log: Arc<Mutex<Option<sled::Tree>>>,
+    pub(super) files: Arc<Mutex<Option<Arc<LogFiles>>>>,
     pub(super) bounds: Arc<Mutex<LogBounds>>,
 }
 
 impl LogReader {
-    pub(super) fn tree(&self) -> Result<sled::Tree> {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn files(&self) -> Result<Arc<LogFiles>> {
+        lock(&self.files)
             .clone()
             .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))
     }
@@ -237,73 +287,10 @@ impl LogReader {
     /// Ops of `origin` with sequence numbers after `after`, oldest first.
     pub fn read(&self, origin: NodeId, after: u64, max: usize) -> Result<Vec<Op>> {
         self.check_held(origin, after)?;
-        let log = self.tree()?;
-        let mut out = Vec::new();
-        // Start with the segment holding `after + 1`.
-        let start = match log
-            .range(log_key(origin, 0)..=log_key(origin, after.saturating_add(1)))
-            .next_back()
-        {
-            Some(r) => r?.0.to_vec(),
-            None => log_key(origin, 0).to_vec(),
-        };
-        for r in log.range(start..=log_key(origin, u64::MAX).to_vec()) {
-            let (_, v) = r?;
-            let ops: Vec<Op> = decode(&v)?;
-            out.extend(ops.into_iter().filter(|o| o.seq > after));
-            if out.len() >= max {
-                out.truncate(max);
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Raw log segments of `origin` (key's first sequence number and stored
-    /// bytes), starting after segment `after` and holding ops up to `upto`.
-    pub fn segments(
-        &self,
-        origin: NodeId,
-        after: Option<u64>,
-        upto: u64,
-        max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let log = self.tree()?;
-        if after.is_none() {
-            self.check_held(origin, 0)?;
-        }
-        let start = match after {
-            Some(a) => std::ops::Bound::Excluded(log_key(origin, a).to_vec()),
-            None => std::ops::Bound::Included(log_key(origin, 0).to_vec()),
-        };
-        let end = std::ops::Bound::Included(log_key(origin, upto).to_vec());
-        let mut out = Vec::new();
-        for r in log.range((start, end)).take(max) {
-            let (k, v) = r?;
-            let (_, first) = parse_log_key(&k)?;
-            out.push((first, v.to_vec()));
-        }
-        Ok(out)
+        self.files()?.read(origin, after, max)
     }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(super) fn log_key(origin: NodeId, seq: u64) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[..2].copy_from_slice(&origin.to_be_bytes());
-    k[2..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub(super) fn parse_log_key(k: &[u8]) -> Result<(NodeId, u64)> {
-    if k.len() != 10 {
-        return Err(StoreError::Corrupt("bad log key".into()));
-    }
-    let origin = u16::from_be_bytes([k[0], k[1]]);
-    let mut s = [0u8; 8];
-    s.copy_from_slice(&k[2..]);
-    Ok((origin, u64::from_be_bytes(s)))
 }

@@ -1,37 +1,45 @@
-//! Storage: the only module that touches sled.
+//! Storage: the only module that touches sled, and the log's files.
 //!
-//! Two kinds of data live in two sled databases (`<data-dir>/db/log` and
-//! `<data-dir>/db/tables`), so that flushing the log never waits for a
-//! checkpoint of the tables:
+//! Two kinds of data live apart (`<data-dir>/db/oplog`, files, and
+//! `<data-dir>/db/tables`, a sled database), so that syncing the log never
+//! waits for a checkpoint of the tables:
 //!
-//! * **The log** is the durable truth: every operation, in segments keyed
-//!   by (origin node, first sequence number). The hub writes one segment per
-//!   iteration and acknowledges nothing before the [`Durability`] thread
-//!   (here) has flushed it (group commit).
+//! * **The log** is the durable truth: every operation, in segments of
+//!   one origin's consecutive operations, appended to numbered files
+//!   (`logfile.rs`). The hub writes one segment per origin per iteration
+//!   and acknowledges nothing before the [`Durability`] thread (here) has
+//!   synced it (group commit). Once the tables hold what a stretch of it
+//!   holds, and it is older than `--log-keep-secs`, it is compacted away
+//!   (`compact.rs`): the tables are then the snapshot a peer that needs
+//!   it is sent (`snapshot.rs`).
 //! * **The tables** (users, names, friends, groups, members, user_groups,
-//!   cursors, guests, history, inbox, tokens) are derived from the log by
-//!   `apply::apply`, and hold the node's metadata (`identity.rs`).
-//!   Changes go to an in-memory layer first; every second or so the layer is
-//!   frozen and written to the sled trees by a background thread
-//!   (`flush.rs`, the checkpointer), which then
-//!   records a checkpoint (the log position the trees now reflect). After a
-//!   crash, the log after the checkpoint is applied again; `apply` is
-//!   idempotent, so a half-written checkpoint does no harm.
+//!   cursors, guests, history, inbox, tokens, retention) are derived from
+//!   the log by `apply::apply`, and hold the node's metadata
+//!   (`identity.rs`). Changes go to an in-memory layer first; every second
+//!   or so the layer is frozen and written to the sled trees by a
+//!   background thread (`flush.rs`, the checkpointer), which then records
+//!   a checkpoint (the log position the trees now reflect). After a crash,
+//!   the log after the checkpoint is applied again; `apply` is idempotent,
+//!   so a half-written checkpoint does no harm.
 //!
 //! Reads see the newest layer first, then the frozen one, then sled.
 //!
 //! Why: a sled insert costs several microseconds, so one per message per
 //! index would cap the server far below its target. The log costs one
-//! insert per batch, and the message tables (`history`, `inbox`) are written
+//! append per batch, and the message tables (`history`, `inbox`) are written
 //! in chunks of many messages per key, one chunk per conversation per
-//! checkpoint. Inbox entries already acknowledged by then are never written.
+//! checkpoint, compressed. Inbox entries already acknowledged by then are
+//! never written.
 //!
 //! Files: this one (the types, the log's position, checkpoints), `open.rs`,
-//! `log.rs` (group commit, log segments, reading the log), `layers.rs`
-//! (reads and writes through the layers), `flush.rs` (the checkpointer),
-//! `schema.rs` (the typed key table), `retention.rs` (watermarks, the
-//! per-minute tally and the sweep that removes expired messages), `merge.rs`, `digest.rs`,
-//! `identity.rs` (the node's id and uuid), `space.rs` (free disk space).
+//! `log.rs` (group commit, log segments, reading the log), `logfile.rs`
+//! (the log's files), `compact.rs` (dropping the log behind the tables),
+//! `snapshot.rs` (reading the tables as a snapshot, installing one),
+//! `layers.rs` (reads and writes through the layers), `flush.rs` (the
+//! checkpointer, message chunks), `schema.rs` (the typed key table),
+//! `retention.rs` (watermarks, the per-minute tally and the sweep that
+//! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
+//! node's id and uuid), `space.rs` (free disk space).
 //!
 //! This module must not know chat rules; it stores bytes under typed keys
 //! (`schema.rs`) and knows how to merge layers and chunks.
@@ -43,6 +51,7 @@ mod identity;
 pub use digest::Digest;
 mod layers;
 mod log;
+mod logfile;
 mod open;
 mod options;
 mod retention;
@@ -87,6 +96,8 @@ pub enum StoreError {
     Corrupt(String),
     /// Another process holds the data directory.
     Locked(PathBuf),
+    /// Reading or writing the log's files.
+    Io(std::io::Error),
     /// The log no longer holds `origin`'s operations up to `start` (they
     /// were compacted into the tables): a reader needs a snapshot.
     Compacted {
@@ -99,6 +110,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Sled(e) => write!(f, "storage error: {e}"),
+            StoreError::Io(e) => write!(f, "storage error: {e}"),
             StoreError::Corrupt(e) => write!(f, "corrupt stored data: {e}"),
             StoreError::Locked(p) => write!(
                 f,
@@ -118,7 +130,10 @@ impl std::error::Error for StoreError {}
 impl StoreError {
     /// Whether this is the disk being full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::Sled(sled::Error::Io(e)) if space::is_full(e))
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Io(e) => space::is_full(e),
+            _ => false,
+        }
     }
 }
 
@@ -287,9 +302,8 @@ impl Layer {
 pub struct Store {
     /// The tables (and `meta`).
     db: sled::Db,
-    /// The log.
-    log_db: sled::Db,
-    log: sled::Tree,
+    /// The log's files.
+    files: Arc<logfile::LogFiles>,
     meta: sled::Tree,
     trees: Arc<Vec<sled::Tree>>,
     active: Layer,
@@ -531,8 +545,7 @@ impl Store {
         if let Some(t) = self.commit_thread.take() {
             let _ = t.join();
         }
-        *self.reader.log.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.log_db.flush()?;
+        *log::lock(&self.reader.files) = None;
         self.db.flush()?;
         self.checkpointer.stop();
         Ok(())
@@ -552,7 +565,7 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.log_db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.files.bytes()
     }
 
     /// Free bytes on the disk that holds the database (None: in memory or

@@ -1,11 +1,13 @@
-//! Opening the two sled databases: waiting a while for a lock another
-//! process holds, and the caches each is given.
+//! Opening the store: the tables' sled database (waiting a while for a
+//! lock another process holds), the log's files, and a log from before it
+//! moved to files, taken over once.
 
 use super::*;
 
-/// The log is written once and read back rarely (a peer catching up, a
-/// backup, a restart): it needs little cache.
-pub(super) const LOG_CACHE_BYTES: u64 = 16 << 20;
+/// Where the log's files are, under the store's directory.
+const LOG_DIR: &str = "oplog";
+/// Where the log was when it was a sled database.
+const OLD_LOG_DIR: &str = "log";
 
 /// `sync_every_ms`: let sled sync in the background; chatd otherwise syncs
 /// each database itself, exactly when its promises need it.
@@ -39,19 +41,14 @@ pub(super) fn open_sled(
 /// chatd killed a moment ago may not have finished exiting.
 pub(super) const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Two databases: the log, written and fsynced for every commit, and the
-/// tables, written in bulk by checkpoints. Apart, a checkpoint's megabytes
-/// never stand between a commit and its fsync.
-pub(super) fn open_both(opts: &StoreOptions) -> Result<(sled::Db, sled::Db)> {
+/// The tables' database (the log, synced for every commit, is apart: a
+/// checkpoint's megabytes never stand between a commit and its fsync).
+pub(super) fn open_tables(opts: &StoreOptions) -> Result<sled::Db> {
     let started = Instant::now();
     let mut released = false;
     let mut waited = false;
     loop {
-        // Without a sync per commit (unsafe), the log still reaches the
-        // disk within about a second.
-        let log_sync = opts.no_flush.then_some(1000);
-        let opened = open_sled(opts, "tables", opts.cache_bytes, None)
-            .and_then(|db| Ok((db, open_sled(opts, "log", LOG_CACHE_BYTES, log_sync)?)));
+        let opened = open_sled(opts, "tables", opts.cache_bytes, None);
         match (opened, &opts.path) {
             (Err(StoreError::Locked(_)), _) if started.elapsed() < LOCK_WAIT => {
                 if !waited {
@@ -87,9 +84,9 @@ impl Store {
                 )));
             }
         }
-        let (db, log_db) = open_both(&opts)?;
-        let log = log_db.open_tree("log")?;
+        let db = open_tables(&opts)?;
         let meta = db.open_tree("meta")?;
+        let files = Arc::new(open_log(&opts, &meta)?);
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.tree_name()))
@@ -108,15 +105,15 @@ impl Store {
         });
         let commit_thread = {
             let d = durability.clone();
-            let (log_db, log) = (log_db.clone(), log.clone());
+            let files = files.clone();
             std::thread::Builder::new()
                 .name("chatd-commit".into())
-                .spawn(move || d.run(log_db, log))
+                .spawn(move || d.run(files))
                 .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?
         };
         let bounds: Arc<Mutex<log::LogBounds>> = Arc::default();
         let reader = LogReader {
-            log: Arc::new(Mutex::new(Some(log.clone()))),
+            files: Arc::new(Mutex::new(Some(files.clone()))),
             bounds: bounds.clone(),
         };
         let compacting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
@@ -126,7 +123,7 @@ impl Store {
             meta.clone(),
             durability.clone(),
             flush::LogSide {
-                log: log.clone(),
+                files: files.clone(),
                 bounds: bounds.clone(),
                 busy: compacting.clone(),
                 delay: opts.compact_delay,
@@ -135,8 +132,7 @@ impl Store {
 
         let mut store = Store {
             db,
-            log_db,
-            log,
+            files,
             meta,
             trees,
             active: Layer::default(),
@@ -190,28 +186,12 @@ impl Store {
     /// (where the log begins, for an origin it holds nothing of any more).
     pub(super) fn log_end(&self) -> Result<(Position, BTreeMap<NodeId, Stamp>)> {
         let start = log::lock(&self.bounds).start.clone();
-        let mut pos = start.position;
-        let mut stamps = start.stamps;
-        let mut origin: u32 = 0;
-        while origin <= u32::from(u16::MAX) {
-            let start = log_key(origin as NodeId, 0);
-            let Some(first) = self.log.range(start..).next() else {
-                break;
-            };
-            let (k, _) = first?;
-            let (o, _) = parse_log_key(&k)?;
-            let end = log_key(o, u64::MAX);
-            if let Some(last) = self.log.range(..=end).next_back() {
-                let (_, v) = last?;
-                let ops: Vec<Op> = decode(&v)?;
-                if let Some(op) = ops.last() {
-                    if op.seq > pos.get(&o).copied().unwrap_or(0) {
-                        pos.insert(o, op.seq);
-                        stamps.insert(o, op.stamp);
-                    }
-                }
+        let (mut pos, mut stamps) = (start.position, start.stamps);
+        for (o, (seq, stamp)) in self.files.ends() {
+            if seq > pos.get(&o).copied().unwrap_or(0) {
+                pos.insert(o, seq);
+                stamps.insert(o, Stamp(stamp));
             }
-            origin = u32::from(o) + 1;
         }
         Ok((pos, stamps))
     }
@@ -255,4 +235,58 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+/// A directory of its own for a temporary store's log.
+fn temporary_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!("chatd-log-{}-{n}-{nanos}", std::process::id()))
+}
+
+/// The log's files; a log still in a sled database (chatd before the log
+/// moved to files) is copied into them first, then removed. A copy cut
+/// short by a crash is made again from the start.
+fn open_log(opts: &StoreOptions, meta: &sled::Tree) -> Result<logfile::LogFiles> {
+    let Some(p) = &opts.path else {
+        return logfile::LogFiles::open(&temporary_dir(), true);
+    };
+    let (dir, old) = (p.join(LOG_DIR), p.join(OLD_LOG_DIR));
+    if !old.join("conf").exists() {
+        return logfile::LogFiles::open(&dir, false);
+    }
+    tracing::info!("moving the log from its sled database to files (once)");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(StoreError::Io)?;
+    }
+    let files = logfile::LogFiles::open(&dir, false)?;
+    let old_db = open_sled(opts, OLD_LOG_DIR, 16 << 20, None)?;
+    for r in old_db.open_tree("log")?.iter() {
+        let (k, v) = r?;
+        let origin = k
+            .get(..2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| StoreError::Corrupt("bad log key".into()))?;
+        let ops: Vec<Op> = decode(&v)?;
+        let (Some(first), Some(last)) = (ops.first(), ops.last()) else {
+            continue;
+        };
+        let segment = logfile::Segment {
+            first: first.seq,
+            last: last.seq,
+            last_stamp: last.stamp.0,
+            bytes: v.to_vec(),
+        };
+        files.append(origin, &[segment])?;
+    }
+    if let Some(h) = old_db.get("horizon")? {
+        meta.insert("horizon", h)?;
+    }
+    files.sync()?;
+    drop(old_db);
+    std::fs::remove_dir_all(&old).map_err(StoreError::Io)?;
+    Ok(files)
 }

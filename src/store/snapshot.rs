@@ -17,8 +17,8 @@
 //! away can send each other one. A message a snapshot brought may come
 //! again as an operation (from a second, lower snapshot point), so
 //! messages at or below the highest stamps any snapshot brought (the
-//! horizon, kept in the log's database before the first of them is
-//! applied) are looked for before they are stored.
+//! horizon, made durable before the first of them is applied) are looked
+//! for before they are stored.
 
 use super::log::{lock, LogBounds};
 use super::schema::Record;
@@ -174,7 +174,7 @@ impl SnapshotReader {
     }
 }
 
-/// The key, in the log's database, of the horizon.
+/// The key, in the tables' metadata, of the horizon.
 const HORIZON: &str = "horizon";
 
 impl Store {
@@ -188,7 +188,7 @@ impl Store {
     }
 
     pub(super) fn stored_horizon(&self) -> Result<BTreeMap<NodeId, Stamp>> {
-        match self.log_db.get(HORIZON)? {
+        match self.meta.get(HORIZON)? {
             Some(v) => decode(&v),
             None => Ok(BTreeMap::new()),
         }
@@ -206,8 +206,7 @@ impl Store {
             }
         }
         if raised {
-            self.log_db.insert(HORIZON, encode(&self.horizon))?;
-            self.log_db.flush()?;
+            self.meta_put(HORIZON, &encode(&self.horizon))?;
         }
         Ok(())
     }

@@ -43,17 +43,23 @@ fn log_segments_are_encoded_slices_and_stay_small() {
     let segments = log_segments(&ops);
     assert!(segments.len() > 10, "{}", segments.len());
     let mut next = 0;
-    for (first, bytes) in &segments {
-        let part: Vec<Op> = decode(bytes).unwrap();
-        assert_eq!(part[0].seq, *first);
-        assert_eq!(*bytes, encode(&ops[next..next + part.len()]));
+    let mut compressed = 0;
+    for seg in &segments {
+        let part: Vec<Op> = decode_segment(&seg.bytes).unwrap();
+        assert_eq!(part[0].seq, seg.first);
+        let last = part.last().unwrap();
+        assert_eq!((seg.last, seg.last_stamp), (last.seq, last.stamp.0));
+        assert_eq!(part, ops[next..next + part.len()]);
+        compressed += usize::from(seg.bytes[0] != FORMAT);
         assert!(
-            part.len() == 1 || bytes.len() <= RECORD_MAX_BYTES,
+            part.len() == 1 || seg.bytes.len() <= RECORD_MAX_BYTES,
             "{}",
-            bytes.len()
+            seg.bytes.len()
         );
         next += part.len();
     }
+    // Texts of one letter repeated: compressed, every one.
+    assert_eq!(compressed, segments.len());
     assert_eq!(next, ops.len());
 }
 
@@ -130,12 +136,12 @@ fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
 
 impl Store {
     /// A compaction pass now, on this thread (tests).
-    pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<usize> {
+    pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<u64> {
         let no_delay = Duration::ZERO;
         compact::compact(
             &self.db,
             &self.meta,
-            &self.log,
+            &self.files,
             &self.bounds,
             cutoff_ms,
             no_delay,
@@ -186,9 +192,15 @@ fn compaction_drops_what_the_tables_hold_and_a_reopened_store_knows_where_its_lo
     assert_eq!(s.applied()[&2], 320);
     assert_eq!(s.last_stamps()[&2], op(320).stamp);
     assert_eq!(s.log_start()[&2], 300);
-    // The newest segment stays, so the log always shows where it ends.
-    assert_eq!(s.compact_now(u64::MAX).unwrap(), 0);
-    assert_eq!(s.log_start()[&2], 300);
+    // Closing checkpointed the rest: all of it goes, and so do the files.
+    assert_eq!(s.compact_now(u64::MAX).unwrap(), 20);
+    assert_eq!(s.log_start()[&2], 320);
+    assert_eq!(s.files.bytes(), 0);
+    s.close().unwrap();
+    let s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    assert_eq!(s.applied()[&2], 320);
+    assert_eq!(s.last_stamps()[&2], op(320).stamp);
+    assert!(s.log_reader().read(2, 320, 10).unwrap().is_empty());
     s.close().unwrap();
 }
 
@@ -235,4 +247,57 @@ impl Store {
         }
         out
     }
+}
+
+#[test]
+fn a_log_still_in_sled_moves_to_files_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = |origin: NodeId, seq: u64| Op {
+        origin,
+        seq,
+        stamp: Stamp::new(7000 + seq, origin),
+        body: OpBody::Notice {
+            text: format!("{origin}/{seq}"),
+        },
+    };
+    // The layout before: the log in a sled database of its own, keyed by
+    // (origin, first seq).
+    {
+        let old = sled::Config::new()
+            .path(dir.path().join("log"))
+            .open()
+            .unwrap();
+        let tree = old.open_tree("log").unwrap();
+        for (origin, firsts) in [(1u16, vec![1u64, 4, 9]), (2, vec![1])] {
+            for (i, &first) in firsts.iter().enumerate() {
+                let end = firsts.get(i + 1).copied().unwrap_or(first + 2);
+                let ops: Vec<Op> = (first..end).map(|s| op(origin, s)).collect();
+                let mut key = origin.to_be_bytes().to_vec();
+                key.extend_from_slice(&first.to_be_bytes());
+                tree.insert(key, encode(&ops)).unwrap();
+            }
+        }
+        old.insert("horizon", encode(&BTreeMap::from([(2u16, Stamp(5))])))
+            .unwrap();
+        old.flush().unwrap();
+    }
+    let s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    assert!(!dir.path().join("log").exists());
+    assert_eq!(s.applied()[&1], 10);
+    assert_eq!(s.applied()[&2], 2);
+    assert_eq!(s.last_stamps()[&1], op(1, 10).stamp);
+    let seqs: Vec<u64> = s
+        .log_reader()
+        .read(1, 3, 100)
+        .unwrap()
+        .iter()
+        .map(|o| o.seq)
+        .collect();
+    assert_eq!(seqs, (4..=10).collect::<Vec<_>>());
+    assert_eq!(s.horizon.get(&2), Some(&Stamp(5)));
+    s.close().unwrap();
+    // Once: opened again, it is just the files.
+    let s = Store::open(StoreOptions::at(dir.path())).unwrap();
+    assert_eq!(s.applied()[&1], 10);
+    s.close().unwrap();
 }
