@@ -444,14 +444,12 @@ fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
         out.extend_from_slice(v);
     }
     let frames = &out[1..];
-    if let Ok(small) = zstd::bulk::compress(frames, ZSTD_LEVEL) {
-        if small.len() + 5 < frames.len() - frames.len() / 10 {
-            let mut z = Vec::with_capacity(small.len() + 5);
-            z.push(CHUNK_ZSTD);
-            z.extend_from_slice(&(frames.len() as u32).to_be_bytes());
-            z.extend_from_slice(&small);
-            return z;
-        }
+    if let Some(small) = super::zip::compress(frames, ZSTD_LEVEL) {
+        let mut z = Vec::with_capacity(small.len() + 5);
+        z.push(CHUNK_ZSTD);
+        z.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+        z.extend_from_slice(&small);
+        return z;
     }
     out
 }
@@ -467,7 +465,7 @@ fn chunk_frames(chunk: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
                 return Err(bad("too large"));
             }
             let frames =
-                zstd::bulk::decompress(&rest[4..], len).map_err(|e| bad(&e.to_string()))?;
+                super::zip::decompress(&rest[4..], len).map_err(|e| bad(&e.to_string()))?;
             if frames.len() != len {
                 return Err(bad("length"));
             }

@@ -221,15 +221,15 @@ fn compress_segment(plain: Vec<u8>) -> Vec<u8> {
     if plain.len() < 128 {
         return plain;
     }
-    match zstd::bulk::compress(&plain, SEGMENT_ZSTD_LEVEL) {
-        Ok(z) if z.len() + 5 < plain.len() - plain.len() / 10 => {
+    match super::zip::compress(&plain, SEGMENT_ZSTD_LEVEL) {
+        Some(z) => {
             let mut out = Vec::with_capacity(z.len() + 5);
             out.push(SEGMENT_ZSTD);
             out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
             out.extend_from_slice(&z);
             out
         }
-        _ => plain,
+        None => plain,
     }
 }
 
@@ -241,7 +241,7 @@ pub(super) fn decode_segment(bytes: &[u8]) -> Result<Vec<Op>> {
             if len > SEGMENT_MAX {
                 return Err(StoreError::Corrupt("log segment too large".into()));
             }
-            let plain = zstd::bulk::decompress(&rest[4..], len)
+            let plain = super::zip::decompress(&rest[4..], len)
                 .map_err(|e| StoreError::Corrupt(format!("log segment: {e}")))?;
             decode(&plain)
         }

@@ -56,6 +56,7 @@ mod open;
 mod options;
 mod retention;
 mod snapshot;
+mod zip;
 use log::*;
 pub use log::{Durability, Durable, LogReader, LogStart};
 pub use retention::Watermarks;
