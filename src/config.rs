@@ -240,8 +240,10 @@ pub struct Settings {
     #[arg(long, env = "CHATD_HASH_THREADS", default_value_t = 0)]
     pub hash_threads: usize,
 
-    /// sled page cache in MiB.
-    #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 128)]
+    /// sled page cache in MiB. Recent changes are served from memory
+    /// anyway (the layers not yet checkpointed), and the system's page
+    /// cache holds the rest: a big cache mostly raises resident memory.
+    #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 16)]
     pub cache_mb: u64,
 
     /// Free disk space (MiB) below which chatd takes no new changes

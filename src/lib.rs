@@ -52,7 +52,7 @@
 //! | `ids`       | user/group/guest id blocks, the lobby's id, stamps and the hybrid logical clock | |
 //! | `config`    | settings (flags, `CHATD_*` variables, TOML file) and limits | |
 //! | `os`        | file-descriptor limit, signals, thread priority, returning freed memory | |
-//! | `bench`     | `chatbench`: load clients, scenarios, the relay ceiling     | use chatd's internals: it speaks only the wire protocols |
+//! | `bench`     | `chatbench`: load clients, scenarios, the ceilings (a server of each protocol in memory, a raw relay) | use chatd's internals: it speaks only the wire protocols |
 //!
 //! Where is a command handled? A file of `dialect` (`native`, `classic`,
 //! `sponge`, ...) decodes it into an `api::Command`; `rules::decide`

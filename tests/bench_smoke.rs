@@ -226,17 +226,48 @@ fn every_scenario_delivers_everything_it_sends() {
     assert_eq!(r["errors"], 0, "{r}");
     assert!(r["sent"].as_u64().unwrap_or(0) > 100, "{r}");
 
-    // The ceiling: the same load against the bare relay.
-    let r = chatbench(&[
-        "relay",
-        "--pairs",
-        "10",
-        "--window",
-        "2",
-        "--warmup",
-        "0.2",
-        "--duration",
-        "0.5",
-    ]);
-    delivered_all(&r);
+    // The ceilings: the same load against servers that speak each protocol
+    // from memory, and against the bare relay.
+    for (dialect, proto) in [
+        ("native", "native"),
+        ("classic", "classic"),
+        ("raw", "relay"),
+    ] {
+        let r = chatbench(&[
+            "relay",
+            "--dialect",
+            dialect,
+            "--pairs",
+            "10",
+            "--window",
+            "2",
+            "--warmup",
+            "0.2",
+            "--duration",
+            "0.5",
+        ]);
+        delivered_all(&r);
+        assert_eq!(
+            (&r["scenario"], &r["proto"]),
+            (&"ceiling".into(), &proto.into()),
+            "{r}"
+        );
+    }
+
+    // A run beside its ceiling reports both.
+    let r = chatbench(
+        &[
+            &["pairs", "--pairs", "10", "--window", "2", "--ceiling"][..],
+            &["--dialect", "classic"],
+            &target,
+            &short,
+        ]
+        .concat(),
+    );
+    let runs = r.as_array().expect("two reports");
+    assert_eq!(runs.len(), 2, "{r}");
+    delivered_all(&runs[0]);
+    delivered_all(&runs[1]);
+    assert_eq!(runs[1]["scenario"], "ceiling", "{r}");
+    assert_eq!(runs[1]["proto"], "classic", "{r}");
 }

@@ -8,11 +8,14 @@
 //! * `scenarios`: 1:1 pairs (closed or open loop), group fan-out, offline
 //!   drain, stored history (bytes per message on disk), idle sessions,
 //!   login storm.
-//! * `relay`: the ceiling: a TCP relay with no JSON and no storage.
+//! * `ceiling`: the protocol-aware ceiling: chatd's protocol or the classic
+//!   dialect parsed and answered from memory, with no storage.
+//! * `relay`: the raw ceiling: a TCP relay with no JSON and no storage.
 //! * `fuzz`: mutated requests of every dialect, and a probe that checks the
 //!   server keeps answering.
 //! * `ws`: connections over WebSocket, seen by the rest as byte streams.
 
+pub mod ceiling;
 pub mod client;
 pub mod fuzz;
 pub mod nodes;
@@ -66,6 +69,14 @@ pub struct Common {
 /// Nanoseconds since the bench started: what send timestamps are made of.
 pub fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A unique prefix for this run's user names.

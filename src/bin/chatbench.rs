@@ -8,7 +8,7 @@
 //! chatbench history --messages 1000000 --size 20 --catch-up  # runs its own nodes
 //! chatbench idle   --addr ... --sessions 10000 --pid ...
 //! chatbench logins --addr ... --users 1000 --concurrency 64
-//! chatbench relay  --pairs 500 --window 4             # the machine's ceiling
+//! chatbench relay  --dialect classic --window 4      # the ceiling, same protocol
 //! chatbench fuzz   --addr ... --go ... --c-room ... --epoll ... --duration 30
 //! ```
 //!
@@ -20,7 +20,7 @@ use chatd::bench::fuzz::{self, FuzzOpts, Ports};
 use chatd::bench::scenarios::{
     self, DrainOpts, FanoutOpts, HistoryOpts, IdleOpts, LoginOpts, PairsOpts,
 };
-use chatd::bench::{relay, Common, Proto, Report, Transport};
+use chatd::bench::{ceiling, relay, Common, Proto, Report, Transport};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -118,7 +118,8 @@ enum Cmd {
         target: Target,
         #[command(flatten)]
         load: PairsArgs,
-        /// Then run the same load against the relay (the ceiling) and compare.
+        /// Then run the same load against the ceiling that speaks the same
+        /// protocol (`relay --dialect`) and compare.
         #[arg(long)]
         ceiling: bool,
     },
@@ -210,20 +211,55 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// The ceiling: the pairs load against a minimal TCP relay (no JSON, no storage).
+    /// The ceiling: the pairs load against a minimal in-memory server that
+    /// parses and answers the same protocol (`native`, `classic`) without
+    /// storage, or (`raw`) a relay of tab-separated lines with no JSON.
     Relay {
         #[command(flatten)]
         load: PairsArgs,
         /// Message text size, bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        #[arg(long, value_enum, default_value_t = RelayDialect::Native)]
+        dialect: RelayDialect,
     },
-    /// Run the relay server (used by `relay` and `--ceiling`).
+    /// Run a ceiling server (used by `relay` and `--ceiling`).
     #[command(hide = true)]
     RelayServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        #[arg(long, value_enum, default_value_t = RelayDialect::Native)]
+        dialect: RelayDialect,
     },
+}
+
+/// What a ceiling speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RelayDialect {
+    /// chatd's protocol, parsed and answered like chatd.
+    Native,
+    /// The classic dialect, parsed and answered like chatd.
+    Classic,
+    /// Tab-separated lines, no JSON: what the machine forwards at all.
+    Raw,
+}
+
+impl RelayDialect {
+    fn of(proto: Proto) -> RelayDialect {
+        match proto {
+            Proto::Classic => RelayDialect::Classic,
+            Proto::Relay => RelayDialect::Raw,
+            Proto::Native => RelayDialect::Native,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RelayDialect::Native => "native",
+            RelayDialect::Classic => "classic",
+            RelayDialect::Raw => "raw",
+        }
+    }
 }
 
 fn timing(t: &Timing) -> (Duration, Duration) {
@@ -245,13 +281,13 @@ fn pairs_opts(common: Common, a: &PairsArgs) -> PairsOpts {
     }
 }
 
-/// Start a relay server process and run the pairs load against it.
-async fn ceiling(a: &PairsArgs, size: usize) -> Result<Report, String> {
+/// Start a ceiling server process and run the pairs load against it.
+async fn ceiling(a: &PairsArgs, size: usize, dialect: RelayDialect) -> Result<Report, String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .arg("relay-server")
+        .args(["relay-server", "--dialect", dialect.name()])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the relay: {e}"))?;
@@ -268,11 +304,15 @@ async fn ceiling(a: &PairsArgs, size: usize) -> Result<Report, String> {
         Some(addr) => {
             let common = Common {
                 addrs: vec![addr],
-                proto: Proto::Relay,
+                proto: match dialect {
+                    RelayDialect::Native => Proto::Native,
+                    RelayDialect::Classic => Proto::Classic,
+                    RelayDialect::Raw => Proto::Relay,
+                },
                 transport: Transport::Tcp,
                 pids: vec![pid],
                 size: size.max(24),
-                password: String::new(),
+                password: "bench-pw".into(),
                 setup_concurrency: 32,
             };
             scenarios::pairs(&pairs_opts(common, a)).await
@@ -282,7 +322,7 @@ async fn ceiling(a: &PairsArgs, size: usize) -> Result<Report, String> {
     let _ = child.kill();
     let _ = child.wait();
     let mut r = result?;
-    r.scenario = "relay".into();
+    r.scenario = "ceiling".into();
     Ok(r)
 }
 
@@ -304,8 +344,8 @@ fn show(json: bool, reports: &[Report]) {
         if let [chatd, relay] = reports {
             if relay.delivered_per_sec > 0.0 {
                 println!(
-                    "\nchatd delivers {:.0}% of what the relay forwards on this machine",
-                    100.0 * chatd.delivered_per_sec / relay.delivered_per_sec
+                    "\nchatd delivers {:.2}x what the ceiling delivers on this machine",
+                    chatd.delivered_per_sec / relay.delivered_per_sec
                 );
             }
         }
@@ -339,7 +379,7 @@ fn main() -> ExitCode {
                 }
                 let mut out = vec![first];
                 if *with_ceiling {
-                    out.push(ceiling(load, target.size).await?);
+                    out.push(ceiling(load, target.size, RelayDialect::of(target.dialect)).await?);
                 }
                 Ok(out)
             }
@@ -441,9 +481,17 @@ fn main() -> ExitCode {
                 };
                 Ok(vec![fuzz::fuzz(&o).await?])
             }
-            Cmd::Relay { load, size } => Ok(vec![ceiling(load, *size).await?]),
-            Cmd::RelayServer { listen } => {
-                relay::serve(*listen).await.map_err(|e| e.to_string())?;
+            Cmd::Relay {
+                load,
+                size,
+                dialect,
+            } => Ok(vec![ceiling(load, *size, *dialect).await?]),
+            Cmd::RelayServer { listen, dialect } => {
+                let served = match dialect {
+                    RelayDialect::Raw => relay::serve(*listen).await,
+                    RelayDialect::Native | RelayDialect::Classic => ceiling::serve(*listen).await,
+                };
+                served.map_err(|e| e.to_string())?;
                 Ok(Vec::new())
             }
         }

@@ -147,12 +147,18 @@ impl Dialect {
         }
     }
 
-    pub fn writes(self) -> Writes {
+    /// `paced`: the operator leaves a gap between two writes to the clients
+    /// that need one (`--classic-push-gap-ms` above 0).
+    pub fn writes(self, paced: bool) -> Writes {
         match self {
             // Over WebSocket each value still becomes a message of its own.
             Dialect::Native | Dialect::Web => Writes::Gathered,
+            // Without pacing, a classic client is one that splits the
+            // stream at each value's NUL: as many as are ready go in one
+            // write. (Sponge values have no terminator to split at.)
+            Dialect::Classic(_) if !paced => Writes::Gathered,
             Dialect::Classic(_) | Dialect::Sponge | Dialect::EpollChatroom => {
-                Writes::OneEach { paced: true }
+                Writes::OneEach { paced }
             }
             // These read exactly one value's bytes at a time.
             Dialect::GoChatroom | Dialect::CChatroom => Writes::OneEach { paced: false },

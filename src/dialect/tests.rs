@@ -92,3 +92,25 @@ fn dialects_round_trip_through_u8() {
         assert!(Listen::from_name(d.name()).is_some());
     }
 }
+
+#[test]
+fn unpaced_classic_pushes_are_gathered_and_the_rest_keep_their_writes() {
+    for n in [Numbering::Course, Numbering::Thousand] {
+        let classic = Dialect::Classic(n);
+        assert_eq!(classic.writes(true), Writes::OneEach { paced: true });
+        assert_eq!(classic.writes(false), Writes::Gathered);
+    }
+    // Sponge values have no terminator: one per write, paced or not.
+    assert_eq!(
+        Dialect::Sponge.writes(false),
+        Writes::OneEach { paced: false }
+    );
+    assert_eq!(
+        Dialect::Sponge.writes(true),
+        Writes::OneEach { paced: true }
+    );
+    for d in [Dialect::GoChatroom, Dialect::CChatroom] {
+        assert_eq!(d.writes(true), Writes::OneEach { paced: false });
+    }
+    assert_eq!(Dialect::Native.writes(true), Writes::Gathered);
+}

@@ -214,11 +214,12 @@ impl Writer {
         }
     }
 
-    /// Write what was encoded: for chatd's protocol once enough has
-    /// gathered (or at `flush`); for the seed clients now, one value per
-    /// write, paced where they need it.
+    /// Write what was encoded: for chatd's protocol (and unpaced classic
+    /// sessions) once enough has gathered (or at `flush`); for the other
+    /// seed clients now, one value per write, paced where they need it.
     async fn write_frames(&mut self) -> Result<(), Stop> {
-        match self.conn.dialect().writes() {
+        let paced = !self.shared.limits.get().classic_gap.is_zero();
+        match self.conn.dialect().writes(paced) {
             Writes::Gathered => {
                 if self.frames.bytes() >= WRITE_BATCH {
                     self.flush().await?;

@@ -26,9 +26,12 @@ const ZSTD_LEVEL: i32 = 3;
 /// The largest a chunk's frames may be once decompressed (they are at
 /// most a record's worth; anything bigger is corrupt).
 const FRAMES_MAX: usize = 1 << 20;
-/// Freeing a layer this big returns its memory to the system; trimming
+/// Freeing layers this big returns their memory to the system; trimming
 /// after every small one would only cost time.
 const TRIM_AFTER_BYTES: usize = 8 << 20;
+/// After this long with nothing to write, what smaller layers freed is
+/// returned too.
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the checkpoint thread is asked to do.
 enum Job {
@@ -76,7 +79,21 @@ impl Checkpointer {
                 // Checkpoints are bulk work with a deadline of seconds; the
                 // hub and the sessions come first.
                 crate::os::background_thread();
-                for job in rx {
+                // Bytes of layers freed since memory was last handed back.
+                let mut freed = 0;
+                loop {
+                    let job = match rx.recv_timeout(IDLE_TRIM) {
+                        Ok(job) => job,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // A load has ended: give back what it left.
+                            if freed > 0 {
+                                freed = 0;
+                                crate::os::return_free_memory();
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     let layer = match job {
                         Job::Write(layer) => layer,
                         Job::Compact { cutoff_ms } => {
@@ -101,9 +118,10 @@ impl Checkpointer {
                             continue;
                         }
                         Job::Dispose(layer) => {
-                            let big = layer.bytes >= TRIM_AFTER_BYTES;
+                            freed += layer.bytes;
                             drop(layer);
-                            if big {
+                            if freed >= TRIM_AFTER_BYTES {
+                                freed = 0;
                                 crate::os::return_free_memory();
                             }
                             continue;

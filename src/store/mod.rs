@@ -468,7 +468,9 @@ impl Store {
     /// (`keep`), a compaction pass every second or so (`compact.rs`).
     pub fn maintain_at(&mut self, write: bool, compact: Option<(u64, Duration)>) -> Result<()> {
         if self.frozen.is_some() {
-            let hard_limit = self.active.bytes > 4 * self.opts.checkpoint_bytes;
+            // Under a load the checkpoint cannot keep up with, the hub waits
+            // rather than let memory grow: two layers' worth at most.
+            let hard_limit = self.active.bytes > 2 * self.opts.checkpoint_bytes;
             if let Some(done) = self.checkpointer.poll(hard_limit) {
                 if let Err(e) = &done {
                     if let (true, Some(p)) = (e.is_disk_full(), &self.opts.path) {

@@ -24,9 +24,9 @@ impl StoreOptions {
     pub fn at(path: impl Into<PathBuf>) -> StoreOptions {
         StoreOptions {
             path: Some(path.into()),
-            cache_bytes: 128 << 20,
+            cache_bytes: 16 << 20,
             checkpoint_interval: Duration::from_secs(1),
-            checkpoint_bytes: 32 << 20,
+            checkpoint_bytes: 16 << 20,
             commit_delay: Duration::ZERO,
             compact_delay: Duration::ZERO,
             no_flush: false,
@@ -39,7 +39,7 @@ impl StoreOptions {
             path: None,
             cache_bytes: 16 << 20,
             checkpoint_interval: Duration::from_secs(1),
-            checkpoint_bytes: 32 << 20,
+            checkpoint_bytes: 16 << 20,
             commit_delay: Duration::ZERO,
             compact_delay: Duration::ZERO,
             no_flush: false,
