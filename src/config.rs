@@ -241,8 +241,9 @@ pub struct Settings {
     pub hash_threads: usize,
 
     /// sled page cache in MiB. Recent changes are served from memory
-    /// anyway (the layers not yet checkpointed), and the system's page
-    /// cache holds the rest: a big cache mostly raises resident memory.
+    /// anyway (the layers not yet checkpointed); a bigger cache shortens
+    /// checkpoints, and with them the latency tail under load, for
+    /// resident memory.
     #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 16)]
     pub cache_mb: u64,
 
