@@ -16,8 +16,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
 /// jemalloc rather than glibc's malloc: the hub allocates what sessions
-/// and the checkpoint thread free, and glibc spent a tenth of the hub's
-/// time moving such blocks between its arenas.
+/// and the checkpoint thread free, and glibc spent a quarter of chatd's
+/// time moving such blocks between its arenas, under a lock.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
