@@ -1,7 +1,7 @@
 //! Writing frozen layers to sled (checkpoints) and reading message chunks.
 //!
 //! A chunk is `FORMAT` followed by frames `[id u64 BE][len u32 BE][message]`,
-//! or `CHUNK_ZSTD`, the frames' length (u32 BE) and the frames compressed
+//! or the frames packed (`zip.rs`: `PACKED`, their length, compressed
 //! with zstd (when that saves a tenth or more), stored under `prefix ++ id
 //! of its last message`. Compressed here, once per chunk on the checkpoint
 //! thread, not by sled: sled would compress every page it rewrites, and
@@ -19,8 +19,6 @@ use std::sync::{mpsc, Arc};
 
 const CHUNK_MAX_MESSAGES: usize = 256;
 const CHUNK_MAX_BYTES: usize = super::RECORD_MAX_BYTES;
-/// The version byte of a compressed chunk.
-const CHUNK_ZSTD: u8 = 2;
 /// zstd's level: a chunk is compressed once, in the background.
 const ZSTD_LEVEL: i32 = 3;
 /// The largest a chunk's frames may be once decompressed (they are at
@@ -461,15 +459,7 @@ fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
         out.extend_from_slice(v);
     }
-    let frames = &out[1..];
-    if let Some(small) = super::zip::compress(frames, ZSTD_LEVEL) {
-        let mut z = Vec::with_capacity(small.len() + 5);
-        z.push(CHUNK_ZSTD);
-        z.extend_from_slice(&(frames.len() as u32).to_be_bytes());
-        z.extend_from_slice(&small);
-        return z;
-    }
-    out
+    super::zip::pack(&out[1..], ZSTD_LEVEL).unwrap_or(out)
 }
 
 /// A chunk's frames, decompressed if they were compressed.
@@ -477,18 +467,9 @@ fn chunk_frames(chunk: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     let bad = |why: &str| StoreError::Corrupt(format!("bad message chunk: {why}"));
     match chunk.split_first() {
         Some((&FORMAT, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
-        Some((&CHUNK_ZSTD, rest)) if rest.len() >= 4 => {
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len > FRAMES_MAX {
-                return Err(bad("too large"));
-            }
-            let frames =
-                super::zip::decompress(&rest[4..], len).map_err(|e| bad(&e.to_string()))?;
-            if frames.len() != len {
-                return Err(bad("length"));
-            }
-            Ok(std::borrow::Cow::Owned(frames))
-        }
+        Some((&super::zip::PACKED, rest)) => super::zip::unpack(rest, FRAMES_MAX)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| bad(&e)),
         _ => Err(bad("unknown format")),
     }
 }

@@ -206,9 +206,6 @@ pub struct LogBounds {
     pub(super) next_pin: u64,
 }
 
-/// The version byte of a compressed segment: it, the plain segment's
-/// length (u32 BE), and the plain segment compressed with zstd.
-const SEGMENT_ZSTD: u8 = 2;
 /// zstd's fastest level: this runs on the path every reply waits for.
 const SEGMENT_ZSTD_LEVEL: i32 = 1;
 /// The largest a segment may be once decompressed (one op alone is bounded
@@ -221,27 +218,14 @@ fn compress_segment(plain: Vec<u8>) -> Vec<u8> {
     if plain.len() < 128 {
         return plain;
     }
-    match super::zip::compress(&plain, SEGMENT_ZSTD_LEVEL) {
-        Some(z) => {
-            let mut out = Vec::with_capacity(z.len() + 5);
-            out.push(SEGMENT_ZSTD);
-            out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
-            out.extend_from_slice(&z);
-            out
-        }
-        None => plain,
-    }
+    super::zip::pack(&plain, SEGMENT_ZSTD_LEVEL).unwrap_or(plain)
 }
 
 /// The operations of a stored segment, compressed or not.
 pub(super) fn decode_segment(bytes: &[u8]) -> Result<Vec<Op>> {
     match bytes.split_first() {
-        Some((&SEGMENT_ZSTD, rest)) if rest.len() >= 4 => {
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len > SEGMENT_MAX {
-                return Err(StoreError::Corrupt("log segment too large".into()));
-            }
-            let plain = super::zip::decompress(&rest[4..], len)
+        Some((&super::zip::PACKED, rest)) => {
+            let plain = super::zip::unpack(rest, SEGMENT_MAX)
                 .map_err(|e| StoreError::Corrupt(format!("log segment: {e}")))?;
             decode(&plain)
         }
