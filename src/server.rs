@@ -281,9 +281,9 @@ impl Server {
     }
 
     /// Stop accepting, say goodbye to every client, write everything down.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stop_accepting.cancel();
-        for a in self.acceptors {
+        for a in std::mem::take(&mut self.acceptors) {
             let _ = a.await;
         }
         if let Some(m) = &self.mesh {
@@ -291,6 +291,22 @@ impl Server {
         }
         self.hub.shutdown().await;
         tracing::info!("chatd stopped");
+    }
+}
+
+/// A server dropped without [`Server::shutdown`] (an embedding program or a
+/// test that ends) stops at once: its threads must not outlive it and go on
+/// writing into a data directory that may be removed next.
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_accepting.cancel();
+        for a in &self.acceptors {
+            a.abort();
+        }
+        if let Some(m) = &self.mesh {
+            m.shutdown();
+        }
+        self.hub.halt(Duration::from_secs(10));
     }
 }
 

@@ -331,6 +331,24 @@ async fn unsafe_no_flush_still_delivers_and_keeps_data_over_a_clean_restart() {
     assert_eq!(h["messages"].as_array().map(Vec::len), Some(50), "{h}");
 }
 
+/// A server dropped without being shut down stops its threads before the
+/// drop returns: the directory is free for the next server at once, with
+/// everything that was acknowledged, and nothing writes into it afterwards.
+#[tokio::test]
+async fn a_server_dropped_unstopped_lets_go_of_its_directory() {
+    let srv = TestServer::start().await;
+    let (mut alice, _) = srv.user("alice").await;
+    let (_bob, bob_id) = srv.user("bob").await;
+    alice
+        .ok(json!({"type": "send", "to": bob_id, "text": "kept"}))
+        .await;
+    let dir = srv.abandon();
+    let srv = TestServer::start_in(dir, |_| {}).await;
+    let mut bob = srv.client().await;
+    bob.login("bob", "pw").await;
+    assert_eq!(bob.take_messages(1).await[0]["text"], "kept");
+}
+
 #[tokio::test]
 async fn unsafe_no_flush_still_reaches_the_disk_within_seconds() {
     let dir = tempfile::tempdir().unwrap();

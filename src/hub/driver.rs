@@ -35,6 +35,7 @@ struct Driver {
     /// Replay pages asked for in this batch, answered after it is logged.
     replays: Vec<(SessionId, Option<Stamp>, PageReply)>,
     shutting_down: Option<(Instant, oneshot::Sender<()>)>,
+    halted: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl Hub {
@@ -62,6 +63,7 @@ impl Hub {
             presence_tx: presence_tx.clone(),
             replays: Vec::new(),
             shutting_down: None,
+            halted: None,
         };
         let (tx, rx) = mpsc::channel(8192);
         std::thread::Builder::new()
@@ -113,6 +115,9 @@ impl Driver {
                 }
             }
             self.finish();
+            if self.halted.is_some() {
+                break;
+            }
             if let Some((deadline, _)) = &self.shutting_down {
                 if self.core.session_count() == 0 || Instant::now() >= *deadline {
                     break;
@@ -129,6 +134,9 @@ impl Driver {
         if let Some(done) = done {
             let _ = done.send(());
         }
+        if let Some(done) = self.halted.take() {
+            let _ = done.send(());
+        }
     }
 
     fn dispatch(&mut self, msg: HubMsg, t: Now) {
@@ -143,6 +151,7 @@ impl Driver {
                 core.begin_shutdown();
                 self.shutting_down = Some((t.at + SHUTDOWN_GRACE, done));
             }
+            HubMsg::Halt { done } => self.halted = Some(done),
             HubMsg::LocalPresence { reply } => {
                 let _ = reply.send(core.local_users());
             }

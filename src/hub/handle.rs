@@ -114,6 +114,11 @@ pub enum HubMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// Stop now, without the goodbyes: write everything down and answer
+    /// once nothing holds the data directory (a `Server` dropped unstopped).
+    Halt {
+        done: std::sync::mpsc::SyncSender<()>,
+    },
     /// The users with a session on this node, for a new peer link.
     LocalPresence {
         reply: oneshot::Sender<Vec<Uid>>,
@@ -248,5 +253,28 @@ impl HubHandle {
     /// Say goodbye to every session, write everything down, stop.
     pub async fn shutdown(&self) {
         self.ask(|done| HubMsg::Shutdown { done }).await;
+    }
+
+    /// Stop at once and wait (blocking, at most `wait`) until the store is
+    /// closed, so that the data directory may go. Does nothing when the
+    /// hub has already stopped.
+    pub fn halt(&self, wait: Duration) {
+        let (done, stopped) = std::sync::mpsc::sync_channel(1);
+        let mut msg = HubMsg::Halt { done };
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let _ = stopped.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }

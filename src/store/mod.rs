@@ -314,6 +314,7 @@ pub struct Store {
     /// The commit thread, joined on close.
     commit_thread: Option<std::thread::JoinHandle<()>>,
     reader: LogReader,
+    snapshot_tables: snapshot::SnapshotTables,
     durable_rx: watch::Receiver<Durable>,
     ticket: u64,
     applied: Position,
@@ -549,6 +550,7 @@ impl Store {
             let _ = t.join();
         }
         *log::lock(&self.reader.files) = None;
+        *log::lock(&self.snapshot_tables) = None;
         self.db.flush()?;
         self.checkpointer.stop();
         Ok(())

@@ -130,6 +130,7 @@ impl Store {
             },
         )?;
 
+        let snapshot_tables = Arc::new(Mutex::new(Some((trees.clone(), meta.clone()))));
         let mut store = Store {
             db,
             files,
@@ -141,6 +142,7 @@ impl Store {
             durability,
             commit_thread: Some(commit_thread),
             reader,
+            snapshot_tables,
             durable_rx,
             ticket: 0,
             applied: Position::new(),

@@ -70,10 +70,14 @@ impl SnapshotCursor {
 /// Reads snapshots; cheap to clone, used from any thread.
 #[derive(Clone)]
 pub struct SnapshotReader {
-    trees: Arc<Vec<sled::Tree>>,
-    meta: sled::Tree,
+    tables: SnapshotTables,
     bounds: Arc<Mutex<LogBounds>>,
 }
+
+/// The tables and their metadata, for snapshot readers; emptied when the
+/// store closes, so that a reader still held elsewhere (a session's handle)
+/// does not keep the database open after it.
+pub(super) type SnapshotTables = Arc<Mutex<Option<(Arc<Vec<sled::Tree>>, sled::Tree)>>>;
 
 /// Keeps the log after a snapshot's point from compaction while held.
 pub struct Pin {
@@ -88,14 +92,21 @@ impl Drop for Pin {
 }
 
 impl SnapshotReader {
+    fn tables(&self) -> Result<(Arc<Vec<sled::Tree>>, sled::Tree)> {
+        lock(&self.tables)
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))
+    }
+
     /// Start reading: the point the tables are at, with the log after it
     /// pinned.
     pub fn begin(&self) -> Result<(Point, Pin)> {
         // Under the lock compaction decides with: it cannot drop what this
         // pins, and it never passes the checkpoint read here.
+        let (_, meta) = self.tables()?;
         let mut b = lock(&self.bounds);
         // No checkpoint yet: the tables are empty, and so is the point.
-        let read = |k: &str| self.meta.get(k).map(|v| v.map(|v| v.to_vec()));
+        let read = |k: &str| meta.get(k).map(|v| v.map(|v| v.to_vec()));
         let point = match (read("checkpoint")?, read("checkpoint_stamps")?) {
             (Some(p), Some(s)) => Point {
                 position: decode(&p)?,
@@ -122,17 +133,18 @@ impl SnapshotReader {
         cursor: &mut SnapshotCursor,
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
+        let (trees, _) = self.tables()?;
         let mut out = Vec::new();
         let mut bytes = 0;
         while bytes < max_bytes && !cursor.done() {
             let t = ORDER[cursor.table];
             if t == Table::Retention {
                 // One record, whatever the table's keys.
-                out.push(Record::Watermarks(self.watermarks()?));
+                out.push(Record::Watermarks(watermarks(&trees)?));
                 cursor.table += 1;
                 continue;
             }
-            let tree = &self.trees[t as usize];
+            let tree = &trees[t as usize];
             let range = match &cursor.after {
                 Some(k) => {
                     tree.range::<&[u8], _>((Bound::Excluded(k.as_slice()), Bound::Unbounded))
@@ -157,21 +169,21 @@ impl SnapshotReader {
         }
         Ok(out)
     }
+}
 
-    fn watermarks(&self) -> Result<Watermarks> {
-        let tree = &self.trees[Table::Retention as usize];
-        let read = |k: &str| -> Result<Stamp> {
-            Ok(tree
-                .get(k)?
-                .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                .map(|b| Stamp(u64::from_be_bytes(b)))
-                .unwrap_or(Stamp::ZERO))
-        };
-        Ok(Watermarks {
-            history: read("history")?,
-            queue: read("queue")?,
-        })
-    }
+fn watermarks(trees: &[sled::Tree]) -> Result<Watermarks> {
+    let tree = &trees[Table::Retention as usize];
+    let read = |k: &str| -> Result<Stamp> {
+        Ok(tree
+            .get(k)?
+            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map(|b| Stamp(u64::from_be_bytes(b)))
+            .unwrap_or(Stamp::ZERO))
+    };
+    Ok(Watermarks {
+        history: read("history")?,
+        queue: read("queue")?,
+    })
 }
 
 /// The key, in the tables' metadata, of the horizon.
@@ -181,8 +193,7 @@ impl Store {
     /// A reader of snapshots of this store's tables.
     pub fn snapshot_reader(&self) -> SnapshotReader {
         SnapshotReader {
-            trees: self.trees.clone(),
-            meta: self.meta.clone(),
+            tables: self.snapshot_tables.clone(),
             bounds: self.bounds.clone(),
         }
     }

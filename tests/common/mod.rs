@@ -78,6 +78,13 @@ impl TestServer {
         self.dir
     }
 
+    /// Drop the server without shutting it down (as an embedding program
+    /// that ends might) and hand back the data directory.
+    pub fn abandon(mut self) -> TempDir {
+        drop(self.server.take());
+        self.dir
+    }
+
     /// A server with every dialect on a port of its own (and the lobby).
     pub async fn with_all_dialects() -> TestServer {
         TestServer::start_with(|s| s.listen_dialect = seeds::all_dialect_ports()).await
