@@ -73,7 +73,7 @@ pub(super) fn compact(
         // operation is behind the limit and stamped by the cutoff.
         let mut from = start.position.get(&origin).copied().unwrap_or(0) + 1;
         'records: while from <= upto && passed < OPS_PER_PASS {
-            let records = files.records_from(origin, from, 256);
+            let records = files.heads_from(origin, from, 256)?;
             if records.is_empty() {
                 break;
             }

@@ -11,11 +11,17 @@
 //! what the length counts and the crc covers: `[origin u16][first seq
 //! u64][last seq u64][last stamp u64]` (big-endian) and the segment (the
 //! encoded operations, as `log.rs` makes them). A file is sealed at
-//! [`FILE_MAX`] bytes: its index (`<n>.idx`: every record's head and
-//! place, then a crc) is written beside it, so that opening reads indexes,
+//! [`FILE_MAX`] bytes: its index (`<n>.idx`: some records' heads and
+//! places, then a crc) is written beside it, so that opening reads indexes,
 //! not logs. The last file is read through at open, and cut at the first
 //! record that is short or fails its crc (a write the crash interrupted,
 //! never acknowledged). Compaction decides from the heads alone.
+//!
+//! The index is sparse: per file and origin, the first record, one record
+//! every [`SPARSE`] bytes, and the newest. A record per commit would
+//! otherwise cost memory in proportion to the log (about 60 bytes each,
+//! as much as a short message takes on disk); a read scans forward from
+//! the nearest entry instead, at most [`SPARSE`] bytes further.
 
 use super::{Position, Result, StoreError};
 use crate::ids::NodeId;
@@ -31,6 +37,10 @@ pub(super) const FILE_MAX: u64 = 16 << 20;
 /// `[length][crc]`, then the head the crc covers.
 const PREFIX: usize = 8;
 const HEAD: usize = PREFIX + 26;
+/// How far apart an origin's index entries are in a file.
+const SPARSE: u64 = 64 << 10;
+/// How much a read takes from a file at a time.
+const BLOCK: usize = 256 << 10;
 /// The largest record accepted when reading (a segment is a few KiB; one
 /// operation alone may be bigger, never this big).
 const RECORD_MAX: usize = 64 << 20;
@@ -56,13 +66,59 @@ pub(super) struct Loc {
 /// One record's place in a file's index: origin, first seq, and where.
 type Entry = (NodeId, u64, Loc);
 
+/// What an open file is to readers.
+struct FileInfo {
+    file: Arc<File>,
+    /// Where its last whole record ends.
+    len: u64,
+    /// Each origin's newest record in it: last seq and stamp.
+    newest: BTreeMap<NodeId, (u64, u64)>,
+}
+
 #[derive(Default)]
 struct Shared {
-    files: BTreeMap<u64, Arc<File>>,
-    /// The highest sequence number of each origin in each file.
-    last: BTreeMap<u64, BTreeMap<NodeId, u64>>,
+    files: BTreeMap<u64, FileInfo>,
+    /// Sparse: see [`FileIndex`].
     index: BTreeMap<(NodeId, u64), Loc>,
     bytes: u64,
+}
+
+/// The entries one file's index keeps: per origin, its first record and
+/// one every [`SPARSE`] bytes after it, and its newest record.
+#[derive(Default)]
+struct FileIndex {
+    kept: Vec<Entry>,
+    kept_at: BTreeMap<NodeId, u64>,
+    newest: BTreeMap<NodeId, Entry>,
+}
+
+impl FileIndex {
+    /// Take note of the next record; whether the index keeps it.
+    fn note(&mut self, e: Entry) -> bool {
+        let (origin, _, loc) = e;
+        self.newest.insert(origin, e);
+        let keep = self
+            .kept_at
+            .get(&origin)
+            .is_none_or(|at| loc.offset >= at + SPARSE);
+        if keep {
+            self.kept_at.insert(origin, loc.offset);
+            self.kept.push(e);
+        }
+        keep
+    }
+
+    /// What the file's `.idx` holds, in the file's order.
+    fn entries(&self) -> Vec<Entry> {
+        let mut out = self.kept.clone();
+        for e in self.newest.values() {
+            if self.kept_at.get(&e.0) != Some(&e.2.offset) {
+                out.push(*e);
+            }
+        }
+        out.sort_unstable_by_key(|e| e.2.offset);
+        out
+    }
 }
 
 /// The file appends go to, owned by whoever holds the lock.
@@ -70,8 +126,8 @@ struct Active {
     no: u64,
     file: Option<File>,
     len: u64,
-    /// The index of what is in it, written when it is sealed.
-    records: Vec<Entry>,
+    /// Its index, written beside it when it is sealed.
+    index: FileIndex,
 }
 
 /// What one record holds.
@@ -111,43 +167,6 @@ fn crc(parts: &[&[u8]]) -> u32 {
     h.finalize()
 }
 
-/// The records of file `no`, read through, and where the last whole one
-/// ends.
-fn scan(path: &Path, no: u64) -> Result<(Vec<Entry>, u64)> {
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io)?;
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while let Some(prefix) = data.get(at..at + PREFIX) {
-        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        let sum = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
-        if !(HEAD - PREFIX..=RECORD_MAX).contains(&len) {
-            break;
-        }
-        let Some(body) = data.get(at + PREFIX..at + PREFIX + len) else {
-            break;
-        };
-        if crc(&[body]) != sum {
-            break;
-        }
-        let be = |r: std::ops::Range<usize>| {
-            body[r].iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b))
-        };
-        let loc = Loc {
-            file: no,
-            offset: at as u64,
-            len: (PREFIX + len) as u32,
-            last: be(10..18),
-            last_stamp: be(18..26),
-        };
-        out.push((be(0..2) as NodeId, be(2..10), loc));
-        at += PREFIX + len;
-    }
-    Ok((out, at as u64))
-}
-
 fn read_idx(path: &Path) -> Option<Vec<Entry>> {
     let data = std::fs::read(path).ok()?;
     let (body, sum) = data.split_at(data.len().checked_sub(4)?);
@@ -170,7 +189,7 @@ impl LogFiles {
             no: nos.last().map_or(1, |n| n + 1),
             file: None,
             len: 0,
-            records: Vec::new(),
+            index: FileIndex::default(),
         };
         for (i, &no) in nos.iter().enumerate() {
             let path = dir.join(format!("{no}.log"));
@@ -178,10 +197,10 @@ impl LogFiles {
             let idx = dir.join(format!("{no}.idx"));
             let (records, end) = match (last_file, read_idx(&idx)) {
                 (false, Some(r)) => {
-                    let end = r.last().map_or(0, |(_, _, l)| l.offset + u64::from(l.len));
-                    (r, end)
+                    let end = r.iter().map(|(_, _, l)| l.offset + u64::from(l.len)).max();
+                    (r, end.unwrap_or(0))
                 }
-                _ => scan(&path, no)?,
+                _ => read::scan(&path, no)?,
             };
             let f = std::fs::OpenOptions::new()
                 .read(true)
@@ -196,17 +215,28 @@ impl LogFiles {
                 // The tail a crash cut short was never acknowledged.
                 f.set_len(end).map_err(io)?;
             }
-            for &(origin, first, loc) in &records {
-                shared.index.insert((origin, first), loc);
-                let last = shared
-                    .last
-                    .entry(no)
-                    .or_default()
-                    .entry(origin)
-                    .or_insert(0);
-                *last = (*last).max(loc.last);
+            // An index written whole (before the index was sparse) is
+            // thinned like any other.
+            let mut index = FileIndex::default();
+            for e in records {
+                if index.note(e) {
+                    shared.index.insert((e.0, e.1), e.2);
+                }
             }
+            let newest = index
+                .newest
+                .iter()
+                .map(|(o, e)| (*o, (e.2.last, e.2.last_stamp)))
+                .collect();
             shared.bytes += end;
+            shared.files.insert(
+                no,
+                FileInfo {
+                    file: Arc::new(f),
+                    len: end,
+                    newest,
+                },
+            );
             if last_file && end < FILE_MAX {
                 let appender = std::fs::OpenOptions::new()
                     .append(true)
@@ -216,10 +246,9 @@ impl LogFiles {
                     no,
                     file: Some(appender),
                     len: end,
-                    records,
+                    index,
                 };
             }
-            shared.files.insert(no, Arc::new(f));
         }
         Ok(LogFiles {
             dir: dir.to_path_buf(),
@@ -246,10 +275,15 @@ impl LogFiles {
             // The file's name must survive a crash with what is in it.
             sync_dir(&self.dir)?;
             let reader = File::open(&path).map_err(io)?;
-            lock(&self.shared).files.insert(a.no, Arc::new(reader));
+            let info = FileInfo {
+                file: Arc::new(reader),
+                len: 0,
+                newest: BTreeMap::new(),
+            };
+            lock(&self.shared).files.insert(a.no, info);
             a.file = Some(f);
             a.len = 0;
-            a.records.clear();
+            a.index = FileIndex::default();
         }
         let no = a.no;
         let mut buf = Vec::with_capacity(segments.iter().map(|s| s.bytes.len() + HEAD).sum());
@@ -277,15 +311,21 @@ impl LogFiles {
             f.write_all(&buf).map_err(io)?;
         }
         a.len += buf.len() as u64;
+        let kept: Vec<Entry> = placed.into_iter().filter(|e| a.index.note(*e)).collect();
         let mut s = lock(&self.shared);
         s.bytes += buf.len() as u64;
-        for &(origin, first, loc) in &placed {
+        for (origin, first, loc) in kept {
             s.index.insert((origin, first), loc);
-            let last = s.last.entry(no).or_default().entry(origin).or_insert(0);
-            *last = (*last).max(loc.last);
         }
-        drop(s);
-        a.records.extend(placed);
+        if let Some(info) = s.files.get_mut(&no) {
+            info.len = a.len;
+            if let Some(seg) = segments.iter().max_by_key(|seg| seg.last) {
+                let n = info.newest.entry(origin).or_insert((0, 0));
+                if seg.last >= n.0 {
+                    *n = (seg.last, seg.last_stamp);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -303,7 +343,7 @@ impl LogFiles {
     fn seal(&self, a: &mut Active) -> Result<()> {
         if let Some(f) = a.file.take() {
             f.sync_data().map_err(io)?;
-            let mut idx = super::encode(&a.records);
+            let mut idx = super::encode(&a.index.entries());
             idx.extend_from_slice(&crc(&[&idx]).to_le_bytes());
             let path = self.dir.join(format!("{}.idx", a.no));
             std::fs::write(&path, &idx).map_err(io)?;
@@ -311,74 +351,8 @@ impl LogFiles {
         }
         a.no += 1;
         a.len = 0;
-        a.records.clear();
+        a.index = FileIndex::default();
         Ok(())
-    }
-
-    /// The record that begins at `origin`'s `first`, decoded.
-    fn segment(&self, origin: NodeId, first: u64) -> Result<Vec<crate::model::Op>> {
-        let (file, loc) = {
-            let s = lock(&self.shared);
-            let Some(loc) = s.index.get(&(origin, first)).copied() else {
-                return Ok(Vec::new());
-            };
-            match s.files.get(&loc.file) {
-                Some(f) => (f.clone(), loc),
-                None => return Ok(Vec::new()),
-            }
-        };
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset).map_err(io)?;
-        let body = buf
-            .get(HEAD..)
-            .ok_or_else(|| corrupt(&self.dir, "short record"))?;
-        super::log::decode_segment(body)
-    }
-
-    /// `origin`'s records that hold `from` and after (first seq and
-    /// place), at most `max` of them.
-    pub(super) fn records_from(&self, origin: NodeId, from: u64, max: usize) -> Vec<(u64, Loc)> {
-        let s = lock(&self.shared);
-        let start = s
-            .index
-            .range((origin, 0)..=(origin, from))
-            .next_back()
-            .map_or(0, |((_, first), _)| *first);
-        s.index
-            .range((origin, start)..=(origin, u64::MAX))
-            .filter(|(_, loc)| loc.last >= from)
-            .take(max)
-            .map(|((_, first), loc)| (*first, *loc))
-            .collect()
-    }
-
-    /// `origin`'s operations after `after`, oldest first, at most `max`.
-    pub(super) fn read(
-        &self,
-        origin: NodeId,
-        after: u64,
-        max: usize,
-    ) -> Result<Vec<crate::model::Op>> {
-        let mut out = Vec::new();
-        let mut next = after.saturating_add(1);
-        loop {
-            let records = self.records_from(origin, next, 16);
-            if records.is_empty() {
-                return Ok(out);
-            }
-            for (first, loc) in records {
-                out.extend(
-                    self.segment(origin, first)?
-                        .into_iter()
-                        .filter(|o| o.seq >= next),
-                );
-                next = loc.last.saturating_add(1);
-                if out.len() >= max {
-                    out.truncate(max);
-                    return Ok(out);
-                }
-            }
-        }
     }
 
     /// Each origin the log holds, with its newest record's last sequence
@@ -386,8 +360,8 @@ impl LogFiles {
     pub(super) fn ends(&self) -> BTreeMap<NodeId, (u64, u64)> {
         let s = lock(&self.shared);
         let mut out = BTreeMap::new();
-        for (&(origin, _), loc) in &s.index {
-            out.insert(origin, (loc.last, loc.last_stamp));
+        for info in s.files.values() {
+            out.extend(info.newest.iter().map(|(o, n)| (*o, *n)));
         }
         out
     }
@@ -398,15 +372,17 @@ impl LogFiles {
     pub(super) fn drop_behind(&self, start: &Position) -> Result<u64> {
         let mut a = lock(&self.active);
         let mut s = lock(&self.shared);
-        let behind = |lasts: &BTreeMap<NodeId, u64>| {
-            lasts
-                .iter()
-                .all(|(o, last)| *last <= start.get(o).copied().unwrap_or(0))
+        let behind = |info: &FileInfo| {
+            !info.newest.is_empty()
+                && info
+                    .newest
+                    .iter()
+                    .all(|(o, (last, _))| *last <= start.get(o).copied().unwrap_or(0))
         };
         let doomed: Vec<u64> = s
-            .last
+            .files
             .iter()
-            .filter(|(_, lasts)| behind(lasts))
+            .filter(|(_, info)| behind(info))
             .map(|(no, _)| *no)
             .collect();
         let mut freed = 0;
@@ -415,9 +391,8 @@ impl LogFiles {
                 a.file = None;
                 a.no += 1;
                 a.len = 0;
-                a.records.clear();
+                a.index = FileIndex::default();
             }
-            s.last.remove(&no);
             s.files.remove(&no);
             s.index.retain(|_, loc| loc.file != no);
             let path = self.dir.join(format!("{no}.log"));
@@ -442,111 +417,6 @@ impl Drop for LogFiles {
     }
 }
 
+mod read;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::Stamp;
-    use crate::model::{Op, OpBody};
-
-    fn segment(origin: NodeId, seqs: std::ops::RangeInclusive<u64>, text: &str) -> Segment {
-        let ops: Vec<Op> = seqs
-            .map(|seq| Op {
-                origin,
-                seq,
-                stamp: Stamp::new(1000 + seq, origin),
-                body: OpBody::Notice { text: text.into() },
-            })
-            .collect();
-        let last = ops.last().unwrap();
-        Segment {
-            first: ops[0].seq,
-            last: last.seq,
-            last_stamp: last.stamp.0,
-            bytes: super::super::encode(&ops),
-        }
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut_and_what_came_before_is_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = LogFiles::open(dir.path(), false).unwrap();
-        log.append(1, &[segment(1, 1..=3, "a"), segment(1, 4..=4, "b")])
-            .unwrap();
-        log.append(2, &[segment(2, 1..=2, "c")]).unwrap();
-        log.sync().unwrap();
-        drop(log);
-        // A crash in the middle of the next write.
-        let path = dir.path().join("1.log");
-        let whole = std::fs::metadata(&path).unwrap().len();
-        let mut torn = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        torn.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
-        drop(torn);
-        let log = LogFiles::open(dir.path(), false).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
-        let seqs = |o, after| -> Vec<u64> {
-            log.read(o, after, 100)
-                .unwrap()
-                .iter()
-                .map(|op| op.seq)
-                .collect()
-        };
-        assert_eq!(seqs(1, 0), vec![1, 2, 3, 4]);
-        assert_eq!(seqs(1, 2), vec![3, 4]);
-        assert_eq!(seqs(2, 0), vec![1, 2]);
-        assert_eq!(log.ends()[&1].0, 4);
-        // Appends go on after the cut, and read back.
-        log.append(1, &[segment(1, 5..=6, "d")]).unwrap();
-        assert_eq!(seqs(1, 4), vec![5, 6]);
-        // A changed byte is a damaged record: cut there too.
-        drop(log);
-        let mut data = std::fs::read(&path).unwrap();
-        let n = data.len();
-        data[n - 3] ^= 0xff;
-        std::fs::write(&path, &data).unwrap();
-        let log = LogFiles::open(dir.path(), false).unwrap();
-        assert_eq!(log.ends()[&1].0, 4);
-    }
-
-    #[test]
-    fn full_files_are_sealed_with_an_index_and_deleted_once_behind_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = LogFiles::open(dir.path(), false).unwrap();
-        let big = "x".repeat(200 << 10);
-        // A few files' worth: 100 records of 200 KiB.
-        for seq in 1..=100 {
-            log.append(3, &[segment(3, seq..=seq, &big)]).unwrap();
-        }
-        log.sync().unwrap();
-        let logs = || -> Vec<u64> {
-            let mut v: Vec<u64> = std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter_map(|e| file_no(&e.unwrap().path(), "log"))
-                .collect();
-            v.sort_unstable();
-            v
-        };
-        let files = logs();
-        assert!(files.len() >= 2, "{files:?}");
-        assert!(dir.path().join("1.idx").exists());
-        drop(log);
-        let log = LogFiles::open(dir.path(), false).unwrap();
-        assert_eq!(log.read(3, 49, 1).unwrap()[0].seq, 50);
-        // Behind a start at 90: the first file (16 MiB: 1 to about 80) goes.
-        let before = log.bytes();
-        let start: Position = [(3, 90)].into_iter().collect();
-        let freed = log.drop_behind(&start).unwrap();
-        assert!(freed > 0 && log.bytes() == before - freed);
-        assert!(logs().len() < files.len());
-        assert_eq!(log.read(3, 90, 1).unwrap()[0].seq, 91);
-        // Everything behind: every file goes, the one being written too,
-        // and the next append begins another.
-        let start: Position = [(3, 100)].into_iter().collect();
-        log.drop_behind(&start).unwrap();
-        assert!(logs().is_empty(), "{:?}", logs());
-        log.append(3, &[segment(3, 101..=101, "after")]).unwrap();
-        assert_eq!(log.read(3, 100, 5).unwrap()[0].seq, 101);
-    }
-}
+mod tests;
