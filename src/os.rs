@@ -72,6 +72,15 @@ pub fn tune_allocator() {
     }
 }
 
+/// This process's resident memory, in bytes (Linux: `/proc/self/statm`).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 /// Create a file only its owner may read (keys); an existing one is not
 /// overwritten.
 pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

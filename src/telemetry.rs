@@ -22,6 +22,8 @@
 //! | `chatd_snapshots_installed_total` | counter | snapshots installed from peers |
 //! | `chatd_login_failures_total` | counter | wrong passwords (each also logged with the address) |
 //! | `chatd_login_throttled_total` | counter | login attempts refused as too many |
+//! | `chatd_resident_bytes` | gauge | the process's resident memory, read at each scrape |
+//! | `chatd_heap_allocated_bytes` | gauge | memory the allocator has handed out and not had back (the rest of resident is the allocator's, the program's code and stacks) |
 //!
 //! `/health` answers 200 unless the hub does not answer within a second,
 //! the disk is too full to take changes, or the node is in a cluster with
@@ -38,6 +40,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static HEAP_PROBE: OnceLock<fn() -> Option<u64>> = OnceLock::new();
+
+/// How the program reads its allocator's live bytes (the allocator is the
+/// binary's choice, not the library's); reported as
+/// `chatd_heap_allocated_bytes`.
+pub fn set_heap_probe(probe: fn() -> Option<u64>) {
+    let _ = HEAP_PROBE.set(probe);
+}
+
+fn memory_gauges() {
+    if let Some(rss) = crate::os::resident_bytes() {
+        metrics::gauge!("chatd_resident_bytes").set(rss as f64);
+    }
+    if let Some(heap) = HEAP_PROBE.get().and_then(|probe| probe()) {
+        metrics::gauge!("chatd_heap_allocated_bytes").set(heap as f64);
+    }
+}
 
 /// Install the Prometheus recorder (once per process).
 fn recorder() -> Option<PrometheusHandle> {
@@ -143,6 +162,7 @@ async fn respond(
             if let Some(m) = mesh {
                 mesh_gauges(m);
             }
+            memory_gauges();
             let text = handle.map(PrometheusHandle::render).unwrap_or_default();
             ("200 OK", "text/plain; version=0.0.4", text)
         }

@@ -427,6 +427,12 @@ async fn metrics_and_health_endpoints() {
     assert_eq!(metric(&text, "chatd_delivery_latency_seconds_count"), 5.0);
     assert!(metric(&text, "chatd_commit_flush_seconds_count") >= 5.0);
     assert!(text.contains("chatd_hub_queue_depth"));
+    // Memory: the process's resident bytes, and what the allocator has live.
+    let (rss, heap) = (
+        metric(&text, "chatd_resident_bytes"),
+        metric(&text, "chatd_heap_allocated_bytes"),
+    );
+    assert!(rss > 1e6 && heap > 1e5 && heap < rss, "{rss} {heap}");
     assert!(text.contains("chatd_session_queue_depth_bucket"));
     assert_eq!(http_get(m, "/nowhere").0, 404);
 

@@ -65,8 +65,17 @@ fn log_filter(settings: &Settings) -> Result<EnvFilter, String> {
     }
 }
 
+/// jemalloc's count of live bytes (its statistics are refreshed first).
+fn heap_allocated() -> Option<u64> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read()
+        .ok()
+        .map(|b| b as u64)
+}
+
 fn main() -> ExitCode {
     chatd::os::tune_allocator();
+    chatd::telemetry::set_heap_probe(heap_allocated);
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match load(&args) {
         Ok(c) => c,
