@@ -143,6 +143,10 @@ impl Driver {
         let core = &mut self.core;
         match msg {
             HubMsg::Input(input) => core.handle(input, t),
+            HubMsg::Paced { input, permit } => {
+                core.handle(input, t);
+                drop(permit);
+            }
             HubMsg::Credentials { id, who, reply } => {
                 let _ = reply.send(core.credentials(id, who));
             }

@@ -173,12 +173,17 @@ pub(super) async fn inbound(inner: &Arc<Inner>, conn: quinn::Connection) -> Resu
     result
 }
 
+/// How many frames of operations one link may have waiting in the hub's
+/// queue (each up to [`BATCH`] operations).
+const OPS_FRAMES_QUEUED: usize = 16;
+
 /// Hand everything a peer sends to the hub until the link ends.
 pub(super) async fn receive(
     inner: &Arc<Inner>,
     node: NodeId,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
+    let room = Arc::new(tokio::sync::Semaphore::new(OPS_FRAMES_QUEUED));
     loop {
         let frame = tokio::select! {
             _ = inner.stop.cancelled() => return Ok(()),
@@ -195,7 +200,14 @@ pub(super) async fn receive(
         };
         inner.touch(node);
         let msg = match frame {
-            Frame::Ops { origin, ops } => HubMsg::Input(Input::PeerOps { origin, ops }),
+            Frame::Ops { origin, ops } => {
+                let permit = tokio::select! {
+                    _ = inner.stop.cancelled() => return Ok(()),
+                    p = room.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+                };
+                let input = Input::PeerOps { origin, ops };
+                HubMsg::Paced { input, permit }
+            }
             Frame::Presence {
                 full,
                 online,
