@@ -168,10 +168,6 @@ impl Driver {
             HubMsg::Ping { reply } => {
                 let _ = reply.send(());
             }
-            HubMsg::Snapshot { from, part, done } => {
-                core.handle(Input::Snapshot { from, part }, t);
-                let _ = done.send(());
-            }
         }
     }
 

@@ -138,20 +138,13 @@ pub enum HubMsg {
     },
     /// An input whose sender waits for room: the permit goes back once the
     /// hub has taken it in. A peer's operations come so, a few frames at a
-    /// time per link, so that a node catching up holds a few frames in its
-    /// queue rather than all that the peer can send (QUIC's flow control
-    /// then holds the rest at the peer).
+    /// time per link, and a peer's snapshot a part or two at a time, so that
+    /// a node catching up holds a few of them in its queue rather than all
+    /// that the peer can send (QUIC's flow control then holds the rest at
+    /// the peer).
     Paced {
         input: Input,
         permit: tokio::sync::OwnedSemaphorePermit,
-    },
-    /// Part of a peer's snapshot; `done` once it is applied, so that the
-    /// sender keeps only a part or two in the hub's queue (each holds
-    /// thousands of operations).
-    Snapshot {
-        from: NodeId,
-        part: crate::snapshot::Part,
-        done: oneshot::Sender<()>,
     },
 }
 

@@ -59,8 +59,9 @@ async fn fetch(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) -> Res
         .map_err(|e| e.to_string())?;
     let _ = send.finish();
     let mut frames = 0u64;
-    let mut in_hub: std::collections::VecDeque<tokio::sync::oneshot::Receiver<()>> =
-        std::collections::VecDeque::new();
+    // At most two parts wait in the hub's queue: a part holds thousands of
+    // operations, and QUIC's flow control holds the sender back.
+    let room = Arc::new(tokio::sync::Semaphore::new(2));
     loop {
         let frame = tokio::time::timeout(FRAME_WAIT, wire::read(&mut recv))
             .await
@@ -83,23 +84,15 @@ async fn fetch(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) -> Res
             None => return Err("the stream ended before the snapshot did".into()),
         };
         frames += 1;
-        // At most two parts wait in the hub's queue: a part holds thousands
-        // of operations, and QUIC's flow control holds the sender back.
-        if in_hub.len() == 2 {
-            if let Some(applied) = in_hub.pop_front() {
-                applied.await.map_err(|_| "the hub stopped".to_string())?;
-            }
-        }
-        let (done, applied) = tokio::sync::oneshot::channel();
-        let msg = HubMsg::Snapshot {
-            from: peer,
-            part,
-            done,
-        };
-        if !inner.hub.send(msg).await {
+        let permit = room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let input = Input::Snapshot { from: peer, part };
+        if !inner.hub.send(HubMsg::Paced { input, permit }).await {
             return Err("the hub stopped".into());
         }
-        in_hub.push_back(applied);
         if last {
             tracing::info!(peer, frames, elapsed = ?started.elapsed(), "snapshot received");
             return Ok(());

@@ -319,11 +319,8 @@ impl LogFiles {
         }
         if let Some(info) = s.files.get_mut(&no) {
             info.len = a.len;
-            if let Some(seg) = segments.iter().max_by_key(|seg| seg.last) {
-                let n = info.newest.entry(origin).or_insert((0, 0));
-                if seg.last >= n.0 {
-                    *n = (seg.last, seg.last_stamp);
-                }
+            if let Some((_, _, loc)) = a.index.newest.get(&origin) {
+                info.newest.insert(origin, (loc.last, loc.last_stamp));
             }
         }
         Ok(())
