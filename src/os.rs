@@ -50,12 +50,97 @@ pub fn background_thread() {
 /// Give memory the allocator holds but does not use back to the system.
 /// After a burst (a written layer freed, say) glibc keeps the pages in its
 /// per-thread arenas; this is where a server's memory would otherwise only
-/// ever grow.
+/// ever grow. (The daemon allocates with jemalloc, see [`AllocatorHints`];
+/// glibc still serves C code and the library's tests.)
 pub fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// What the daemon tells its allocator about chatd's threads. The binary
+/// sets them once, for jemalloc; without them (the library's tests) only
+/// glibc's trim is done.
+#[derive(Clone, Copy)]
+pub struct AllocatorHints {
+    /// Give the calling thread a cache of free blocks.
+    pub cache: fn(),
+    /// Serve the calling thread from an arena of its own.
+    pub apart: fn(),
+    /// The calling thread has gone quiet: empty its cache, and hand the
+    /// allocator's free pages back to the system.
+    pub quiet: fn(),
+}
+
+static HINTS: std::sync::OnceLock<AllocatorHints> = std::sync::OnceLock::new();
+
+pub fn set_allocator_hints(hints: AllocatorHints) {
+    let _ = HINTS.set(hints);
+}
+
+/// Called by a thread that allocates for every message (the hub, the
+/// commit thread, the checkpoint thread, the runtime's workers). Only such
+/// threads keep a cache of free blocks: a cache is emptied by its own
+/// thread alone, and one kept by a thread chatd does not drive (sled's I/O
+/// pool, the password hashers) stayed full after a load, 8 MB of them.
+pub fn busy_thread() {
+    if let Some(h) = HINTS.get() {
+        (h.cache)();
+    }
+}
+
+/// Called by the thread that writes sled's tables. What it allocates
+/// (sled's cached pages, which live long) comes from an arena of its own:
+/// mixed with a load's short-lived blocks, each survivor kept a page of
+/// them from going back to the system.
+pub fn tables_thread() {
+    if let Some(h) = HINTS.get() {
+        (h.apart)();
+    }
+}
+
+/// Called once by a thread that has gone [`Quiet`].
+pub fn thread_quiet() {
+    if let Some(h) = HINTS.get() {
+        (h.quiet)();
+    }
+    return_free_memory();
+}
+
+/// When a thread has gone quiet: told of its work and asked on each
+/// wake-up, with the time, it says so once per quiet spell.
+#[derive(Debug)]
+pub struct Quiet {
+    last_work: std::time::Instant,
+    told: bool,
+}
+
+impl Quiet {
+    /// This long without work is quiet.
+    pub const AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(now: std::time::Instant) -> Quiet {
+        // Starting (the log's replay) is work too.
+        Quiet {
+            last_work: now,
+            told: false,
+        }
+    }
+
+    pub fn worked(&mut self, now: std::time::Instant) {
+        self.last_work = now;
+        self.told = false;
+    }
+
+    /// True the first time the thread is found quiet since it last worked.
+    pub fn poll(&mut self, now: std::time::Instant) -> bool {
+        if self.told || now.saturating_duration_since(self.last_work) < Self::AFTER {
+            return false;
+        }
+        self.told = true;
+        true
     }
 }
 
@@ -92,4 +177,28 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<
         .mode(0o600)
         .open(path)?;
     f.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quiet;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn quiet_is_said_once_per_spell_and_only_after_a_second() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut q = Quiet::new(t0);
+        assert!(!q.poll(ms(999)), "not before a second");
+        assert!(q.poll(ms(1000)));
+        assert!(!q.poll(ms(5000)), "once per spell");
+        q.worked(ms(5000));
+        assert!(!q.poll(ms(5500)));
+        q.worked(ms(5600));
+        assert!(!q.poll(ms(6500)), "work restarts the second");
+        assert!(q.poll(ms(6600)));
+        // A clock read before the work was noted is not quiet.
+        q.worked(ms(7000));
+        assert!(!q.poll(ms(6900)));
+    }
 }

@@ -70,6 +70,7 @@ impl Hub {
             .name("chatd-hub".into())
             .spawn(move || {
                 // The hub blocks on sled, so it has a thread of its own.
+                crate::os::busy_thread();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()
@@ -99,11 +100,21 @@ impl Driver {
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut quiet = crate::os::Quiet::new(Instant::now());
         loop {
             tokio::select! {
                 biased;
-                n = rx.recv_many(&mut batch, BATCH_MAX) => if n == 0 { break },
-                _ = tick.tick() => {}
+                n = rx.recv_many(&mut batch, BATCH_MAX) => {
+                    if n == 0 {
+                        break;
+                    }
+                    quiet.worked(Instant::now());
+                }
+                _ = tick.tick() => {
+                    if quiet.poll(Instant::now()) {
+                        crate::os::thread_quiet();
+                    }
+                }
             }
             metrics::gauge!("chatd_hub_queue_depth").set(rx.len() as f64);
             let t = now();

@@ -27,9 +27,16 @@ const FRAMES_MAX: usize = 1 << 20;
 /// Freeing layers this big returns their memory to the system; trimming
 /// after every small one would only cost time.
 const TRIM_AFTER_BYTES: usize = 8 << 20;
-/// After this long with nothing to write, what smaller layers freed is
-/// returned too.
-const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// sled frees the pages it replaces through crossbeam's epochs, which move
+/// only when some thread pins one; after a load nothing does, and what the
+/// last checkpoints replaced (megabytes) stayed allocated. A few pins from
+/// the quiet checkpoint thread let it go.
+fn let_sled_reclaim() {
+    for _ in 0..64 {
+        crossbeam_epoch::pin().flush();
+    }
+}
 
 /// What the checkpoint thread is asked to do.
 enum Job {
@@ -77,21 +84,26 @@ impl Checkpointer {
                 // Checkpoints are bulk work with a deadline of seconds; the
                 // hub and the sessions come first.
                 crate::os::background_thread();
+                crate::os::busy_thread();
+                crate::os::tables_thread();
                 // Bytes of layers freed since memory was last handed back.
                 let mut freed = 0;
+                let mut quiet = crate::os::Quiet::new(std::time::Instant::now());
                 loop {
-                    let job = match rx.recv_timeout(IDLE_TRIM) {
+                    let job = match rx.recv_timeout(crate::os::Quiet::AFTER) {
                         Ok(job) => job,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             // A load has ended: give back what it left.
-                            if freed > 0 {
+                            if quiet.poll(std::time::Instant::now()) {
                                 freed = 0;
-                                crate::os::return_free_memory();
+                                let_sled_reclaim();
+                                crate::os::thread_quiet();
                             }
                             continue;
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     };
+                    quiet.worked(std::time::Instant::now());
                     let layer = match job {
                         Job::Write(layer) => layer,
                         Job::Compact { cutoff_ms } => {

@@ -51,11 +51,22 @@ impl Durability {
     pub(super) fn run(self: Arc<Self>, files: Arc<LogFiles>) {
         // Without a sync per commit (unsafe), still one every second.
         let mut synced = std::time::Instant::now();
+        let mut quiet = crate::os::Quiet::new(synced);
+        let idle =
+            |st: &CommitState| st.queue.is_empty() && st.target.ticket <= st.done && !st.stop;
         loop {
             let (segments, target) = {
                 let mut st = self.lock();
-                while st.queue.is_empty() && st.target.ticket <= st.done && !st.stop {
-                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                while idle(&st) {
+                    st = match self.wake.wait_timeout(st, crate::os::Quiet::AFTER) {
+                        Ok((st, _)) => st,
+                        Err(e) => e.into_inner().0,
+                    };
+                    if idle(&st) && quiet.poll(std::time::Instant::now()) {
+                        drop(st);
+                        crate::os::thread_quiet();
+                        st = self.lock();
+                    }
                 }
                 if st.queue.is_empty() && st.target.ticket <= st.done && st.stop {
                     drop(st);
@@ -68,6 +79,7 @@ impl Durability {
                 // asked for, so taking both together never claims too much.
                 (std::mem::take(&mut st.queue), st.target.clone())
             };
+            quiet.worked(std::time::Instant::now());
             let mut written = segments
                 .iter()
                 .try_for_each(|(origin, ops)| files.append(*origin, &log_segments(ops)));

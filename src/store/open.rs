@@ -108,7 +108,10 @@ impl Store {
             let files = files.clone();
             std::thread::Builder::new()
                 .name("chatd-commit".into())
-                .spawn(move || d.run(files))
+                .spawn(move || {
+                    crate::os::busy_thread();
+                    d.run(files)
+                })
                 .map_err(|e| StoreError::Corrupt(format!("cannot start commit thread: {e}")))?
         };
         let bounds: Arc<Mutex<log::LogBounds>> = Arc::default();
