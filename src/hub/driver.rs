@@ -104,20 +104,16 @@ impl Driver {
         loop {
             tokio::select! {
                 biased;
-                n = rx.recv_many(&mut batch, BATCH_MAX) => {
-                    if n == 0 {
-                        break;
-                    }
-                    quiet.worked(Instant::now());
-                }
-                _ = tick.tick() => {
-                    if quiet.poll(Instant::now()) {
-                        crate::os::thread_quiet();
-                    }
-                }
+                n = rx.recv_many(&mut batch, BATCH_MAX) => if n == 0 { break },
+                _ = tick.tick() => {}
             }
             metrics::gauge!("chatd_hub_queue_depth").set(rx.len() as f64);
             let t = now();
+            if !batch.is_empty() {
+                quiet.worked(t.at);
+            } else if quiet.poll(t.at) {
+                crate::os::thread_quiet();
+            }
             self.core.begin_batch(t);
             for msg in batch.drain(..) {
                 self.dispatch(msg, t);

@@ -52,8 +52,8 @@ impl Durability {
         // Without a sync per commit (unsafe), still one every second.
         let mut synced = std::time::Instant::now();
         let mut quiet = crate::os::Quiet::new(synced);
-        let idle =
-            |st: &CommitState| st.queue.is_empty() && st.target.ticket <= st.done && !st.stop;
+        let nothing_asked = |st: &CommitState| st.queue.is_empty() && st.target.ticket <= st.done;
+        let idle = |st: &CommitState| nothing_asked(st) && !st.stop;
         loop {
             let (segments, target) = {
                 let mut st = self.lock();
@@ -68,7 +68,7 @@ impl Durability {
                         st = self.lock();
                     }
                 }
-                if st.queue.is_empty() && st.target.ticket <= st.done && st.stop {
+                if nothing_asked(&st) && st.stop {
                     drop(st);
                     if let Err(e) = files.sync() {
                         tracing::error!(error = %e, "cannot sync the log at shutdown");
