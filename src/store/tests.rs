@@ -134,6 +134,70 @@ fn expired_messages_leave_sled_the_count_follows_and_both_survive_a_reopen() {
     assert_eq!(s.digest().unwrap().messages, 150);
 }
 
+/// The message ids in `user`'s inbox on disk.
+fn inbox_on_disk(s: &Store, user: crate::ids::Uid) -> Vec<Stamp> {
+    let mut ids = Vec::new();
+    for r in s.trees[Table::Inbox as usize].scan_prefix(user.0.to_be_bytes()) {
+        let (_, v) = r.unwrap();
+        ids.extend(
+            flush::frames(&v)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| Stamp(id)),
+        );
+    }
+    ids
+}
+
+#[test]
+fn a_checkpoint_writes_and_keeps_only_the_inbox_entries_not_yet_acknowledged() {
+    use crate::ids::Uid;
+    let mut s = Store::open(StoreOptions::temporary()).unwrap();
+    // Messages stamped by two nodes, to two users, interleaved in time.
+    let mut sent: Vec<(Uid, Stamp)> = Vec::new();
+    for k in 0..40u64 {
+        let id = Stamp::new(1_800_000_000_000 + k, 1 + (k % 2) as NodeId);
+        let to = Uid(2 + (k / 2 % 2) as u32);
+        let m = Message {
+            id,
+            from: Uid(1),
+            to: Target::User(to),
+            text: format!("{k}"),
+            cid: None,
+            time: None,
+        };
+        assert!(s.add_message(&m).unwrap());
+        sent.push((to, id));
+    }
+    let of = |u: Uid, origin: NodeId| -> Vec<Stamp> {
+        sent.iter()
+            .filter(|(to, id)| *to == u && id.node() == origin)
+            .map(|(_, id)| *id)
+            .collect()
+    };
+    // User 2 has read node 1's first four before the checkpoint; user 3
+    // nothing.
+    s.set_cursor(Uid(2), 1, of(Uid(2), 1)[3]);
+    s.checkpoint_now().unwrap();
+    let mut want: Vec<Stamp> = of(Uid(2), 1)[4..].to_vec();
+    want.extend(of(Uid(2), 2));
+    want.sort();
+    assert_eq!(inbox_on_disk(&s, Uid(2)), want);
+    let mut all3 = of(Uid(3), 1);
+    all3.extend(of(Uid(3), 2));
+    all3.sort();
+    assert_eq!(inbox_on_disk(&s, Uid(3)), all3);
+    // Once user 2 has read everything from both nodes, its inbox goes;
+    // user 3's stays.
+    s.set_cursor(Uid(2), 1, *of(Uid(2), 1).last().unwrap());
+    s.checkpoint_now().unwrap();
+    assert!(!inbox_on_disk(&s, Uid(2)).is_empty(), "node 2's are unread");
+    s.set_cursor(Uid(2), 2, *of(Uid(2), 2).last().unwrap());
+    s.checkpoint_now().unwrap();
+    assert_eq!(inbox_on_disk(&s, Uid(2)), Vec::<Stamp>::new());
+    assert_eq!(inbox_on_disk(&s, Uid(3)), all3);
+}
+
 impl Store {
     /// A compaction pass now, on this thread (tests).
     pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<u64> {
