@@ -31,7 +31,7 @@ impl Store {
         let mut sources: Vec<Source<'_, Vec<u8>, Option<Val>, StoreError>> = Vec::new();
         for layer in self.layers() {
             let r = layer.maps[t as usize].range::<[u8], _>((as_ref(&lo), as_ref(&hi)));
-            let it = r.map(|(k, v)| Ok((k.clone(), v.clone().map(Val::Mem))));
+            let it = r.map(|(k, v)| Ok((k.to_vec(), v.clone().map(Val::Mem))));
             if descending {
                 sources.push(Box::new(it.rev()));
             } else {
@@ -115,19 +115,17 @@ impl Store {
 
     pub fn put(&mut self, t: Table, key: Vec<u8>, val: Vec<u8>) {
         self.active.bytes += key.len() + val.len() + 64;
-        self.active.maps[t as usize].insert(key, Some(val.into()));
+        self.active.maps[t as usize].insert(key.into(), Some(val.into()));
     }
 
     pub fn del(&mut self, t: Table, key: Vec<u8>) {
         self.active.bytes += key.len() + 64;
-        self.active.maps[t as usize].insert(key, None);
+        self.active.maps[t as usize].insert(key.into(), None);
     }
 
     /// Add one message (already encoded) to a message table.
     pub fn put_message(&mut self, t: Table, prefix: &[u8], id: Stamp, encoded: Arc<[u8]>) {
-        let mut key = Vec::with_capacity(prefix.len() + 8);
-        key.extend_from_slice(prefix);
-        key.extend_from_slice(&id.0.to_be_bytes());
+        let key = super::key::Key::joined(prefix, &id.0.to_be_bytes());
         // A message is shared by its history and inbox entries: count it once.
         let shared = if t == Table::History {
             encoded.len()

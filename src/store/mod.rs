@@ -35,7 +35,8 @@
 //! `log.rs` (group commit, log segments, reading the log), `logfile.rs`
 //! (the log's files), `compact.rs` (dropping the log behind the tables),
 //! `snapshot.rs` (reading the tables as a snapshot, installing one),
-//! `layers.rs` (reads and writes through the layers), `flush.rs` (the
+//! `layers.rs` (reads and writes through the layers), `key.rs` (the
+//! layers' keys, kept inline), `flush.rs` (the
 //! checkpointer, message chunks), `schema.rs` (the typed key table),
 //! `retention.rs` (watermarks, the per-minute tally and the sweep that
 //! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
@@ -48,6 +49,7 @@ mod compact;
 mod digest;
 mod flush;
 mod identity;
+mod key;
 pub use digest::Digest;
 mod layers;
 mod log;
@@ -258,7 +260,7 @@ impl Deref for Val {
 /// How far each origin's log has been applied: origin -> last sequence number.
 pub type Position = BTreeMap<NodeId, u64>;
 
-type LayerMap = BTreeMap<Vec<u8>, Option<Arc<[u8]>>>;
+type LayerMap = BTreeMap<key::Key, Option<Arc<[u8]>>>;
 
 /// What is kept counted, so that `status` walks nothing: exact, because
 /// it is recorded with each checkpoint (in one write with its position)

@@ -259,7 +259,10 @@ impl Store {
         let mut hi = prefix.to_vec();
         hi.extend_from_slice(&below.0.to_be_bytes());
         let map = &mut self.active.maps[t as usize];
-        let gone: Vec<Vec<u8>> = map.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<_> = map
+            .range::<[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in gone {
             map.remove(&k);
         }

@@ -401,7 +401,7 @@ impl Store {
         let mut key = conv.to_vec();
         key.extend_from_slice(&id.0.to_be_bytes());
         for layer in self.layers() {
-            if let Some(v) = layer.maps[Table::History as usize].get(&key) {
+            if let Some(v) = layer.maps[Table::History as usize].get(key.as_slice()) {
                 return Ok(v.is_some());
             }
         }
