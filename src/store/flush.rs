@@ -11,7 +11,9 @@
 //! chunk (a late arrival from another node) makes the checkpoint merge it into
 //! the chunks it overlaps.
 
-use super::{decode, encode, Durability, Layer, LayerMap, Result, StoreError, Table, FORMAT};
+use super::{
+    decode, encode, Durability, Layer, LayerMap, MessageMap, Result, StoreError, Table, FORMAT,
+};
 use crate::ids::Stamp;
 use crate::model::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -243,7 +245,8 @@ fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<
             .filter(|((ti, _), _)| *ti == t as usize)
             .map(|((_, p), below)| (p.as_slice(), *below))
             .collect();
-        if (map.is_empty() && cuts.is_empty()) || t == Table::Tally {
+        let messages = &layer.messages[t as usize];
+        if (map.is_empty() && messages.is_empty() && cuts.is_empty()) || t == Table::Tally {
             continue;
         }
         let tree = &trees[t as usize];
@@ -278,7 +281,7 @@ fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<
                     }
                     Ok(id <= cursors.get(prefix, id.node())?)
                 };
-                write_chunks(tree, map, plen, &skip)?;
+                write_chunks(tree, messages, plen, &skip)?;
             }
         }
     }
@@ -329,31 +332,23 @@ impl<'a> Cursors<'a> {
 
 fn write_chunks(
     tree: &sled::Tree,
-    map: &LayerMap,
+    map: &MessageMap,
     plen: usize,
     skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
 ) -> Result<()> {
-    let mut i = map.iter().peekable();
-    while let Some((k, _)) = i.peek() {
-        let prefix = k[..plen].to_vec();
+    for (prefix, stored) in map {
+        let prefix = prefix.as_slice();
         let mut fresh: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
-        while let Some((k, v)) = i.peek() {
-            if !k.starts_with(&prefix) {
-                break;
+        for (&id, v) in stored {
+            if !skip(prefix, Stamp(id))? {
+                fresh.insert(id, v.clone());
             }
-            let id = id_suffix(k, plen)?;
-            if let Some(v) = v {
-                if !skip(&prefix, Stamp(id))? {
-                    fresh.insert(id, v.clone());
-                }
-            }
-            i.next();
         }
         let Some((&first_new, _)) = fresh.iter().next() else {
             continue;
         };
         let newest_stored = tree
-            .range(key(&prefix, 0)..=key(&prefix, u64::MAX))
+            .range(key(prefix, 0)..=key(prefix, u64::MAX))
             .next_back()
             .transpose()?
             .map(|(k, _)| id_suffix(&k, plen))
@@ -363,7 +358,7 @@ fn write_chunks(
             // so plain inserts keep the chunks apart at every moment.
             for chunk in split(&fresh) {
                 let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-                tree.insert(key(&prefix, last), encode_chunk(&chunk))?;
+                tree.insert(key(prefix, last), encode_chunk(&chunk))?;
             }
             continue;
         }
@@ -376,7 +371,7 @@ fn write_chunks(
         // checkpoints of ordinary traffic must never take it.
         let mut batch = sled::Batch::default();
         let mut all: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
-        for r in tree.range(key(&prefix, first_new)..=key(&prefix, u64::MAX)) {
+        for r in tree.range(key(prefix, first_new)..=key(prefix, u64::MAX)) {
             let (k, v) = r?;
             for (id, bytes) in frames(&v)? {
                 all.insert(id, bytes.into());
@@ -386,7 +381,7 @@ fn write_chunks(
         all.extend(fresh);
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(key(&prefix, last), encode_chunk(&chunk));
+            batch.insert(key(prefix, last), encode_chunk(&chunk));
         }
         tree.apply_batch(batch)?;
     }

@@ -35,18 +35,6 @@ impl Key {
         }
     }
 
-    /// `a` followed by `b`, with no vector in between.
-    pub fn joined(a: &[u8], b: &[u8]) -> Key {
-        let len = a.len() + b.len();
-        if len > INLINE {
-            return Key(Repr::Heap([a, b].concat().into()));
-        }
-        let mut k = [0u8; INLINE];
-        k[..a.len()].copy_from_slice(a);
-        k[a.len()..len].copy_from_slice(b);
-        Key(Repr::Inline(len as u8, k))
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline(len, b) => &b[..*len as usize],

@@ -79,20 +79,17 @@ impl Store {
     ) -> impl Iterator<Item = Result<Message>> + '_ {
         let plen = t.chunk_prefix_len().unwrap_or(0);
         debug_assert_eq!(plen, prefix.len());
-        let key = |id: u64| {
-            let mut k = prefix.to_vec();
-            k.extend_from_slice(&id.to_be_bytes());
-            k
-        };
-        let (lo, hi) = match (descending, from) {
-            (false, Some(a)) => (Bound::Excluded(key(a.0)), Bound::Included(key(u64::MAX))),
-            (true, Some(b)) => (Bound::Included(key(0)), Bound::Excluded(key(b.0))),
-            (_, None) => (Bound::Included(key(0)), Bound::Included(key(u64::MAX))),
+        let ids = match (descending, from) {
+            (false, Some(a)) => (Bound::Excluded(a.0), Bound::Unbounded),
+            (true, Some(b)) => (Bound::Unbounded, Bound::Excluded(b.0)),
+            (_, None) => (Bound::Unbounded, Bound::Unbounded),
         };
         let mut sources: Vec<Source<'_, Stamp, Message, StoreError>> = Vec::new();
         for layer in self.layers() {
-            let r = layer.maps[t as usize].range::<[u8], _>((as_ref(&lo), as_ref(&hi)));
-            let it = r.filter_map(|(_, v)| v.as_ref()).map(|v| {
+            let Some(stored) = layer.messages[t as usize].get(prefix) else {
+                continue;
+            };
+            let it = stored.range(ids).map(|(_, v)| {
                 let m: Message = decode(v)?;
                 Ok((m.id, m))
             });
@@ -125,15 +122,17 @@ impl Store {
 
     /// Add one message (already encoded) to a message table.
     pub fn put_message(&mut self, t: Table, prefix: &[u8], id: Stamp, encoded: Arc<[u8]>) {
-        let key = super::key::Key::joined(prefix, &id.0.to_be_bytes());
         // A message is shared by its history and inbox entries: count it once.
         let shared = if t == Table::History {
             encoded.len()
         } else {
             0
         };
-        self.active.bytes += key.len() + shared + 96;
-        self.active.maps[t as usize].insert(key, Some(encoded));
+        self.active.bytes += prefix.len() + 8 + shared + 96;
+        self.active.messages[t as usize]
+            .entry(super::key::Key::new(prefix))
+            .or_default()
+            .insert(id.0, encoded);
     }
 
     // ---- checkpoints -------------------------------------------------------

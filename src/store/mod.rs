@@ -262,6 +262,14 @@ pub type Position = BTreeMap<NodeId, u64>;
 
 type LayerMap = BTreeMap<key::Key, Option<Arc<[u8]>>>;
 
+/// A message table's entries in a layer, by prefix (a conversation or a
+/// user) and then id. Not one map of prefix ++ id: the hub adds two
+/// entries per message, and a map of a second's messages is searched from
+/// memory far from the cache, while this one's first level (a few
+/// thousand conversations) stays in it and each second level is appended
+/// at its end.
+type MessageMap = BTreeMap<key::Key, BTreeMap<u64, Arc<[u8]>>>;
+
 /// What is kept counted, so that `status` walks nothing: exact, because
 /// it is recorded with each checkpoint (in one write with its position)
 /// and counted again from the operations replayed after it.
@@ -275,6 +283,9 @@ pub struct Counts {
 #[derive(Default)]
 pub(crate) struct Layer {
     maps: [LayerMap; TABLES],
+    /// The message tables' entries (`Table::chunk_prefix_len`); theirs in
+    /// `maps` stay empty, as do the other tables' here.
+    messages: [MessageMap; TABLES],
     bytes: usize,
     /// The counts once this layer is written.
     counts: Counts,
@@ -297,6 +308,7 @@ pub(crate) struct Layer {
 impl Layer {
     fn is_empty(&self) -> bool {
         self.maps.iter().all(BTreeMap::is_empty)
+            && self.messages.iter().all(BTreeMap::is_empty)
             && self.cuts.is_empty()
             && self.tally_adds.is_empty()
     }

@@ -254,17 +254,12 @@ impl Store {
     /// Every message under `prefix` below `below` leaves the tables: from
     /// this layer now, from sled when the layer is written.
     fn cut(&mut self, t: Table, prefix: &[u8], below: Stamp) {
-        let mut lo = prefix.to_vec();
-        lo.extend_from_slice(&0u64.to_be_bytes());
-        let mut hi = prefix.to_vec();
-        hi.extend_from_slice(&below.0.to_be_bytes());
-        let map = &mut self.active.maps[t as usize];
-        let gone: Vec<_> = map
-            .range::<[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            map.remove(&k);
+        let map = &mut self.active.messages[t as usize];
+        if let Some(stored) = map.get_mut(prefix) {
+            *stored = stored.split_off(&below.0);
+            if stored.is_empty() {
+                map.remove(prefix);
+            }
         }
         self.active.bytes += prefix.len() + 64;
         let e = self

@@ -401,8 +401,9 @@ impl Store {
         let mut key = conv.to_vec();
         key.extend_from_slice(&id.0.to_be_bytes());
         for layer in self.layers() {
-            if let Some(v) = layer.maps[Table::History as usize].get(key.as_slice()) {
-                return Ok(v.is_some());
+            let stored = layer.messages[Table::History as usize].get(&conv[..]);
+            if stored.is_some_and(|s| s.contains_key(&id.0)) {
+                return Ok(true);
             }
         }
         // The chunk that would hold it is the first ending at or after it.

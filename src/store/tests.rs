@@ -198,6 +198,39 @@ fn a_checkpoint_writes_and_keeps_only_the_inbox_entries_not_yet_acknowledged() {
     assert_eq!(inbox_on_disk(&s, Uid(3)), all3);
 }
 
+#[test]
+fn messages_expired_before_their_first_checkpoint_never_reach_sled() {
+    use crate::ids::Uid;
+    let mut s = Store::open(StoreOptions::temporary()).unwrap();
+    let at = |k: u64| Stamp::new(1_800_000_000_000 + k * 1000, 1);
+    for k in 0..20 {
+        let m = Message {
+            id: at(k),
+            from: Uid(1),
+            to: Target::User(Uid(2)),
+            text: format!("{k}"),
+            cid: None,
+            time: None,
+        };
+        assert!(s.add_message(&m).unwrap());
+    }
+    assert!(s
+        .has_message(&schema::conv_direct(Uid(1), Uid(2)), at(3))
+        .unwrap());
+    s.raise_watermarks(at(12), Stamp::ZERO);
+    while s.sweep(64).unwrap() {}
+    // Gone from the layer at once, not only from what it writes.
+    let conv = schema::conv_direct(Uid(1), Uid(2));
+    assert!(!s.has_message(&conv, at(3)).unwrap());
+    assert!(s.has_message(&conv, at(12)).unwrap());
+    s.checkpoint_now().unwrap();
+    assert_eq!(on_disk(&s, at(12)), (8, 0));
+    assert_eq!(
+        inbox_on_disk(&s, Uid(2)),
+        (12..20).map(at).collect::<Vec<_>>()
+    );
+}
+
 impl Store {
     /// A compaction pass now, on this thread (tests).
     pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<u64> {
