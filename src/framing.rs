@@ -305,6 +305,24 @@ impl JsonStream {
     /// The next complete value, if one is buffered.
     pub fn next_value(&mut self) -> Result<Option<&[u8]>, FrameError> {
         while self.pos < self.buf.len() {
+            if let Scan::Nested {
+                in_str: true,
+                esc: false,
+                ..
+            }
+            | Scan::Str { esc: false } = self.scan
+            {
+                // In a string only a quote or a backslash matters, and most
+                // of a message is its text: jump to the next one.
+                let rest = &self.buf[self.pos..];
+                self.pos += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                if self.pos - self.start > self.max {
+                    return Err(FrameError::TooLarge);
+                }
+                if self.pos == self.buf.len() {
+                    break;
+                }
+            }
             let b = self.buf[self.pos];
             let mut done = false;
             match &mut self.scan {
