@@ -398,8 +398,6 @@ impl Store {
 
     /// Whether a conversation holds a message.
     pub fn has_message(&self, conv: &Conv, id: Stamp) -> Result<bool> {
-        let mut key = conv.to_vec();
-        key.extend_from_slice(&id.0.to_be_bytes());
         for layer in self.layers() {
             let stored = layer.messages[Table::History as usize].get(&conv[..]);
             if stored.is_some_and(|s| s.contains_key(&id.0)) {
@@ -408,6 +406,8 @@ impl Store {
         }
         // The chunk that would hold it is the first ending at or after it.
         let tree = &self.trees[Table::History as usize];
+        let mut key = conv.to_vec();
+        key.extend_from_slice(&id.0.to_be_bytes());
         let mut end = conv.to_vec();
         end.extend_from_slice(&u64::MAX.to_be_bytes());
         match tree.range(key..=end).next() {
