@@ -314,17 +314,8 @@ impl<'a> Cursors<'a> {
         if let Some(c) = self.read.borrow().get(&(user, origin)) {
             return Ok(*c);
         }
-        let mut k = [0u8; 6];
-        k[..4].copy_from_slice(&user);
-        k[4..].copy_from_slice(&origin.to_be_bytes());
-        let c = match self.tree.get(k)? {
-            Some(v) if v.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v);
-                Stamp(u64::from_be_bytes(b))
-            }
-            _ => Stamp::ZERO,
-        };
+        let k = super::schema::cursor_key(user, origin);
+        let c = super::schema::cursor_value(self.tree.get(k)?.as_deref());
         self.read.borrow_mut().insert((user, origin), c);
         Ok(c)
     }
@@ -338,13 +329,14 @@ fn write_chunks(
 ) -> Result<()> {
     for (prefix, stored) in map {
         let prefix = prefix.as_slice();
-        let mut fresh: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
+        // In id order already: the layer keeps them so.
+        let mut fresh: Vec<Framed> = Vec::new();
         for (&id, v) in stored {
             if !skip(prefix, Stamp(id))? {
-                fresh.insert(id, v.clone());
+                fresh.push((id, v.clone()));
             }
         }
-        let Some((&first_new, _)) = fresh.iter().next() else {
+        let Some(&(first_new, _)) = fresh.first() else {
             continue;
         };
         let newest_stored = tree
@@ -358,7 +350,7 @@ fn write_chunks(
             // so plain inserts keep the chunks apart at every moment.
             for chunk in split(&fresh) {
                 let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-                tree.insert(key(prefix, last), encode_chunk(&chunk))?;
+                tree.insert(key(prefix, last), encode_chunk(chunk))?;
             }
             continue;
         }
@@ -379,9 +371,10 @@ fn write_chunks(
             batch.remove(k);
         }
         all.extend(fresh);
+        let all: Vec<Framed> = all.into_iter().collect();
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(key(prefix, last), encode_chunk(&chunk));
+            batch.insert(key(prefix, last), encode_chunk(chunk));
         }
         tree.apply_batch(batch)?;
     }
@@ -459,26 +452,29 @@ fn id_suffix(k: &[u8], plen: usize) -> Result<u64> {
         .ok_or_else(|| StoreError::Corrupt("bad message key".into()))
 }
 
-fn split(all: &BTreeMap<u64, Arc<[u8]>>) -> Vec<Vec<(u64, Arc<[u8]>)>> {
+/// A message's id and its encoding, as a chunk holds them.
+type Framed = (u64, Arc<[u8]>);
+
+/// Messages in id order, cut into chunks of at most `CHUNK_MAX_MESSAGES`
+/// and (but for a single larger message) `CHUNK_MAX_BYTES`.
+fn split(msgs: &[Framed]) -> Vec<&[Framed]> {
     let mut out = Vec::new();
-    let mut cur: Vec<(u64, Arc<[u8]>)> = Vec::new();
-    let mut bytes = 0;
-    for (id, v) in all {
-        if !cur.is_empty() && (cur.len() >= CHUNK_MAX_MESSAGES || bytes + v.len() > CHUNK_MAX_BYTES)
-        {
-            out.push(std::mem::take(&mut cur));
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, v)) in msgs.iter().enumerate() {
+        if i > start && (i - start >= CHUNK_MAX_MESSAGES || bytes + v.len() > CHUNK_MAX_BYTES) {
+            out.push(&msgs[start..i]);
+            start = i;
             bytes = 0;
         }
         bytes += v.len() + 12;
-        cur.push((*id, v.clone()));
     }
-    if !cur.is_empty() {
-        out.push(cur);
+    if start < msgs.len() {
+        out.push(&msgs[start..]);
     }
     out
 }
 
-fn encode_chunk(msgs: &[(u64, Arc<[u8]>)]) -> Vec<u8> {
+fn encode_chunk(msgs: &[Framed]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + msgs.iter().map(|(_, v)| v.len() + 12).sum::<usize>());
     out.push(FORMAT);
     for (id, v) in msgs {

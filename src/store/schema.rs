@@ -77,6 +77,19 @@ fn token_key(u: Uid, issued: Stamp) -> Vec<u8> {
     k
 }
 
+/// A delivery cursor's key: the user, then the node whose stamps it counts.
+pub(super) fn cursor_key(user: [u8; 4], origin: NodeId) -> [u8; 6] {
+    let mut k = [0u8; 6];
+    k[..4].copy_from_slice(&user);
+    k[4..].copy_from_slice(&origin.to_be_bytes());
+    k
+}
+
+/// A delivery cursor's value: zero when there is none.
+pub(super) fn cursor_value(v: Option<&[u8]>) -> Stamp {
+    Stamp(v.map_or(0, |v| u64_at(v, 0)))
+}
+
 fn u64_at(k: &[u8], at: usize) -> u64 {
     k.get(at..at + 8)
         .and_then(|b| b.try_into().ok())
@@ -269,23 +282,13 @@ impl Store {
     }
 
     pub fn cursor(&self, u: Uid, origin: NodeId) -> Result<Stamp> {
-        let mut k = k4(u.0);
-        k.extend_from_slice(&origin.to_be_bytes());
-        Ok(self
-            .get(Table::Cursors, &k)?
-            .and_then(|v| {
-                v.get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            })
-            .map(Stamp)
-            .unwrap_or(Stamp::ZERO))
+        let k = cursor_key(u.0.to_be_bytes(), origin);
+        Ok(cursor_value(self.get(Table::Cursors, &k)?.as_deref()))
     }
 
     pub fn set_cursor(&mut self, u: Uid, origin: NodeId, id: Stamp) {
-        let mut k = k4(u.0);
-        k.extend_from_slice(&origin.to_be_bytes());
-        self.put(Table::Cursors, k, id.0.to_be_bytes().to_vec());
+        let k = cursor_key(u.0.to_be_bytes(), origin);
+        self.put(Table::Cursors, k.to_vec(), id.0.to_be_bytes().to_vec());
     }
 
     // ---- session tokens ------------------------------------------------------

@@ -231,6 +231,41 @@ fn messages_expired_before_their_first_checkpoint_never_reach_sled() {
     );
 }
 
+#[test]
+fn a_checkpoint_cuts_a_conversation_into_full_chunks_in_id_order() {
+    use crate::ids::Uid;
+    let mut s = Store::open(StoreOptions::temporary()).unwrap();
+    let at = |k: u64| Stamp::new(1_800_000_000_000 + k, 1);
+    for k in 0..600 {
+        let m = Message {
+            id: at(k),
+            from: Uid(1),
+            to: Target::Group(crate::ids::Gid(9)),
+            text: "x".repeat(k as usize % 40),
+            cid: None,
+            time: None,
+        };
+        assert!(s.add_message(&m).unwrap());
+    }
+    s.checkpoint_now().unwrap();
+    let chunks: Vec<Vec<(u64, Vec<u8>)>> = s.trees[Table::History as usize]
+        .iter()
+        .map(|r| flush::frames(&r.unwrap().1).unwrap())
+        .collect();
+    assert!(chunks.len() > 2, "{}", chunks.len());
+    let ids: Vec<Stamp> = chunks.iter().flatten().map(|(id, _)| Stamp(*id)).collect();
+    assert_eq!(ids, (0..600).map(at).collect::<Vec<_>>());
+    // Each chunk is as full as the limits allow: the next message would
+    // have crossed one of them. (A message is weighed without its frame's
+    // 12 bytes, so a chunk's frames may pass the limit by one header.)
+    let bytes = |c: &[(u64, Vec<u8>)]| c.iter().map(|(_, v)| v.len() + 12).sum::<usize>();
+    for pair in chunks.windows(2) {
+        let (c, next) = (&pair[0], &pair[1][0]);
+        assert!(c.len() <= 256 && bytes(c) <= RECORD_MAX_BYTES + 12);
+        assert!(c.len() == 256 || bytes(c) + next.1.len() > RECORD_MAX_BYTES);
+    }
+}
+
 impl Store {
     /// A compaction pass now, on this thread (tests).
     pub(crate) fn compact_now(&self, cutoff_ms: u64) -> Result<u64> {
