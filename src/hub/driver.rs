@@ -196,6 +196,8 @@ impl Driver {
             }
             let _ = reply.send((batch.ticket, page));
         }
+        // Writers are woken once their items are durable, not before.
+        let mut wake = Vec::new();
         loop {
             self.carry_out(std::mem::take(&mut batch.actions));
             let mut overflow = Vec::new();
@@ -207,8 +209,9 @@ impl Driver {
                     ticket: batch.ticket,
                     item,
                 };
-                if link.outbox.push(out).is_err() {
-                    overflow.push(id);
+                match link.outbox.push_unwoken(out) {
+                    Ok(()) => wake.push(link.clone()),
+                    Err(_) => overflow.push(id),
                 }
             }
             if overflow.is_empty() {
@@ -217,6 +220,12 @@ impl Driver {
             overflow.sort_unstable();
             overflow.dedup();
             batch = self.core.overflowed(&overflow);
+        }
+        if !wake.is_empty() {
+            wake.sort_unstable_by_key(Arc::as_ptr);
+            wake.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            let woken = move || wake.iter().for_each(|l| l.outbox.wake());
+            self.core.store.when_durable(batch.ticket, Box::new(woken));
         }
         self.core.maintain();
         if let Some(e) = self.core.failed() {

@@ -12,7 +12,9 @@
 //! driver (close this session, tell the mesh about this presence). A
 //! session writes an item only once that ticket is on disk, so nothing is
 //! acknowledged or delivered before it is durable, and one flush serves
-//! the whole batch.
+//! the whole batch. The driver queues the batch's items without waking
+//! their writers, and the commit thread wakes them once the ticket is on
+//! disk (`Store::when_durable`): one wake-up per writer and batch.
 //!
 //! The driver (`driver.rs`) owns the thread, the channel, the timers and
 //! the reply channels: it reads the clock, hands messages to the core in

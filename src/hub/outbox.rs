@@ -52,6 +52,14 @@ impl Outbox {
     }
 
     pub fn push(&self, out: Out) -> Result<(), PushError> {
+        self.push_unwoken(out)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queue an item without waking the writer, which could not write it
+    /// before its ticket is durable anyway: [`Outbox::wake`] comes then.
+    pub fn push_unwoken(&self, out: Out) -> Result<(), PushError> {
         let mut q = self.lock();
         if q.closed {
             return Err(PushError::Closed);
@@ -60,9 +68,12 @@ impl Outbox {
             return Err(PushError::Full);
         }
         q.items.push_back(out);
-        drop(q);
-        self.ready.notify_one();
         Ok(())
+    }
+
+    /// Have the writer look at what is queued.
+    pub fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// No more pushes; the writer finishes what is queued, then stops.
@@ -129,6 +140,22 @@ mod tests {
         assert_eq!(tickets, vec![1, 2]);
         got.clear();
         assert!(!b.take_all(&mut got).await);
+    }
+
+    #[tokio::test]
+    async fn an_unwoken_push_waits_for_its_wake() {
+        use futures_util::FutureExt;
+        let b = Outbox::new(8);
+        let mut got = VecDeque::new();
+        {
+            let mut take = std::pin::pin!(b.take_all(&mut got));
+            assert!((&mut take).now_or_never().is_none(), "nothing queued");
+            b.push_unwoken(out(3)).expect("room");
+            assert!((&mut take).now_or_never().is_none(), "not woken yet");
+            b.wake();
+            assert_eq!((&mut take).now_or_never(), Some(true));
+        }
+        assert_eq!(got.len(), 1);
     }
 
     #[tokio::test]

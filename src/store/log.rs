@@ -41,7 +41,15 @@ pub(super) struct CommitState {
     /// The highest ticket written (and flushed).
     pub(super) done: u64,
     pub(super) stop: bool,
+    /// What to run once a ticket is done, in ticket order.
+    pub(super) then: Vec<(u64, Then)>,
 }
+
+/// Something to run once a ticket is durable, on the commit thread right
+/// after it says so (the hub wakes the writers of what the ticket covers:
+/// woken before, each would only find its item not durable yet and wait
+/// again, two wake-ups and two polls per item where one will do).
+pub type Then = Box<dyn FnOnce() + Send>;
 
 impl Durability {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
@@ -69,10 +77,13 @@ impl Durability {
                     }
                 }
                 if nothing_asked(&st) && st.stop {
+                    let left = std::mem::take(&mut st.then);
                     drop(st);
                     if let Err(e) = files.sync() {
                         tracing::error!(error = %e, "cannot sync the log at shutdown");
                     }
+                    // Whoever waits finds out for themselves that we stopped.
+                    left.into_iter().for_each(|(_, f)| f());
                     return;
                 }
                 // Every segment of a ticket is queued before the ticket is
@@ -112,7 +123,25 @@ impl Durability {
             let mut st = self.lock();
             st.done = st.done.max(ticket);
             self.progress.notify_all();
+            let due = st.then.partition_point(|(t, _)| *t <= st.done);
+            let due: Vec<(u64, Then)> = st.then.drain(..due).collect();
+            drop(st);
+            due.into_iter().for_each(|(_, f)| f());
         }
+    }
+
+    /// Run `f` once everything up to `ticket` is durable: now if it is (or
+    /// the commit thread is stopping), else right after the commit that
+    /// makes it so. Asked in ticket order.
+    pub(super) fn then(&self, ticket: u64, f: Then) {
+        let mut st = self.lock();
+        if st.done >= ticket || st.stop {
+            drop(st);
+            f();
+            return;
+        }
+        debug_assert!(st.then.last().is_none_or(|(t, _)| *t <= ticket));
+        st.then.push((ticket, f));
     }
 
     pub(super) fn append(&self, origin: NodeId, ops: Vec<Op>) {

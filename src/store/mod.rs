@@ -60,7 +60,7 @@ mod retention;
 mod snapshot;
 mod zip;
 use log::*;
-pub use log::{Durability, Durable, LogReader, LogStart};
+pub use log::{Durability, Durable, LogReader, LogStart, Then};
 pub use retention::Watermarks;
 pub use schema::Record;
 pub use snapshot::{Pin, Point, SnapshotCursor, SnapshotReader};
@@ -458,6 +458,12 @@ impl Store {
     pub fn commit(&mut self) -> u64 {
         self.durability.request(self.ticket, &self.applied);
         self.ticket
+    }
+
+    /// Run `f` once this store's log is durable up to `ticket`, on the
+    /// commit thread (at once if it already is). Asked in ticket order.
+    pub fn when_durable(&self, ticket: u64, f: Then) {
+        self.durability.then(ticket, f);
     }
 
     /// Watch what is known to be on disk.

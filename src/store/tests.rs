@@ -20,6 +20,49 @@ fn last_stamps_follow_the_log() {
 }
 
 #[test]
+fn what_waits_for_a_ticket_runs_once_it_is_durable_in_ticket_order() {
+    let mut s = Store::open(StoreOptions::temporary()).unwrap();
+    let durable = s.durable();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for seq in 1..=50u64 {
+        let op = Op {
+            origin: 1,
+            seq,
+            stamp: Stamp::new(seq, 1),
+            body: OpBody::Notice { text: "hi".into() },
+        };
+        s.append_log(1, vec![op]).unwrap();
+        let t = s.commit();
+        let (d, tx) = (durable.clone(), tx.clone());
+        s.when_durable(
+            t,
+            Box::new(move || {
+                let _ = tx.send((t, d.borrow().ticket));
+            }),
+        );
+    }
+    let got: Vec<(u64, u64)> = (0..50)
+        .map(|_| rx.recv_timeout(Duration::from_secs(20)).expect("run"))
+        .collect();
+    let tickets: Vec<u64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(tickets, (1..=50).collect::<Vec<u64>>());
+    for (t, seen) in got {
+        assert!(
+            seen >= t,
+            "ticket {t} ran when the log was durable to {seen}"
+        );
+    }
+    // A ticket already durable: at once, on this thread.
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = ran.clone();
+    s.when_durable(
+        50,
+        Box::new(move || r.store(true, std::sync::atomic::Ordering::SeqCst)),
+    );
+    assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+#[test]
 fn log_segments_are_encoded_slices_and_stay_small() {
     let ops: Vec<Op> = (1..=400u64)
         .map(|seq| Op {
