@@ -196,7 +196,9 @@ impl Driver {
             }
             let _ = reply.send((batch.ticket, page));
         }
-        // Writers are woken once their items are durable, not before.
+        // Writers are woken once their items are durable, not before: woken
+        // now, each would find its items not durable yet and wait again for
+        // the commit, two wake-ups and two polls where one does.
         let mut wake = Vec::new();
         loop {
             self.carry_out(std::mem::take(&mut batch.actions));

@@ -46,9 +46,7 @@ pub(super) struct CommitState {
 }
 
 /// Something to run once a ticket is durable, on the commit thread right
-/// after it says so (the hub wakes the writers of what the ticket covers:
-/// woken before, each would only find its item not durable yet and wait
-/// again, two wake-ups and two polls per item where one will do).
+/// after `flushed` says so, so that whatever it wakes sees the ticket done.
 pub type Then = Box<dyn FnOnce() + Send>;
 
 impl Durability {
