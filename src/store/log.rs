@@ -89,9 +89,8 @@ impl Durability {
                 (std::mem::take(&mut st.queue), st.target.clone())
             };
             quiet.worked(std::time::Instant::now());
-            let mut written = segments
-                .iter()
-                .try_for_each(|(origin, ops)| files.append(*origin, &log_segments(ops)));
+            let mut written = queued_segments(&segments)
+                .try_for_each(|(origin, segs)| files.append(origin, &segs));
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);
             }
@@ -173,12 +172,27 @@ impl Durability {
     }
 }
 
+/// The segments for what the commit thread found queued, per origin, in
+/// the queue's order. The batches of one origin that follow each other are
+/// one run, its segments as full as [`RECORD_MAX_BYTES`] allows: a small
+/// segment per batch would each be written, and compressed with zstd's
+/// tables built, on its own (at 50,000 msg/s the log took a third more
+/// bytes). An origin's batches continue its sequence, so a run does too.
+pub(super) fn queued_segments(
+    queue: &[(NodeId, Vec<Op>)],
+) -> impl Iterator<Item = (NodeId, Vec<Segment>)> + '_ {
+    queue.chunk_by(|a, b| a.0 == b.0).map(|run| {
+        let ops = run.iter().flat_map(|(_, ops)| ops);
+        (run[0].0, log_segments(ops))
+    })
+}
+
 /// Ops cut into segments of at most [`RECORD_MAX_BYTES`] each (a single
 /// bigger op makes a segment of its own): the first and last op's seq, the
 /// last one's stamp, and the bytes `encode` makes of those ops as a slice.
 /// This runs on the commit thread every reply waits for, so each op is
 /// encoded once: a slice is its length (a varint) followed by its elements.
-pub(super) fn log_segments(ops: &[Op]) -> Vec<Segment> {
+pub(super) fn log_segments<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Vec<Segment> {
     let config = bincode::config::standard();
     let finish = |n: u64, body: &[u8]| {
         let mut out = Vec::with_capacity(body.len() + 10);
