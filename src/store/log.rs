@@ -172,18 +172,34 @@ impl Durability {
     }
 }
 
+/// Most operations in a run (see [`queued_segments`]): a run's segments
+/// are made and written at once, so this bounds the commit thread's
+/// buffers to about a full batch of the hub's.
+pub(super) const RUN_MAX_OPS: usize = 512;
+
 /// The segments for what the commit thread found queued, per origin, in
 /// the queue's order. The batches of one origin that follow each other are
-/// one run, its segments as full as [`RECORD_MAX_BYTES`] allows: a small
-/// segment per batch would each be written, and compressed with zstd's
-/// tables built, on its own (at 50,000 msg/s the log took a third more
-/// bytes). An origin's batches continue its sequence, so a run does too.
+/// one run (up to [`RUN_MAX_OPS`]), its segments as full as
+/// [`RECORD_MAX_BYTES`] allows: a small segment per batch would each be
+/// written, and compressed with zstd's tables built, on its own (at 50,000
+/// msg/s the log took a third more bytes). An origin's batches continue
+/// its sequence, so a run does too.
 pub(super) fn queued_segments(
     queue: &[(NodeId, Vec<Op>)],
 ) -> impl Iterator<Item = (NodeId, Vec<Segment>)> + '_ {
-    queue.chunk_by(|a, b| a.0 == b.0).map(|run| {
-        let ops = run.iter().flat_map(|(_, ops)| ops);
-        (run[0].0, log_segments(ops))
+    let mut rest = queue;
+    std::iter::from_fn(move || {
+        let origin = rest.first()?.0;
+        let (mut batches, mut ops) = (0, 0);
+        for (o, batch) in rest {
+            if *o != origin || (batches > 0 && ops + batch.len() > RUN_MAX_OPS) {
+                break;
+            }
+            (batches, ops) = (batches + 1, ops + batch.len());
+        }
+        let (run, after) = rest.split_at(batches);
+        rest = after;
+        Some((origin, log_segments(run.iter().flat_map(|(_, ops)| ops))))
     })
 }
 

@@ -90,6 +90,23 @@ fn batches_of_one_origin_queued_together_share_their_segments() {
         (1, vec![vec![op(1, 4)]]),
     ];
     assert_eq!(got, want);
+    // A run stops before it would pass RUN_MAX_OPS (a batch bigger than
+    // that is a run of its own).
+    let batch = |first: u64, n: u64| (1, (first..first + n).map(|s| op(1, s)).collect());
+    let big = RUN_MAX_OPS as u64;
+    let queue = vec![
+        batch(1, big - 1),
+        batch(big, 1),
+        batch(big + 1, 1),
+        batch(big + 2, big + 5),
+    ];
+    let runs: Vec<(u64, u64)> = queued_segments(&queue)
+        .map(|(_, segs)| (segs[0].first, segs[segs.len() - 1].last))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![(1, big), (big + 1, big + 1), (big + 2, 2 * big + 6)]
+    );
 }
 
 #[test]
