@@ -97,7 +97,7 @@ impl Hub {
         }
     }
 
-    /// Log this batch's operations as one segment, ask for a flush, and hand
+    /// Queue this batch's operations for the log, ask for a flush, and hand
     /// everything out with the ticket that flush will reach. The timers that
     /// are due run first.
     pub fn finish_batch(&mut self, now: Now) -> Batch {

@@ -7,12 +7,12 @@
 //! (`rules::decide`), applies the resulting operations (`apply::apply`), and
 //! turns their effects into pushes for the users concerned. At the end of a
 //! batch ([`Hub::finish_batch`]) it appends the batch's operations to the
-//! log as one segment, asks for a flush, and returns every reply and push
-//! tagged with the batch's durability ticket, plus the [`Action`]s for the
-//! driver (close this session, tell the mesh about this presence). A
-//! session writes an item only once that ticket is on disk, so nothing is
-//! acknowledged or delivered before it is durable, and one flush serves
-//! the whole batch. The driver queues the batch's items without waking
+//! log, asks for a flush, and returns every reply and push tagged with the
+//! batch's durability ticket, plus the [`Action`]s for the driver (close
+//! this session, tell the mesh about this presence). A session writes an
+//! item only once that ticket is on disk, so nothing is acknowledged or
+//! delivered before it is durable, and one flush serves the whole batch
+//! (and every batch queued meanwhile). The driver queues the batch's items without waking
 //! their writers, and the commit thread wakes them once the ticket is on
 //! disk (`Store::when_durable`): one wake-up per writer and batch.
 //!

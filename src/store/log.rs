@@ -1,6 +1,6 @@
 //! The log's side of the store: group commit (the `Durability` thread that
-//! writes each batch's segments, syncs, and says how far the log is on
-//! disk), log segments, and reading the log (`LogReader`). The files the
+//! writes the queued batches' segments, syncs, and says how far the log is
+//! on disk), log segments, and reading the log (`LogReader`). The files the
 //! log lives in are `logfile.rs`'s.
 
 use super::logfile::{LogFiles, Segment};
@@ -15,8 +15,8 @@ pub struct Durable {
 }
 
 /// Group commit, and the only writer of the log. The hub hands over each
-/// batch's log segments and asks for everything up to a ticket to be made
-/// durable; one thread appends the segments to the log's file, syncs it,
+/// batch's operations and asks for everything up to a ticket to be made
+/// durable; one thread appends them to the log's file as segments, syncs it,
 /// and publishes the highest ticket whose writes are on disk. Each sync
 /// covers every write made before it started, so many batches share one
 /// fsync, and the hub never waits on the disk.

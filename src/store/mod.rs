@@ -6,9 +6,10 @@
 //!
 //! * **The log** is the durable truth: every operation, in segments of
 //!   one origin's consecutive operations, appended to numbered files
-//!   (`logfile.rs`). The hub writes one segment per origin per iteration
-//!   and acknowledges nothing before the [`Durability`] thread (here) has
-//!   synced it (group commit). Once the tables hold what a stretch of it
+//!   (`logfile.rs`). The hub hands over each batch's operations, and the
+//!   [`Durability`] thread (here) writes what it finds queued, an origin's
+//!   batches together, and syncs it before anything is acknowledged
+//!   (group commit). Once the tables hold what a stretch of it
 //!   holds, and it is older than `--log-keep-secs`, it is compacted away
 //!   (`compact.rs`): the tables are then the snapshot a peer that needs
 //!   it is sent (`snapshot.rs`).
