@@ -9,10 +9,10 @@
 //!   (`logfile.rs`). The hub hands over each batch's operations, and the
 //!   [`Durability`] thread (here) writes what it finds queued, an origin's
 //!   batches together, and syncs it before anything is acknowledged
-//!   (group commit). Once the tables hold what a stretch of it
-//!   holds, and it is older than `--log-keep-secs`, it is compacted away
-//!   (`compact.rs`): the tables are then the snapshot a peer that needs
-//!   it is sent (`snapshot.rs`).
+//!   (group commit). Once the tables hold what a stretch of it holds, and
+//!   it is older than `--log-keep-secs`, it is compacted away
+//!   (`compact.rs`): the tables are then the snapshot a peer that needs it
+//!   is sent (`snapshot.rs`).
 //! * **The tables** (users, names, friends, groups, members, user_groups,
 //!   cursors, guests, history, inbox, tokens, retention) are derived from
 //!   the log by `apply::apply`, and hold the node's metadata
@@ -27,7 +27,7 @@
 //!
 //! Why: a sled insert costs several microseconds, so one per message per
 //! index would cap the server far below its target. The log costs one
-//! append per batch, and the message tables (`history`, `inbox`) are written
+//! write per commit (every batch queued meanwhile), and the message tables (`history`, `inbox`) are written
 //! in chunks of many messages per key, one chunk per conversation per
 //! checkpoint, compressed. Inbox entries already acknowledged by then are
 //! never written.
@@ -37,8 +37,8 @@
 //! (the log's files), `compact.rs` (dropping the log behind the tables),
 //! `snapshot.rs` (reading the tables as a snapshot, installing one),
 //! `layers.rs` (reads and writes through the layers), `key.rs` (the
-//! layers' keys, kept inline), `flush.rs` (the
-//! checkpointer, message chunks), `schema.rs` (the typed key table),
+//! layers' keys, kept inline), `flush.rs` (the checkpointer, message
+//! chunks), `schema.rs` (the typed key table),
 //! `retention.rs` (watermarks, the per-minute tally and the sweep that
 //! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
 //! node's id and uuid), `space.rs` (free disk space).
