@@ -27,9 +27,10 @@
 //!
 //! Why: a sled insert costs several microseconds, so one per message per
 //! index would cap the server far below its target. The log costs one
-//! write per commit (every batch queued meanwhile), and the message tables (`history`, `inbox`) are written
-//! in chunks of many messages per key, one chunk per conversation per
-//! checkpoint, compressed. Inbox entries already acknowledged by then are
+//! write per run of batches queued meanwhile (a few per commit), and the
+//! message tables (`history`, `inbox`) are written in chunks of many
+//! messages per key, one chunk per conversation per checkpoint,
+//! compressed. Inbox entries already acknowledged by then are
 //! never written.
 //!
 //! Files: this one (the types, the log's position, checkpoints), `open.rs`,
