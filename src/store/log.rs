@@ -124,6 +124,8 @@ impl Durability {
             let due: Vec<(u64, Then)> = st.then.drain(..due).collect();
             drop(st);
             due.into_iter().for_each(|(_, f)| f());
+            // After the wake-ups: filling is not what they wait for.
+            files.top_up();
         }
     }
 

@@ -17,6 +17,16 @@
 //! record that is short or fails its crc (a write the crash interrupted,
 //! never acknowledged). Compaction decides from the heads alone.
 //!
+//! The file being written is kept ahead of its records in zeros (as far
+//! again as its records reach, from [`STEP_MIN`] to [`STEP`]): a sync of
+//! records written over zeros already on disk need not commit the file
+//! system's journal (the file's size and blocks are unchanged), which a
+//! sync of an append must. That made a commit's `fdatasync` a third
+//! quicker and the commit thread sleep less. Zeros are no record (a
+//! record's length is never 0), so opening stops at them as at a torn
+//! write and cuts them off; a file is cut to its records before it is
+//! sealed.
+//!
 //! The index is sparse: per file and origin, the first record, one record
 //! every [`SPARSE`] bytes, and the newest. A record per commit would
 //! otherwise cost memory in proportion to the log (about 60 bytes each,
@@ -27,13 +37,17 @@ use super::{Position, Result, StoreError};
 use crate::ids::NodeId;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Where a file is sealed and the next begun.
 pub(super) const FILE_MAX: u64 = 16 << 20;
+/// The most the file being written is zero-filled ahead of its records.
+const STEP: u64 = 1 << 20;
+/// The least, and the unit of filling: a small store's files stay small.
+const STEP_MIN: u64 = 64 << 10;
 /// `[length][crc]`, then the head the crc covers.
 const PREFIX: usize = 8;
 const HEAD: usize = PREFIX + 26;
@@ -125,7 +139,10 @@ impl FileIndex {
 struct Active {
     no: u64,
     file: Option<File>,
+    /// Where its records end: the next one is written there.
     len: u64,
+    /// How far the file is filled (records, then zeros).
+    filled: u64,
     /// Its index, written beside it when it is sealed.
     index: FileIndex,
 }
@@ -153,6 +170,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn file_no(p: &Path, ext: &str) -> Option<u64> {
     (p.extension()? == ext).then_some(())?;
     p.file_stem()?.to_str()?.parse().ok()
+}
+
+/// How far a file whose records end at `end` is filled: as far again as
+/// its records reach, from [`STEP_MIN`] to [`STEP`], in whole [`STEP_MIN`]s.
+fn ahead(end: u64) -> u64 {
+    (end + end.clamp(STEP_MIN, STEP)).next_multiple_of(STEP_MIN)
+}
+
+/// Have the disk start writing `from..to` of `f`, without waiting.
+fn start_writing(f: &File, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(at), Ok(n)) = (i64::try_from(from), i64::try_from(to - from)) else {
+            return;
+        };
+        // SAFETY: a plain system call on an open descriptor; a refusal
+        // only means the next sync writes the range itself.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), at, n, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, from, to);
+}
+
+/// Fill `f` with zeros from `from` to `to`; returns how far it got. A
+/// disk too full for the zeros may still take the record: it is written
+/// anyway, and its own write says whether there was room.
+fn fill(f: &File, from: u64, to: u64) -> u64 {
+    static ZEROS: [u8; STEP_MIN as usize] = [0; STEP_MIN as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        if f.write_all_at(&ZEROS[..n], at).is_err() {
+            break;
+        }
+        at += n as u64;
+    }
+    at
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -189,6 +246,7 @@ impl LogFiles {
             no: nos.last().map_or(1, |n| n + 1),
             file: None,
             len: 0,
+            filled: 0,
             index: FileIndex::default(),
         };
         for (i, &no) in nos.iter().enumerate() {
@@ -212,7 +270,8 @@ impl LogFiles {
                 if !last_file {
                     return Err(corrupt(&path, "a damaged record before the end of the log"));
                 }
-                // The tail a crash cut short was never acknowledged.
+                // The tail a crash cut short was never acknowledged; or
+                // it is the zeros the file was kept ahead in.
                 f.set_len(end).map_err(io)?;
             }
             // An index written whole (before the index was sparse) is
@@ -238,14 +297,15 @@ impl LogFiles {
                 },
             );
             if last_file && end < FILE_MAX {
-                let appender = std::fs::OpenOptions::new()
-                    .append(true)
+                let writer = std::fs::OpenOptions::new()
+                    .write(true)
                     .open(&path)
                     .map_err(io)?;
                 active = Active {
                     no,
-                    file: Some(appender),
+                    file: Some(writer),
                     len: end,
+                    filled: end,
                     index,
                 };
             }
@@ -268,8 +328,8 @@ impl LogFiles {
         if a.file.is_none() {
             let path = self.dir.join(format!("{}.log", a.no));
             let f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
+                .write(true)
+                .create_new(true)
                 .open(&path)
                 .map_err(io)?;
             // The file's name must survive a crash with what is in it.
@@ -283,6 +343,7 @@ impl LogFiles {
             lock(&self.shared).files.insert(a.no, info);
             a.file = Some(f);
             a.len = 0;
+            a.filled = 0;
             a.index = FileIndex::default();
         }
         let no = a.no;
@@ -307,10 +368,18 @@ impl LogFiles {
             buf.extend_from_slice(&seg.bytes);
             placed.push((origin, seg.first, loc));
         }
-        if let Some(f) = a.file.as_mut() {
-            f.write_all(&buf).map_err(io)?;
+        let a = &mut *a;
+        let end = a.len + buf.len() as u64;
+        if let Some(f) = a.file.as_ref() {
+            if end > a.filled {
+                // Not topped up in time (see `sync`): the next sync writes
+                // these zeros too.
+                a.filled = fill(f, a.filled, ahead(end));
+            }
+            f.write_all_at(&buf, a.len).map_err(io)?;
         }
-        a.len += buf.len() as u64;
+        a.len = end;
+        a.filled = a.filled.max(end);
         let kept: Vec<Entry> = placed.into_iter().filter(|e| a.index.note(*e)).collect();
         let mut s = lock(&self.shared);
         s.bytes += buf.len() as u64;
@@ -335,11 +404,32 @@ impl LogFiles {
         }
     }
 
+    /// If the file's zeros run short, fill it further and have the disk
+    /// start on them. Called after a sync: the zeros are then written
+    /// between that sync and the next, not by it (which, with a
+    /// mebibyte to write, was slow enough to be seen in the tail).
+    pub(super) fn top_up(&self) {
+        let mut guard = lock(&self.active);
+        let a = &mut *guard;
+        let Some(f) = a.file.as_ref() else {
+            return;
+        };
+        let to = ahead(a.len);
+        if a.filled < to - (to - a.len) / 2 {
+            let from = a.filled;
+            a.filled = fill(f, from, to);
+            start_writing(f, from, a.filled);
+        }
+    }
+
     /// Close the full file (synced, its index beside it); the next append
     /// begins another.
     fn seal(&self, a: &mut Active) -> Result<()> {
         if let Some(f) = a.file.take() {
-            f.sync_data().map_err(io)?;
+            // Cut to its records before its index exists: a file with an
+            // index is read by it, and must end where its records do.
+            f.set_len(a.len).map_err(io)?;
+            f.sync_all().map_err(io)?;
             let mut idx = super::encode(&a.index.entries());
             idx.extend_from_slice(&crc(&[&idx]).to_le_bytes());
             let path = self.dir.join(format!("{}.idx", a.no));
@@ -348,6 +438,7 @@ impl LogFiles {
         }
         a.no += 1;
         a.len = 0;
+        a.filled = 0;
         a.index = FileIndex::default();
         Ok(())
     }
@@ -365,7 +456,7 @@ impl LogFiles {
 
     /// Delete the files whose every record is at or behind `start` (the
     /// active file too: the next append begins another). Returns the bytes
-    /// freed.
+    /// of records freed (as [`LogFiles::bytes`] counts them).
     pub(super) fn drop_behind(&self, start: &Position) -> Result<u64> {
         let mut a = lock(&self.active);
         let mut s = lock(&self.shared);
@@ -388,12 +479,14 @@ impl LogFiles {
                 a.file = None;
                 a.no += 1;
                 a.len = 0;
+                a.filled = 0;
                 a.index = FileIndex::default();
             }
-            s.files.remove(&no);
+            if let Some(info) = s.files.remove(&no) {
+                freed += info.len;
+            }
             s.index.retain(|_, loc| loc.file != no);
             let path = self.dir.join(format!("{no}.log"));
-            freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let _ = std::fs::remove_file(self.dir.join(format!("{no}.idx")));
             std::fs::remove_file(&path).map_err(io)?;
         }
@@ -401,6 +494,8 @@ impl LogFiles {
         Ok(freed)
     }
 
+    /// The records' bytes (the file being written is up to [`STEP`]
+    /// longer on disk, in zeros).
     pub(super) fn bytes(&self) -> u64 {
         lock(&self.shared).bytes
     }

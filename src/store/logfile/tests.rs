@@ -29,17 +29,22 @@ fn a_torn_tail_is_cut_and_what_came_before_is_read_back() {
     log.append(2, &[segment(2, 1..=2, "c")]).unwrap();
     log.sync().unwrap();
     drop(log);
-    // A crash in the middle of the next write.
+    // The file is kept ahead of its records in zeros; a crash in the
+    // middle of the next write leaves part of a record over them.
     let path = dir.path().join("1.log");
-    let whole = std::fs::metadata(&path).unwrap().len();
-    let mut torn = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap();
-    torn.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
+    let whole = read::scan(&path, 1).unwrap().1;
+    let data = std::fs::read(&path).unwrap();
+    assert!(data.len() as u64 >= whole + STEP_MIN, "filled ahead");
+    assert!(data[whole as usize..].iter().all(|b| *b == 0));
+    let torn = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    torn.write_all_at(&[40, 0, 0, 0, 1, 2, 3], whole).unwrap();
     drop(torn);
     let log = LogFiles::open(dir.path(), false).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        whole,
+        "cut to its records"
+    );
     let seqs = |o, after| -> Vec<u64> {
         log.read(o, after, 100)
             .unwrap()
@@ -51,14 +56,20 @@ fn a_torn_tail_is_cut_and_what_came_before_is_read_back() {
     assert_eq!(seqs(1, 2), vec![3, 4]);
     assert_eq!(seqs(2, 0), vec![1, 2]);
     assert_eq!(log.ends()[&1].0, 4);
-    // Appends go on after the cut, and read back.
+    // Appends go on right after the cut, and read back, also once the
+    // log is opened again.
     log.append(1, &[segment(1, 5..=6, "d")]).unwrap();
     assert_eq!(seqs(1, 4), vec![5, 6]);
-    // A changed byte is a damaged record: cut there too.
+    log.sync().unwrap();
     drop(log);
+    let log = LogFiles::open(dir.path(), false).unwrap();
+    assert_eq!(log.read(1, 4, 10).unwrap().len(), 2);
+    drop(log);
+    // A changed byte is a damaged record: cut there too.
+    let end = read::scan(&path, 1).unwrap().1 as usize;
     let mut data = std::fs::read(&path).unwrap();
-    let n = data.len();
-    data[n - 3] ^= 0xff;
+    assert_eq!(data.len(), end, "a reopened file holds its records alone");
+    data[end - 3] ^= 0xff;
     std::fs::write(&path, &data).unwrap();
     let log = LogFiles::open(dir.path(), false).unwrap();
     assert_eq!(log.ends()[&1].0, 4);
@@ -85,6 +96,18 @@ fn full_files_are_sealed_with_an_index_and_deleted_once_behind_the_start() {
     let files = logs();
     assert!(files.len() >= 2, "{files:?}");
     assert!(dir.path().join("1.idx").exists());
+    // A sealed file ends where its records do; the one being written is
+    // ahead in zeros.
+    for (i, no) in files.iter().enumerate() {
+        let path = dir.path().join(format!("{no}.log"));
+        let records = read::scan(&path, *no).unwrap().1;
+        let size = std::fs::metadata(&path).unwrap().len();
+        if i + 1 < files.len() {
+            assert_eq!(size, records, "sealed file {no}");
+        } else {
+            assert!(size > records, "{size} for {records}");
+        }
+    }
     drop(log);
     let log = LogFiles::open(dir.path(), false).unwrap();
     assert_eq!(log.read(3, 49, 1).unwrap()[0].seq, 50);
