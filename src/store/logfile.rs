@@ -21,8 +21,8 @@
 //! again as its records reach, from [`STEP_MIN`] to [`STEP`]): a sync of
 //! records written over zeros already on disk need not commit the file
 //! system's journal (the file's size and blocks are unchanged), which a
-//! sync of an append must. That made a commit's `fdatasync` a third
-//! quicker and the commit thread sleep less. Zeros are no record (a
+//! sync of an append must. At 50,000 msg/s that made a commit's
+//! `fdatasync` a quarter quicker and the commit thread sleep less. Zeros are no record (a
 //! record's length is never 0), so opening stops at them as at a torn
 //! write and cuts them off; a file is cut to its records before it is
 //! sealed.
@@ -372,8 +372,8 @@ impl LogFiles {
         let end = a.len + buf.len() as u64;
         if let Some(f) = a.file.as_ref() {
             if end > a.filled {
-                // Not topped up in time (see `sync`): the next sync writes
-                // these zeros too.
+                // Not topped up in time (see `top_up`): the next sync
+                // writes these zeros too.
                 a.filled = fill(f, a.filled, ahead(end));
             }
             f.write_all_at(&buf, a.len).map_err(io)?;
@@ -418,7 +418,9 @@ impl LogFiles {
         if a.filled < to - (to - a.len) / 2 {
             let from = a.filled;
             a.filled = fill(f, from, to);
-            start_writing(f, from, a.filled);
+            if a.filled > from {
+                start_writing(f, from, a.filled);
+            }
         }
     }
 
@@ -494,8 +496,8 @@ impl LogFiles {
         Ok(freed)
     }
 
-    /// The records' bytes (the file being written is up to [`STEP`]
-    /// longer on disk, in zeros).
+    /// The records' bytes (the file being written is up to [`STEP`] and
+    /// [`STEP_MIN`] longer on disk, in zeros).
     pub(super) fn bytes(&self) -> u64 {
         lock(&self.shared).bytes
     }
