@@ -190,3 +190,39 @@ fn a_sparse_index_still_finds_every_position() {
         .unwrap();
     assert_eq!(log.read(1, next[0] - 1, 5).unwrap()[0].seq, next[0]);
 }
+
+/// After each sync the file is topped up with zeros, so that the records
+/// of the next commits are written over zeros already there (and the
+/// file's size on disk is where the zeros end).
+#[test]
+fn zeros_are_topped_up_after_a_sync_before_records_need_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFiles::open(dir.path(), false).unwrap();
+    let path = dir.path().join("1.log");
+    let text = "z".repeat(4000);
+    let state = |log: &LogFiles| {
+        let a = lock(&log.active);
+        (a.len, a.filled)
+    };
+    let mut fills_on_append = 0;
+    // About 1.6 MB: past the largest step.
+    for seq in 1..=400 {
+        let (_, before) = state(&log);
+        log.append(1, &[segment(1, seq..=seq, &text)]).unwrap();
+        if state(&log).1 != before {
+            fills_on_append += 1;
+        }
+        log.sync().unwrap();
+        log.top_up();
+        let (len, filled) = state(&log);
+        let want = ahead(len);
+        assert!(
+            filled - len >= (want - len) / 2 && filled <= want,
+            "record {seq}: records end at {len}, zeros at {filled}, {want} wanted"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), filled);
+    }
+    // Only the first record found no zeros (the file was new).
+    assert_eq!(fills_on_append, 1);
+    assert!(state(&log).1 - state(&log).0 >= STEP / 2);
+}
