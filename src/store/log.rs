@@ -94,8 +94,8 @@ impl Durability {
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);
             }
-            let due = !self.no_flush || synced.elapsed() >= Duration::from_secs(1);
-            if written.is_ok() && due {
+            let sync_due = !self.no_flush || synced.elapsed() >= Duration::from_secs(1);
+            if written.is_ok() && sync_due {
                 let started = std::time::Instant::now();
                 written = files.sync();
                 synced = started;
@@ -124,8 +124,12 @@ impl Durability {
             let due: Vec<(u64, Then)> = st.then.drain(..due).collect();
             drop(st);
             due.into_iter().for_each(|(_, f)| f());
-            // After the wake-ups: filling is not what they wait for.
-            files.top_up();
+            // After the wake-ups (filling is not what they wait for), and
+            // only after a sync: the zeros are to reach the disk before
+            // the next one, and without a sync (unsafe) nothing is waited on.
+            if sync_due {
+                files.top_up();
+            }
         }
     }
 
