@@ -184,6 +184,39 @@ async fn the_whole_classic_session() {
     b.quiet().await;
 }
 
+/// LOGINOUT takes the client back to its first menu, where REG is the
+/// other choice; and some forks send the password as `pwd`.
+#[tokio::test]
+async fn after_loginout_the_connection_can_register_and_log_in_as_someone_else() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.send_raw(&reg(4, "alice", "pw")).await;
+    assert_eq!(c.next().await["errno"], 0);
+    c.send_raw(&login(1, 1, "pw")).await;
+    assert_eq!(c.next().await["errno"], 0);
+    c.send_raw(b"{\"id\":1,\"msgid\":3}\0").await;
+    c.quiet().await;
+    c.send_raw(&reg(4, "carol", "pw2")).await;
+    assert_eq!(c.next().await, json!({"msgid": 5, "errno": 0, "id": 2}));
+    c.send_raw(b"{\"id\":2,\"msgid\":1,\"pwd\":\"pw2\"}\0")
+        .await;
+    assert_eq!(
+        c.next().await,
+        json!({"msgid": 2, "errno": 0, "id": 2, "name": "carol"})
+    );
+    // The connection is carol's now: what it sends comes from her, whatever
+    // id it claims.
+    let mut a = srv.client().await;
+    a.send_raw(&login(1, 1, "pw")).await;
+    assert_eq!(a.next().await["errno"], 0);
+    c.send_raw(&chat(6, 1, "alice", 1, "from carol")).await;
+    let m = a.next().await;
+    assert_eq!(
+        (m["id"].clone(), m["msg"].clone()),
+        (json!(2), json!("from carol"))
+    );
+}
+
 #[tokio::test]
 async fn the_sender_is_the_session_not_the_claimed_id() {
     let srv = TestServer::start().await;
