@@ -519,40 +519,22 @@ impl Settings {
     }
 
     /// Settings a running chatd cannot change without a restart, by name,
-    /// where they differ.
-    pub fn restart_needed(&self, new: &Settings) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.data_dir != new.data_dir {
-            out.push("data_dir");
-        }
-        if self.listen != new.listen {
-            out.push("listen");
-        }
-        if self.listen_dialect != new.listen_dialect {
-            out.push("listen_dialect");
-        }
-        if self.lobby != new.lobby {
-            out.push("lobby");
-        }
-        if self.mesh_listen != new.mesh_listen || self.join != new.join {
-            out.push("mesh_listen/join");
-        }
-        if self.web_listen != new.web_listen || self.tls_listen != new.tls_listen {
-            out.push("web_listen/tls_listen");
-        }
-        if self.tls_cert.is_some() != new.tls_cert.is_some() {
-            out.push("tls_cert");
-        }
-        if self.metrics_listen != new.metrics_listen {
-            out.push("metrics_listen");
-        }
-        if self.cache_mb != new.cache_mb {
-            out.push("cache_mb");
-        }
-        if self.hash_threads != new.hash_threads {
-            out.push("hash_threads");
-        }
-        out
+    /// where they differ: every setting but those a reload applies
+    /// ([`RELOADED`]), so that one added later is reported until it is
+    /// made reloadable. The TLS files are read again on a reload; a
+    /// different path is a restart.
+    pub fn restart_needed(&self, new: &Settings) -> Vec<String> {
+        let table = |s: &Settings| match toml::Value::try_from(s) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let (old, new) = (table(self), table(new));
+        let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        names
+            .into_iter()
+            .filter(|k| !RELOADED.contains(&k.as_str()) && old.get(*k) != new.get(*k))
+            .cloned()
+            .collect()
     }
 
     /// Defaults, with the data directory given: for tests and embedding.
@@ -608,6 +590,43 @@ impl Settings {
         }
     }
 }
+
+/// The settings a reload applies (`Server::reload`): the limits (what
+/// [`Settings::limits`] reads), the web client's origins and the log
+/// filter. `config` names the file itself.
+pub const RELOADED: &[&str] = &[
+    "config",
+    "log",
+    "web_origin",
+    "max_frame_bytes",
+    "max_text_bytes",
+    "max_sessions_per_user",
+    "max_friends",
+    "max_groups_per_user",
+    "max_group_members",
+    "rate_limit",
+    "rate_burst",
+    "session_queue",
+    "idle_timeout_secs",
+    "classic_push_gap_ms",
+    "lobby_rate",
+    "lobby_burst",
+    "login_account_burst",
+    "login_account_interval_secs",
+    "login_address_burst",
+    "login_address_interval_secs",
+    "register_address_burst",
+    "register_address_interval_secs",
+    "login_timeout_secs",
+    "max_connections_per_address",
+    "max_unauthenticated_per_address",
+    "min_free_mb",
+    "welcome",
+    "token_days",
+    "history_max_age_secs",
+    "queue_max_age_secs",
+    "log_keep_secs",
+];
 
 /// A duration from a setting in seconds (at least a millisecond).
 fn secs(v: f64) -> Duration {
@@ -689,6 +708,58 @@ impl Default for Limits {
             history_max_age: None,
             queue_max_age: None,
             log_keep: Duration::from_secs(86_400),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Settings {
+        let mut all = vec!["chatd", "--data-dir", "/nonexistent/chatd"];
+        all.extend_from_slice(args);
+        Settings::parse_from(all)
+    }
+
+    #[test]
+    fn a_reload_names_every_changed_setting_it_does_not_apply() {
+        let old = parse(&[]);
+        let applied = parse(&[
+            "--max-text-bytes",
+            "100",
+            "--welcome",
+            "hi",
+            "--log",
+            "debug",
+            "--web-origin",
+            "chat.example",
+            "--token-days",
+            "2",
+        ]);
+        assert!(old.restart_needed(&applied).is_empty());
+        for (args, name) in [
+            (&["--max-connections", "5"][..], "max_connections"),
+            (&["--argon2-iterations", "3"], "argon2_iterations"),
+            (&["--peer-timeout-ms", "9000"], "peer_timeout_ms"),
+            (&["--unsafe-no-flush"], "unsafe_no_flush"),
+            (&["--node-id", "7"], "node_id"),
+            (&["--tls-cert", "c.pem", "--tls-key", "k.pem"], "tls_cert"),
+            (&["--cache-mb", "64"], "cache_mb"),
+            (&["--listen", "127.0.0.1:1"], "listen"),
+        ] {
+            let needed = old.restart_needed(&parse(args));
+            assert!(needed.iter().any(|n| n == name), "{args:?}: {needed:?}");
+        }
+    }
+
+    #[test]
+    fn every_reloaded_name_is_a_setting() {
+        let cmd = Settings::command();
+        let names: Vec<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).collect();
+        for r in RELOADED {
+            assert!(names.contains(r), "{r} is not a setting");
         }
     }
 }

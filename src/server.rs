@@ -268,7 +268,7 @@ impl Server {
 
     /// Take new settings where that makes sense without a restart (limits,
     /// the welcome notice); returns the changed settings that need one.
-    pub fn reload(&self, new: &Settings) -> Vec<&'static str> {
+    pub fn reload(&self, new: &Settings) -> Vec<String> {
         self.limits.set(new.limits());
         self.origins.set(Origins::new(&new.web_origin));
         if let Some(tls) = &self.tls {
