@@ -5,6 +5,10 @@
 //! The accept loop asks for a [`Pass`] before it serves a connection; the
 //! session tells the pass when it logs in or out, and dropping the pass
 //! gives the place back.
+//!
+//! An IPv6 client is counted by its /64 (`throttle::address_key`): one
+//! host is usually given a whole /64, and could otherwise open the limit's
+//! worth of connections from each of its addresses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -63,6 +67,7 @@ impl Admission {
         max_open: usize,
         max_waiting: usize,
     ) -> Result<Pass, Refusal> {
+        let address = crate::throttle::address_key(address);
         let mut map = self.lock();
         let c = map.entry(address).or_default();
         if c.open >= max_open {
@@ -80,10 +85,10 @@ impl Admission {
         })
     }
 
-    /// (open, not logged in) for an address.
+    /// (open, not logged in) for an address (its /64 for IPv6).
     pub fn counts(&self, address: IpAddr) -> (usize, usize) {
         self.lock()
-            .get(&address)
+            .get(&crate::throttle::address_key(address))
             .map_or((0, 0), |c| (c.open, c.waiting))
     }
 }
@@ -141,5 +146,26 @@ mod tests {
         assert_eq!(a.counts(ip), (0, 0));
         // Another address is not affected.
         assert!(a.admit(IpAddr::from([127, 0, 0, 10]), 1, 1).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_slash_64() {
+        let a = Arc::new(Admission::default());
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _p1 = a.admit(one, 3, 2).unwrap();
+        let _p2 = a.admit(same_64, 3, 2).unwrap();
+        assert_eq!(
+            a.admit(same_64, 3, 2).err(),
+            Some(Refusal::TooManyWaiting(2))
+        );
+        assert_eq!(a.counts(one), (2, 2));
+        assert!(a.admit(other_64, 3, 2).is_ok());
+        // An IPv4 client seen through an IPv6 socket is that IPv4 address.
+        let v4 = IpAddr::from([192, 0, 2, 7]);
+        let _p3 = a.admit(v4, 1, 1).unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(a.admit(mapped, 1, 1).err(), Some(Refusal::TooManyOpen(1)));
     }
 }
