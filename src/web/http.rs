@@ -83,13 +83,20 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
 ) -> Result<Option<Head>, Response> {
     loop {
-        if let Some(end) = find_end(buf) {
+        // A read may bring in more than the head: the bound is on where
+        // the head ends, not on what has been read.
+        let end = find_end(buf);
+        let too_large = match end {
+            Some(end) => end > MAX_HEAD,
+            None => buf.len() >= MAX_HEAD,
+        };
+        if too_large {
+            return Err(text(431, "request head too large"));
+        }
+        if let Some(end) = end {
             let head = parse(&buf[..end]);
             buf.drain(..end);
             return head.map(Some);
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(text(431, "request head too large"));
         }
         let mut chunk = [0u8; 4096];
         match r.read(&mut chunk).await {
@@ -309,5 +316,25 @@ mod tests {
         let mut r = huge.as_bytes();
         let mut buf = Vec::new();
         assert!(read_head(&mut r, &mut buf).await.is_err());
+        // 16 KiB exactly is a head; a byte more is not, even when the read
+        // that brought it in also brought in its end.
+        let sized = |n: usize| {
+            let pad = n - "GET / HTTP/1.1\r\nX: \r\n\r\n".len();
+            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(pad))
+        };
+        for (n, ok) in [
+            (MAX_HEAD, true),
+            (MAX_HEAD + 1, false),
+            (MAX_HEAD + 3000, false),
+        ] {
+            let req = sized(n);
+            let mut r = req.as_bytes();
+            let mut buf = Vec::new();
+            let got = read_head(&mut r, &mut buf).await;
+            assert_eq!(got.is_ok(), ok, "a head of {n} bytes");
+            if let Err(e) = got {
+                assert_eq!(e.status, 431);
+            }
+        }
     }
 }
