@@ -26,7 +26,7 @@ pub(super) fn friend_command(
                 Link::Pending { from } if from == other.id => link(cx, me, other.id, Link::Friends),
                 Link::Pending { .. } => Decision::reply(Reply::Ok),
                 Link::None => {
-                    friend_room(s, cx, me)?;
+                    room_for_both(s, cx, me, other.id)?;
                     Decision::op(
                         cx,
                         OpBody::Link {
@@ -98,10 +98,12 @@ pub(super) fn friend_command(
                 id: other.id,
                 name: other.name.clone(),
             });
-            if s.edge(me, other.id)?.link == Link::Friends {
-                return Decision::reply(them);
+            match s.edge(me, other.id)?.link {
+                Link::Friends => return Decision::reply(them),
+                // A request either way already counts for both.
+                Link::Pending { .. } => {}
+                Link::None => room_for_both(s, cx, me, other.id)?,
             }
-            friend_room(s, cx, me)?;
             let mut d = link(cx, me, other.id, Link::Friends)?;
             d.reply = them;
             Ok(d)
@@ -133,13 +135,29 @@ pub(super) fn link(cx: &mut Ctx, me: Uid, other: Uid, link: Link) -> Res<Decisio
     )
 }
 
-pub(super) fn friend_room(s: &Store, cx: &Ctx, me: Uid) -> Res<()> {
-    let n = s
-        .edges(me)?
+/// A new request or friendship counts for both users: each must have
+/// room, or one user's friends and requests could grow without bound
+/// through requests sent to them.
+fn room_for_both(s: &Store, cx: &Ctx, me: Uid, other: Uid) -> Res<()> {
+    friend_room(s, cx, me)?;
+    if edges_in_use(s, other)? >= cx.limits.max_friends {
+        return fail(
+            ErrorCode::LimitReached,
+            format!("{other} has the most friends and requests allowed"),
+        );
+    }
+    Ok(())
+}
+
+fn edges_in_use(s: &Store, user: Uid) -> Res<usize> {
+    Ok(s.edges(user)?
         .iter()
         .filter(|(_, e)| e.link != Link::None)
-        .count();
-    if n >= cx.limits.max_friends {
+        .count())
+}
+
+pub(super) fn friend_room(s: &Store, cx: &Ctx, me: Uid) -> Res<()> {
+    if edges_in_use(s, me)? >= cx.limits.max_friends {
         return fail(
             ErrorCode::LimitReached,
             format!("at most {} friends and requests", cx.limits.max_friends),

@@ -321,3 +321,35 @@ fn guests_chat_in_the_lobby_and_nowhere_else() {
     // The shown name marks the guest.
     assert_eq!(&*w.names.get(&w.store, carol).unwrap(), "carol (guest)");
 }
+
+#[test]
+fn friends_and_requests_are_bounded_for_whoever_is_asked_too() {
+    let mut w = World::new();
+    w.limits.max_friends = 2;
+    let target = w.user("t");
+    let (a, b, c) = (w.user("a"), w.user("b"), w.user("c"));
+    let ask = |user| Command::FriendRequest {
+        user,
+        text: String::new(),
+    };
+    for u in [a, b] {
+        w.run(Some(u), ask(target)).unwrap();
+    }
+    // Two requests wait for the target: a third user is refused, whether
+    // asking or adding directly (the classic and sponge clients' way).
+    assert_eq!(w.code(c, ask(target)), ErrorCode::LimitReached);
+    assert_eq!(
+        w.code(c, Command::FriendAdd { user: target }),
+        ErrorCode::LimitReached
+    );
+    // What is already counted needs no more room: accepting, or adding
+    // someone whose request waits.
+    w.run(Some(target), Command::FriendAccept { user: a })
+        .unwrap();
+    assert!(matches!(
+        w.run(Some(target), Command::FriendAdd { user: b }),
+        Ok(Reply::Befriended(_))
+    ));
+    // The one asking is bounded as before.
+    assert_eq!(w.code(target, ask(c)), ErrorCode::LimitReached);
+}
