@@ -267,7 +267,8 @@ impl Server {
     }
 
     /// Take new settings where that makes sense without a restart (limits,
-    /// the welcome notice); returns the changed settings that need one.
+    /// the welcome notice, the web origins; the TLS files are read again);
+    /// returns the changed settings that need one (`Settings::restart_needed`).
     pub fn reload(&self, new: &Settings) -> Vec<String> {
         self.limits.set(new.limits());
         self.origins.set(Origins::new(&new.web_origin));
