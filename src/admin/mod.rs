@@ -112,7 +112,7 @@ async fn connection(stream: UnixStream, ctx: Ctx) {
         };
         let (reply, backup) = match req {
             Err(e) => (Err(e), None),
-            Ok(Request::Backup) => match hub(&ctx, AdminReq::BackupPoint).await {
+            Ok(Request::Backup {}) => match hub(&ctx, AdminReq::BackupPoint).await {
                 Ok(Reply::BackupPoint(point)) => {
                     (Ok(Reply::BackupPoint(point.clone())), Some(point))
                 }
@@ -195,7 +195,7 @@ async fn hash(ctx: &Ctx, password: &str) -> Result<String, String> {
 async fn run(ctx: &Ctx, req: Request) -> Result<Reply, String> {
     let page = |offset: usize, limit: usize| (offset, limit.min(proto::PAGE_MAX));
     match req {
-        Request::Status => {
+        Request::Status {} => {
             let mut r = hub(ctx, AdminReq::Status).await?;
             if let Reply::Status {
                 uptime_secs,
@@ -208,7 +208,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Reply, String> {
             }
             Ok(r)
         }
-        Request::Cluster => Ok(match &ctx.mesh {
+        Request::Cluster {} => Ok(match &ctx.mesh {
             Some(mesh) => Reply::Cluster {
                 status: mesh.status(),
                 standalone: false,
@@ -222,7 +222,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Reply, String> {
                 standalone: true,
             },
         }),
-        Request::Digest => match ctx.hub.ask(|reply| HubMsg::Digest { reply }).await {
+        Request::Digest {} => match ctx.hub.ask(|reply| HubMsg::Digest { reply }).await {
             Some(d) => {
                 let d = d?;
                 Ok(Reply::Digest {
@@ -264,7 +264,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Reply, String> {
         Request::UserBan { user } => ban(ctx, user, true).await,
         Request::UserUnban { user } => ban(ctx, user, false).await,
         Request::UserDelete { user } => hub(ctx, AdminReq::DeleteUser { who: user.who() }).await,
-        Request::Sessions => hub(ctx, AdminReq::Sessions).await,
+        Request::Sessions {} => hub(ctx, AdminReq::Sessions).await,
         Request::Kick { session, user } => {
             let user = user.map(|u| u.who());
             hub(ctx, AdminReq::Kick { session, user }).await
@@ -283,7 +283,9 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Reply, String> {
             }
             hub(ctx, AdminReq::Broadcast { text }).await
         }
-        Request::Backup => Err("a backup is streamed; ask for it first on its connection".into()),
+        Request::Backup {} => {
+            Err("a backup is streamed; ask for it first on its connection".into())
+        }
     }
 }
 

@@ -42,13 +42,15 @@ fn page() -> usize {
     100
 }
 
-/// Every request `chatd.sock` takes.
+/// Every request `chatd.sock` takes. Those without fields are empty
+/// structs, not unit variants: serde refuses unknown fields only in
+/// structs, and a typo in a field should never be taken silently.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Status,
-    Cluster,
-    Digest,
+    Status {},
+    Cluster {},
+    Digest {},
     Users {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         query: Option<String>,
@@ -77,7 +79,7 @@ pub enum Request {
     UserDelete {
         user: UserArg,
     },
-    Sessions,
+    Sessions {},
     Kick {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<u64>,
@@ -100,7 +102,7 @@ pub enum Request {
         text: String,
     },
     /// The reply line is followed by the backup file itself.
-    Backup,
+    Backup {},
 }
 
 /// Every `cmd` there is (a request's tag), for a clear answer to one that
@@ -375,6 +377,14 @@ mod tests {
         assert_eq!(UserArg::Name("42".into()).who(), Who::Id(Uid(42)));
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"kick","sesion":1}"#).is_err());
+        // Commands without fields too.
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","verbose":true}"#).is_err());
+        let r: Request = serde_json::from_str(r#"{"cmd":"status"}"#).unwrap();
+        assert_eq!(r, Request::Status {});
+        assert_eq!(
+            serde_json::to_string(&Request::Backup {}).unwrap(),
+            r#"{"cmd":"backup"}"#
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let o = Out { json: cli.json };
     match &cli.cmd {
         Cmd::Status => {
-            let (r, line) = request(cli, Request::Status)?;
+            let (r, line) = request(cli, Request::Status {})?;
             let Reply::Status {
                 hub,
                 version,
@@ -170,7 +170,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             });
         }
         Cmd::Cluster => {
-            let (r, line) = request(cli, Request::Cluster)?;
+            let (r, line) = request(cli, Request::Cluster {})?;
             let Reply::Cluster { status, .. } = &r else {
                 return Err(unexpected(&r));
             };
@@ -208,7 +208,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             });
         }
         Cmd::Digest => {
-            let (r, line) = request(cli, Request::Digest)?;
+            let (r, line) = request(cli, Request::Digest {})?;
             let Reply::Digest {
                 digest,
                 users,
@@ -224,7 +224,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Cmd::Users(u) => users(cli, u, &o)?,
         Cmd::Sessions(SessionsCmd::List) => {
-            let (r, line) = request(cli, Request::Sessions)?;
+            let (r, line) = request(cli, Request::Sessions {})?;
             let Reply::Sessions {
                 sessions,
                 elsewhere,
@@ -443,7 +443,7 @@ struct RestoreDone<'a> {
 /// Ask chatd for a backup and copy the stream after its reply into `file`.
 fn live_backup(cli: &Cli, file: &Path) -> Result<chatd::backup::Summary, Failure> {
     let stream = connect(cli)?;
-    let (reply, _, mut rest) = exchange(stream, &Request::Backup)?;
+    let (reply, _, mut rest) = exchange(stream, &Request::Backup {})?;
     let Reply::BackupPoint(point) = reply else {
         return Err(unexpected(&reply));
     };
