@@ -139,8 +139,14 @@ pub(super) fn link(cx: &mut Ctx, me: Uid, other: Uid, link: Link) -> Res<Decisio
 /// room, or one user's friends and requests could grow without bound
 /// through requests sent to them.
 fn room_for_both(s: &Store, cx: &Ctx, me: Uid, other: Uid) -> Res<()> {
-    friend_room(s, cx, me)?;
-    if edges_in_use(s, other)? >= cx.limits.max_friends {
+    let max = cx.limits.max_friends;
+    if edges_in_use(s, me)? >= max {
+        return fail(
+            ErrorCode::LimitReached,
+            format!("at most {max} friends and requests"),
+        );
+    }
+    if edges_in_use(s, other)? >= max {
         return fail(
             ErrorCode::LimitReached,
             format!("{other} has the most friends and requests allowed"),
@@ -154,14 +160,4 @@ fn edges_in_use(s: &Store, user: Uid) -> Res<usize> {
         .iter()
         .filter(|(_, e)| e.link != Link::None)
         .count())
-}
-
-pub(super) fn friend_room(s: &Store, cx: &Ctx, me: Uid) -> Res<()> {
-    if edges_in_use(s, me)? >= cx.limits.max_friends {
-        return fail(
-            ErrorCode::LimitReached,
-            format!("at most {} friends and requests", cx.limits.max_friends),
-        );
-    }
-    Ok(())
 }

@@ -147,6 +147,18 @@ struct Active {
     index: FileIndex,
 }
 
+impl Active {
+    /// Done with this file (sealed or deleted): the next append begins
+    /// the next one, empty. A state without a file is always this one.
+    fn next_file(&mut self) {
+        self.file = None;
+        self.no += 1;
+        self.len = 0;
+        self.filled = 0;
+        self.index = FileIndex::default();
+    }
+}
+
 /// What one record holds.
 pub(super) struct Segment {
     pub(super) first: u64,
@@ -341,10 +353,8 @@ impl LogFiles {
                 newest: BTreeMap::new(),
             };
             lock(&self.shared).files.insert(a.no, info);
+            debug_assert!(a.len == 0 && a.filled == 0, "a new file starts empty");
             a.file = Some(f);
-            a.len = 0;
-            a.filled = 0;
-            a.index = FileIndex::default();
         }
         let no = a.no;
         let mut buf = Vec::with_capacity(segments.iter().map(|s| s.bytes.len() + HEAD).sum());
@@ -438,10 +448,7 @@ impl LogFiles {
             std::fs::write(&path, &idx).map_err(io)?;
             File::open(&path).and_then(|f| f.sync_all()).map_err(io)?;
         }
-        a.no += 1;
-        a.len = 0;
-        a.filled = 0;
-        a.index = FileIndex::default();
+        a.next_file();
         Ok(())
     }
 
@@ -478,11 +485,7 @@ impl LogFiles {
         let mut freed = 0;
         for no in doomed {
             if no == a.no {
-                a.file = None;
-                a.no += 1;
-                a.len = 0;
-                a.filled = 0;
-                a.index = FileIndex::default();
+                a.next_file();
             }
             if let Some(info) = s.files.remove(&no) {
                 freed += info.len;
