@@ -47,6 +47,89 @@ pub fn background_thread() {
     }
 }
 
+/// The calling thread's id, by which other threads may [`set_idle`] it.
+pub fn thread_id() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid takes nothing and cannot fail.
+    unsafe {
+        libc::syscall(libc::SYS_gettid) as i32
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Whether thread `tid` could be taken out of `SCHED_IDLE` again: that
+/// takes `CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows the thread's nice
+/// value (systemd's `LimitNICE=`). A thread put there without a way back
+/// could be starved for good by anything else that keeps the cores busy.
+pub fn may_leave_idle(tid: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getpriority and getrlimit only read; the struct is ours.
+        let (nice, rlim) = unsafe {
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let rlim = match libc::getrlimit(libc::RLIMIT_NICE, &mut lim) {
+                0 => lim.rlim_cur,
+                _ => 0,
+            };
+            (nice, rlim)
+        };
+        nice_allowed(nice, rlim) || has_sys_nice()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = tid;
+        false
+    }
+}
+
+/// Whether `RLIMIT_NICE` at `rlim` lets a thread have nice value `nice`
+/// (the kernel's test: 20 - nice within the limit; systemd's
+/// `LimitNICE=+10` sets 10).
+#[cfg(target_os = "linux")]
+fn nice_allowed(nice: i32, rlim: u64) -> bool {
+    u64::try_from(20 - i64::from(nice)).is_ok_and(|needed| needed <= rlim)
+}
+
+/// `CAP_SYS_NICE` (bit 23) among the effective capabilities.
+#[cfg(target_os = "linux")]
+fn has_sys_nice() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/thread-self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 23) != 0)
+}
+
+/// Put thread `tid` in `SCHED_IDLE` (it runs only on a core nothing else
+/// wants), or back to ordinary scheduling at its nice value. Only for a
+/// thread [`may_leave_idle`] says can come back. Whether it took.
+pub fn set_idle(tid: i32, idle: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = if idle {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: the kernel only reads the struct we pass.
+        unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (tid, idle);
+        false
+    }
+}
+
 /// Give memory the allocator holds but does not use back to the system.
 /// After a burst (a written layer freed, say) glibc keeps the pages in its
 /// per-thread arenas; this is where a server's memory would otherwise only
@@ -183,6 +266,46 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<
 mod tests {
     use super::Quiet;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn leaving_idle_at_nice_10_takes_a_nice_limit_of_10() {
+        assert!(!super::nice_allowed(10, 0), "the default limit");
+        assert!(!super::nice_allowed(10, 9));
+        assert!(super::nice_allowed(10, 10), "LimitNICE=+10");
+        assert!(super::nice_allowed(19, 1));
+        assert!(!super::nice_allowed(0, 19));
+        assert!(super::nice_allowed(-20, 40));
+    }
+
+    #[test]
+    fn a_thread_goes_idle_and_comes_back_at_its_nice_value() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            super::background_thread();
+            let _ = tx.send(super::thread_id());
+            let _ = stopped.recv();
+        });
+        let tid = rx.recv().unwrap();
+        // SAFETY: plain queries of a live thread of this process.
+        let policy = || unsafe { libc::sched_getscheduler(tid) };
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+        assert_eq!((policy(), nice()), (libc::SCHED_OTHER, 10));
+        if super::may_leave_idle(tid) {
+            assert!(super::set_idle(tid, true));
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            assert!(super::set_idle(tid, false));
+            assert_eq!((policy(), nice()), (libc::SCHED_OTHER, 10));
+        } else {
+            // CI runs as root (CAP_SYS_NICE), where the test must not skip.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no way back from SCHED_IDLE in CI"
+            );
+        }
+        stop.send(()).unwrap();
+        t.join().unwrap();
+    }
 
     #[test]
     fn quiet_is_said_once_per_spell_and_only_after_a_second() {

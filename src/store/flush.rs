@@ -70,6 +70,56 @@ pub(crate) struct Checkpointer {
     tx: Option<mpsc::Sender<Job>>,
     done: mpsc::Receiver<Result<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    idler: Arc<Idler>,
+}
+
+/// How the checkpoint thread keeps out of the way of requests: while it
+/// keeps up it runs in `SCHED_IDLE`, on a core nothing else wants, and
+/// when the hub finds it late (or has to wait for it) the hub lifts it back
+/// to ordinary scheduling, at nice 10, until its next layer. At nice 10
+/// alone it still took a core from the hub, the sessions and the commit
+/// thread for a moment every second, which showed in the p99 of an open
+/// load. Only where the thread can be lifted back (`os::may_leave_idle`);
+/// elsewhere it stays at nice 10.
+#[derive(Default)]
+struct Idler {
+    /// The thread's id once it idles between layers; 0 when it never does.
+    tid: std::sync::atomic::AtomicI32,
+    /// Whether the layer in hand was lifted. The thread's scheduling is
+    /// changed under this lock, so that the thread going idle as it begins
+    /// a layer never undoes a lift of that same layer.
+    lifted: std::sync::Mutex<bool>,
+}
+
+impl Idler {
+    fn lifted(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.lifted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A layer is handed to the thread: it will begin it idle.
+    fn handed(&self) {
+        *self.lifted() = false;
+    }
+
+    /// Called by the thread as it begins a layer (and once at its start).
+    fn begin(&self) {
+        let tid = self.tid.load(std::sync::atomic::Ordering::Acquire);
+        let lifted = self.lifted();
+        if tid != 0 && !*lifted {
+            crate::os::set_idle(tid, true);
+        }
+    }
+
+    fn lift(&self) {
+        let tid = self.tid.load(std::sync::atomic::Ordering::Acquire);
+        let mut lifted = self.lifted();
+        if tid != 0 && !*lifted {
+            *lifted = true;
+            if !crate::os::set_idle(tid, false) {
+                tracing::warn!("cannot lift the checkpoint thread out of SCHED_IDLE");
+            }
+        }
+    }
 }
 
 impl Checkpointer {
@@ -82,6 +132,8 @@ impl Checkpointer {
     ) -> Result<Checkpointer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel();
+        let idler = Arc::new(Idler::default());
+        let idles = idler.clone();
         let thread = std::thread::Builder::new()
             .name("chatd-checkpoint".into())
             .spawn(move || {
@@ -90,6 +142,11 @@ impl Checkpointer {
                 crate::os::background_thread();
                 crate::os::busy_thread();
                 crate::os::tables_thread();
+                let tid = crate::os::thread_id();
+                if crate::os::may_leave_idle(tid) {
+                    idles.tid.store(tid, std::sync::atomic::Ordering::Release);
+                    idles.begin();
+                }
                 // Bytes of layers freed since memory was last handed back.
                 let mut freed = 0;
                 let mut quiet = crate::os::Quiet::new(std::time::Instant::now());
@@ -141,6 +198,7 @@ impl Checkpointer {
                             continue;
                         }
                     };
+                    idles.begin();
                     let r = write_layer(&trees, &log, &layer).and_then(|()| {
                         db.flush()?;
                         // Recorded only once the tables it vouches for are
@@ -188,10 +246,12 @@ impl Checkpointer {
             tx: Some(tx),
             done,
             thread: Some(thread),
+            idler,
         })
     }
 
     pub(crate) fn submit(&self, layer: Arc<Layer>) {
+        self.idler.handed();
         if let Some(tx) = &self.tx {
             let _ = tx.send(Job::Write(layer));
         }
@@ -219,10 +279,22 @@ impl Checkpointer {
         }
     }
 
+    /// The layer in flight is late: let it have a core (see [`Idler`]).
+    pub(crate) fn hurry(&self) {
+        self.idler.lift();
+    }
+
+    /// The checkpoint thread's id if it idles between layers, else 0.
+    #[cfg(test)]
+    pub(crate) fn idle_tid(&self) -> i32 {
+        self.idler.tid.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The result of the submitted layer's write, if finished (or, with
     /// `wait`, once finished). Only call with a layer in flight.
     pub(crate) fn poll(&self, wait: bool) -> Option<Result<()>> {
         if wait {
+            self.hurry();
             self.done.recv().ok()
         } else {
             self.done.try_recv().ok()

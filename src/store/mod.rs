@@ -490,7 +490,13 @@ impl Store {
     /// [`Store::maintain`], and, given the time and how much log to keep
     /// (`keep`), a compaction pass every second or so (`compact.rs`).
     pub fn maintain_at(&mut self, write: bool, compact: Option<(u64, Duration)>) -> Result<()> {
+        let due = self.last_rotate.elapsed() >= self.opts.checkpoint_interval
+            || self.active.bytes >= self.opts.checkpoint_bytes;
         if self.frozen.is_some() {
+            if due {
+                // The next layer is due and this one is not written yet.
+                self.checkpointer.hurry();
+            }
             // Under a load the checkpoint cannot keep up with, the hub waits
             // rather than let memory grow: two layers' worth at most.
             let hard_limit = self.active.bytes > 2 * self.opts.checkpoint_bytes;
@@ -506,8 +512,6 @@ impl Store {
                 }
             }
         }
-        let due = self.last_rotate.elapsed() >= self.opts.checkpoint_interval
-            || self.active.bytes >= self.opts.checkpoint_bytes;
         if self.frozen.is_none() && due && write {
             self.rotate();
         }

@@ -528,3 +528,45 @@ fn a_log_still_in_sled_moves_to_files_once() {
     assert_eq!(s.applied()[&1], 10);
     s.close().unwrap();
 }
+
+#[test]
+fn the_checkpoint_thread_idles_until_a_layer_is_waited_for() {
+    let mut s = Store::open(StoreOptions::temporary()).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut tid = 0;
+    while tid == 0 && t0.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        tid = s.checkpointer.idle_tid();
+    }
+    if tid == 0 {
+        // Without CAP_SYS_NICE or an RLIMIT_NICE that allows nice 10 it
+        // stays at nice 10; CI runs as root, where it must not skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the checkpoint thread never idled"
+        );
+        return;
+    }
+    // SAFETY: a plain query of a live thread of this process.
+    let policy = || unsafe { libc::sched_getscheduler(tid) };
+    while policy() != libc::SCHED_IDLE {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "not idle");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let op = Op {
+        origin: 1,
+        seq: 1,
+        stamp: Stamp::new(10, 1),
+        body: OpBody::Notice { text: "hi".into() },
+    };
+    s.append_log(1, vec![op]).unwrap();
+    s.checkpoint_now().unwrap();
+    assert_eq!(
+        policy(),
+        libc::SCHED_OTHER,
+        "waiting for a layer lifts the thread"
+    );
+    // SAFETY: as above.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    assert_eq!(nice, 10, "and it keeps its nice value");
+}
