@@ -51,7 +51,7 @@
 //! | `tokens`    | session tokens: making them, taking them apart, their hash | store or check them (the rules do) |
 //! | `ids`       | user/group/guest id blocks, the lobby's id, stamps and the hybrid logical clock | |
 //! | `config`    | settings (flags, `CHATD_*` variables, TOML file) and limits | |
-//! | `os`        | file-descriptor limit, signals, thread priority, what the allocator is told about threads (`AllocatorHints`, `Quiet`), returning freed memory | name an allocator (the daemon's binary sets the hints) |
+//! | `os`        | file-descriptor limit, signals, thread priority (nice, `SCHED_IDLE`), what the allocator is told about threads (`AllocatorHints`, `Quiet`), returning freed memory | name an allocator (the daemon's binary sets the hints) |
 //! | `bench`     | `chatbench`: load clients, scenarios, the ceilings (a server of each protocol in memory, a raw relay) | use chatd's internals: it speaks only the wire protocols |
 //!
 //! Where is a command handled? A file of `dialect` (`native`, `classic`,
