@@ -75,8 +75,10 @@ pub(crate) struct Checkpointer {
 
 /// How the checkpoint thread keeps out of the way of requests: while it
 /// keeps up it runs in `SCHED_IDLE`, on a core nothing else wants, and
-/// when the hub finds it late (or has to wait for it) the hub lifts it back
-/// to ordinary scheduling, at nice 10, until its next layer. At nice 10
+/// when the hub finds it late (half the checkpoint interval gone and its
+/// layer not written, since on a host whose cores are kept busy it finds
+/// no idle core at all) or has to wait for it, the hub lifts it back to
+/// ordinary scheduling, at nice 10, until its next layer. At nice 10
 /// alone it still took a core from the hub, the sessions and the commit
 /// thread for a moment every second, which showed in the p99 of an open
 /// load. Only where the thread can be lifted back (`os::may_leave_idle`);

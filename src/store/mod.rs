@@ -490,11 +490,16 @@ impl Store {
     /// [`Store::maintain`], and, given the time and how much log to keep
     /// (`keep`), a compaction pass every second or so (`compact.rs`).
     pub fn maintain_at(&mut self, write: bool, compact: Option<(u64, Duration)>) -> Result<()> {
-        let due = self.last_rotate.elapsed() >= self.opts.checkpoint_interval
+        let since = self.last_rotate.elapsed();
+        let due = since >= self.opts.checkpoint_interval
             || self.active.bytes >= self.opts.checkpoint_bytes;
         if self.frozen.is_some() {
-            if due {
-                // The next layer is due and this one is not written yet.
+            // Half the interval gone and this layer not written yet: the
+            // thread is finding no idle core, and the next layer will be
+            // due before long.
+            if since >= self.opts.checkpoint_interval / 2
+                || self.active.bytes >= self.opts.checkpoint_bytes / 2
+            {
                 self.checkpointer.hurry();
             }
             // Under a load the checkpoint cannot keep up with, the hub waits

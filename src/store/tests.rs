@@ -529,13 +529,13 @@ fn a_log_still_in_sled_moves_to_files_once() {
     s.close().unwrap();
 }
 
-#[test]
-fn the_checkpoint_thread_idles_until_a_layer_is_waited_for() {
-    let mut s = Store::open(StoreOptions::temporary()).unwrap();
-    let t0 = std::time::Instant::now();
+/// The checkpoint thread's scheduling policy, once it idles (after its
+/// start); `None` where it may not idle.
+fn idling_checkpoint_thread(s: &Store) -> Option<impl Fn() -> i32> {
+    let t0 = Instant::now();
     let mut tid = 0;
-    while tid == 0 && t0.elapsed() < std::time::Duration::from_secs(2) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    while tid == 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(5));
         tid = s.checkpointer.idle_tid();
     }
     if tid == 0 {
@@ -545,28 +545,65 @@ fn the_checkpoint_thread_idles_until_a_layer_is_waited_for() {
             std::env::var_os("CI").is_none(),
             "the checkpoint thread never idled"
         );
-        return;
+        return None;
     }
     // SAFETY: a plain query of a live thread of this process.
-    let policy = || unsafe { libc::sched_getscheduler(tid) };
+    let policy = move || unsafe { libc::sched_getscheduler(tid) };
     while policy() != libc::SCHED_IDLE {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "not idle");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(t0.elapsed() < Duration::from_secs(5), "not idle");
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let op = Op {
+    Some(policy)
+}
+
+fn a_notice(seq: u64) -> Op {
+    Op {
         origin: 1,
-        seq: 1,
-        stamp: Stamp::new(10, 1),
+        seq,
+        stamp: Stamp::new(10 * seq, 1),
         body: OpBody::Notice { text: "hi".into() },
+    }
+}
+
+#[test]
+fn the_checkpoint_thread_idles_until_a_layer_is_waited_for() {
+    let mut s = Store::open(StoreOptions::temporary()).unwrap();
+    let Some(policy) = idling_checkpoint_thread(&s) else {
+        return;
     };
-    s.append_log(1, vec![op]).unwrap();
+    s.append_log(1, vec![a_notice(1)]).unwrap();
     s.checkpoint_now().unwrap();
     assert_eq!(
         policy(),
         libc::SCHED_OTHER,
         "waiting for a layer lifts the thread"
     );
-    // SAFETY: as above.
+    let tid = s.checkpointer.idle_tid();
+    // SAFETY: a plain query of a live thread of this process.
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
     assert_eq!(nice, 10, "and it keeps its nice value");
+}
+
+#[test]
+fn a_layer_still_in_flight_half_an_interval_on_is_hurried() {
+    let mut opts = StoreOptions::temporary();
+    opts.checkpoint_interval = Duration::from_millis(400);
+    // A compaction pass that keeps the thread busy, so that the layer
+    // queued behind it is still in flight when it is looked at.
+    opts.compact_delay = Duration::from_millis(1500);
+    let mut s = Store::open(opts).unwrap();
+    let Some(policy) = idling_checkpoint_thread(&s) else {
+        return;
+    };
+    // Passes are asked for at most once a second.
+    std::thread::sleep(Duration::from_millis(1000));
+    s.maintain_at(true, Some((0, Duration::ZERO))).unwrap();
+    s.append_log(1, vec![a_notice(1)]).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.maintain(true).unwrap();
+    s.maintain(true).unwrap();
+    assert_eq!(policy(), libc::SCHED_IDLE, "just handed over: not late");
+    std::thread::sleep(Duration::from_millis(250));
+    s.maintain(true).unwrap();
+    assert_eq!(policy(), libc::SCHED_OTHER, "half an interval on: lifted");
 }
