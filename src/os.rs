@@ -58,27 +58,32 @@ pub fn thread_id() -> i32 {
     0
 }
 
-/// Whether thread `tid` could be taken out of `SCHED_IDLE` again: that
-/// takes `CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows the thread's nice
-/// value (systemd's `LimitNICE=`). A thread put there without a way back
-/// could be starved for good by anything else that keeps the cores busy.
+/// Whether thread `tid` could be taken out of `SCHED_IDLE` again: the
+/// kernel allows it to a thread that may lower its nice value to where it
+/// is, by `RLIMIT_NICE` (systemd's `LimitNICE=`) or by `CAP_SYS_NICE`. The
+/// capability is tried rather than read (lowering the nice value by one
+/// and raising it back), since one held in a user namespace does not
+/// count. A thread put there without a way back would be left a tiny
+/// share of the CPU by anything keeping the cores busy.
 pub fn may_leave_idle(tid: i32) -> bool {
     #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getpriority and getrlimit only read; the struct is ours.
-        let (nice, rlim) = unsafe {
-            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            let rlim = match libc::getrlimit(libc::RLIMIT_NICE, &mut lim) {
-                0 => lim.rlim_cur,
-                _ => 0,
-            };
-            (nice, rlim)
+    // SAFETY: getpriority, setpriority and getrlimit on a thread of ours;
+    // the struct is ours.
+    unsafe {
+        let id = tid as libc::id_t;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, id);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
         };
-        nice_allowed(nice, rlim) || has_sys_nice()
+        if libc::getrlimit(libc::RLIMIT_NICE, &mut lim) == 0 && nice_allowed(nice, lim.rlim_cur) {
+            return true;
+        }
+        if nice <= -20 || libc::setpriority(libc::PRIO_PROCESS, id, nice - 1) != 0 {
+            return false;
+        }
+        // Raising one's nice value needs no privilege.
+        libc::setpriority(libc::PRIO_PROCESS, id, nice) == 0
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -93,19 +98,6 @@ pub fn may_leave_idle(tid: i32) -> bool {
 #[cfg(target_os = "linux")]
 fn nice_allowed(nice: i32, rlim: u64) -> bool {
     u64::try_from(20 - i64::from(nice)).is_ok_and(|needed| needed <= rlim)
-}
-
-/// `CAP_SYS_NICE` (bit 23) among the effective capabilities.
-#[cfg(target_os = "linux")]
-fn has_sys_nice() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/thread-self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 23) != 0)
 }
 
 /// Put thread `tid` in `SCHED_IDLE` (it runs only on a core nothing else
@@ -290,12 +282,14 @@ mod tests {
         // SAFETY: plain queries of a live thread of this process.
         let policy = || unsafe { libc::sched_getscheduler(tid) };
         let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
-        assert_eq!((policy(), nice()), (libc::SCHED_OTHER, 10));
+        let before = nice();
+        assert_eq!(policy(), libc::SCHED_OTHER);
         if super::may_leave_idle(tid) {
+            assert_eq!(nice(), before, "asking changes nothing");
             assert!(super::set_idle(tid, true));
             assert_eq!(policy(), libc::SCHED_IDLE);
             assert!(super::set_idle(tid, false));
-            assert_eq!((policy(), nice()), (libc::SCHED_OTHER, 10));
+            assert_eq!((policy(), nice()), (libc::SCHED_OTHER, before));
         } else {
             // CI runs as root (CAP_SYS_NICE), where the test must not skip.
             assert!(

@@ -11,6 +11,7 @@
 //! chunk (a late arrival from another node) makes the checkpoint merge it into
 //! the chunks it overlaps.
 
+use super::idler::Idler;
 use super::{
     decode, encode, Durability, Layer, LayerMap, MessageMap, Result, StoreError, Table, FORMAT,
 };
@@ -64,6 +65,8 @@ pub(crate) struct LogSide {
     pub(crate) busy: Arc<std::sync::atomic::AtomicBool>,
     /// Fault injection (`StoreOptions::compact_delay`).
     pub(crate) delay: std::time::Duration,
+    /// Fault injection (`StoreOptions::write_delay`).
+    pub(crate) write_delay: std::time::Duration,
 }
 
 pub(crate) struct Checkpointer {
@@ -71,57 +74,6 @@ pub(crate) struct Checkpointer {
     done: mpsc::Receiver<Result<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     idler: Arc<Idler>,
-}
-
-/// How the checkpoint thread keeps out of the way of requests: while it
-/// keeps up it runs in `SCHED_IDLE`, on a core nothing else wants, and
-/// when the hub finds it late (half the checkpoint interval gone and its
-/// layer not written, since on a host whose cores are kept busy it finds
-/// no idle core at all) or has to wait for it, the hub lifts it back to
-/// ordinary scheduling, at nice 10, until its next layer. At nice 10
-/// alone it still took a core from the hub, the sessions and the commit
-/// thread for a moment every second, which showed in the p99 of an open
-/// load. Only where the thread can be lifted back (`os::may_leave_idle`);
-/// elsewhere it stays at nice 10.
-#[derive(Default)]
-struct Idler {
-    /// The thread's id once it idles between layers; 0 when it never does.
-    tid: std::sync::atomic::AtomicI32,
-    /// Whether the layer in hand was lifted. The thread's scheduling is
-    /// changed under this lock, so that the thread going idle as it begins
-    /// a layer never undoes a lift of that same layer.
-    lifted: std::sync::Mutex<bool>,
-}
-
-impl Idler {
-    fn lifted(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.lifted.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A layer is handed to the thread: it will begin it idle.
-    fn handed(&self) {
-        *self.lifted() = false;
-    }
-
-    /// Called by the thread as it begins a layer (and once at its start).
-    fn begin(&self) {
-        let tid = self.tid.load(std::sync::atomic::Ordering::Acquire);
-        let lifted = self.lifted();
-        if tid != 0 && !*lifted {
-            crate::os::set_idle(tid, true);
-        }
-    }
-
-    fn lift(&self) {
-        let tid = self.tid.load(std::sync::atomic::Ordering::Acquire);
-        let mut lifted = self.lifted();
-        if tid != 0 && !*lifted {
-            *lifted = true;
-            if !crate::os::set_idle(tid, false) {
-                tracing::warn!("cannot lift the checkpoint thread out of SCHED_IDLE");
-            }
-        }
-    }
 }
 
 impl Checkpointer {
@@ -144,11 +96,7 @@ impl Checkpointer {
                 crate::os::background_thread();
                 crate::os::busy_thread();
                 crate::os::tables_thread();
-                let tid = crate::os::thread_id();
-                if crate::os::may_leave_idle(tid) {
-                    idles.tid.store(tid, std::sync::atomic::Ordering::Release);
-                    idles.begin();
-                }
+                idles.start();
                 // Bytes of layers freed since memory was last handed back.
                 let mut freed = 0;
                 let mut quiet = crate::os::Quiet::new(std::time::Instant::now());
@@ -200,7 +148,10 @@ impl Checkpointer {
                             continue;
                         }
                     };
-                    idles.begin();
+                    idles.write_begins();
+                    if !side.write_delay.is_zero() {
+                        std::thread::sleep(side.write_delay);
+                    }
                     let r = write_layer(&trees, &log, &layer).and_then(|()| {
                         db.flush()?;
                         // Recorded only once the tables it vouches for are
@@ -238,6 +189,7 @@ impl Checkpointer {
                         }
                         Ok(())
                     });
+                    idles.write_ends();
                     if done_tx.send(r).is_err() {
                         break;
                     }
@@ -281,7 +233,7 @@ impl Checkpointer {
         }
     }
 
-    /// The layer in flight is late: let it have a core (see [`Idler`]).
+    /// The layer in flight is late or waited for: let it have a core.
     pub(crate) fn hurry(&self) {
         self.idler.lift();
     }
@@ -289,7 +241,7 @@ impl Checkpointer {
     /// The checkpoint thread's id if it idles between layers, else 0.
     #[cfg(test)]
     pub(crate) fn idle_tid(&self) -> i32 {
-        self.idler.tid.load(std::sync::atomic::Ordering::Acquire)
+        self.idler.tid()
     }
 
     /// The result of the submitted layer's write, if finished (or, with

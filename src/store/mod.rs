@@ -39,7 +39,8 @@
 //! `snapshot.rs` (reading the tables as a snapshot, installing one),
 //! `layers.rs` (reads and writes through the layers), `key.rs` (the
 //! layers' keys, kept inline), `flush.rs` (the checkpointer, message
-//! chunks), `schema.rs` (the typed key table),
+//! chunks), `idler.rs` (the checkpointer's scheduling), `schema.rs` (the
+//! typed key table),
 //! `retention.rs` (watermarks, the per-minute tally and the sweep that
 //! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
 //! node's id and uuid), `space.rs` (free disk space).
@@ -51,6 +52,7 @@ mod compact;
 mod digest;
 mod flush;
 mod identity;
+mod idler;
 mod key;
 pub use digest::Digest;
 mod layers;

@@ -130,6 +130,7 @@ impl Store {
                 bounds: bounds.clone(),
                 busy: compacting.clone(),
                 delay: opts.compact_delay,
+                write_delay: opts.write_delay,
             },
         )?;
 

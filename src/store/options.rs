@@ -16,6 +16,8 @@ pub struct StoreOptions {
     pub commit_delay: Duration,
     /// Fault injection: pause at each step of a compaction (tests only).
     pub compact_delay: Duration,
+    /// Fault injection: pause as each layer's write begins (tests only).
+    pub write_delay: Duration,
     /// Unsafe: count a commit as durable without flushing it.
     pub no_flush: bool,
 }
@@ -29,6 +31,7 @@ impl StoreOptions {
             checkpoint_bytes: 16 << 20,
             commit_delay: Duration::ZERO,
             compact_delay: Duration::ZERO,
+            write_delay: Duration::ZERO,
             no_flush: false,
         }
     }
@@ -42,6 +45,7 @@ impl StoreOptions {
             checkpoint_bytes: 16 << 20,
             commit_delay: Duration::ZERO,
             compact_delay: Duration::ZERO,
+            write_delay: Duration::ZERO,
             no_flush: false,
         }
     }

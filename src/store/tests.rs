@@ -529,9 +529,14 @@ fn a_log_still_in_sled_moves_to_files_once() {
     s.close().unwrap();
 }
 
-/// The checkpoint thread's scheduling policy, once it idles (after its
-/// start); `None` where it may not idle.
-fn idling_checkpoint_thread(s: &Store) -> Option<impl Fn() -> i32> {
+/// A store whose layers take 1.5 s to write (`write_delay`), checkpointed
+/// every 400 ms, and a probe of its checkpoint thread's scheduling policy;
+/// `None` where the thread may not idle.
+fn slow_writes() -> Option<(Store, impl Fn() -> i32 + Send + Copy)> {
+    let mut opts = StoreOptions::temporary();
+    opts.checkpoint_interval = Duration::from_millis(400);
+    opts.write_delay = Duration::from_millis(1500);
+    let s = Store::open(opts).unwrap();
     let t0 = Instant::now();
     let mut tid = 0;
     while tid == 0 && t0.elapsed() < Duration::from_secs(2) {
@@ -543,67 +548,82 @@ fn idling_checkpoint_thread(s: &Store) -> Option<impl Fn() -> i32> {
         // stays at nice 10; CI runs as root, where it must not skip.
         assert!(
             std::env::var_os("CI").is_none(),
-            "the checkpoint thread never idled"
+            "the checkpoint thread may not idle"
         );
         return None;
     }
     // SAFETY: a plain query of a live thread of this process.
     let policy = move || unsafe { libc::sched_getscheduler(tid) };
+    Some((s, policy))
+}
+
+/// Hand a layer to the checkpoint thread and wait until it writes it idle.
+fn hand_a_layer(s: &mut Store, policy: impl Fn() -> i32) {
+    assert_eq!(policy(), libc::SCHED_OTHER, "between layers: nice 10");
+    std::thread::sleep(Duration::from_millis(400));
+    s.append_log(
+        1,
+        vec![Op {
+            origin: 1,
+            seq: 1,
+            stamp: Stamp::new(10, 1),
+            body: OpBody::Notice { text: "hi".into() },
+        }],
+    )
+    .unwrap();
+    s.maintain(true).unwrap();
+    let t0 = Instant::now();
     while policy() != libc::SCHED_IDLE {
-        assert!(t0.elapsed() < Duration::from_secs(5), "not idle");
+        assert!(t0.elapsed() < Duration::from_secs(1), "not written idle");
         std::thread::sleep(Duration::from_millis(5));
     }
-    Some(policy)
-}
-
-fn a_notice(seq: u64) -> Op {
-    Op {
-        origin: 1,
-        seq,
-        stamp: Stamp::new(10 * seq, 1),
-        body: OpBody::Notice { text: "hi".into() },
-    }
 }
 
 #[test]
-fn the_checkpoint_thread_idles_until_a_layer_is_waited_for() {
-    let mut s = Store::open(StoreOptions::temporary()).unwrap();
-    let Some(policy) = idling_checkpoint_thread(&s) else {
+fn a_layer_is_written_idle_until_half_an_interval_has_passed() {
+    let Some((mut s, policy)) = slow_writes() else {
         return;
     };
-    s.append_log(1, vec![a_notice(1)]).unwrap();
-    s.checkpoint_now().unwrap();
-    assert_eq!(
-        policy(),
-        libc::SCHED_OTHER,
-        "waiting for a layer lifts the thread"
-    );
-    let tid = s.checkpointer.idle_tid();
-    // SAFETY: a plain query of a live thread of this process.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
-    assert_eq!(nice, 10, "and it keeps its nice value");
-}
-
-#[test]
-fn a_layer_still_in_flight_half_an_interval_on_is_hurried() {
-    let mut opts = StoreOptions::temporary();
-    opts.checkpoint_interval = Duration::from_millis(400);
-    // A compaction pass that keeps the thread busy, so that the layer
-    // queued behind it is still in flight when it is looked at.
-    opts.compact_delay = Duration::from_millis(1500);
-    let mut s = Store::open(opts).unwrap();
-    let Some(policy) = idling_checkpoint_thread(&s) else {
-        return;
-    };
-    // Passes are asked for at most once a second.
-    std::thread::sleep(Duration::from_millis(1000));
-    s.maintain_at(true, Some((0, Duration::ZERO))).unwrap();
-    s.append_log(1, vec![a_notice(1)]).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    s.maintain(true).unwrap();
+    hand_a_layer(&mut s, policy);
     s.maintain(true).unwrap();
     assert_eq!(policy(), libc::SCHED_IDLE, "just handed over: not late");
     std::thread::sleep(Duration::from_millis(250));
     s.maintain(true).unwrap();
     assert_eq!(policy(), libc::SCHED_OTHER, "half an interval on: lifted");
+    s.checkpoint_now().unwrap();
+    assert_eq!(policy(), libc::SCHED_OTHER, "written: nice 10");
+    let tid = s.checkpointer.idle_tid();
+    // SAFETY: a plain query of a live thread of this process.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    assert_eq!(nice, 10, "and its nice value kept");
+}
+
+#[test]
+fn waiting_for_a_layer_lifts_its_thread() {
+    let Some((mut s, policy)) = slow_writes() else {
+        return;
+    };
+    hand_a_layer(&mut s, policy);
+    // Looked at from aside while this thread waits, long before the
+    // write's 1.5 s are over.
+    let seen = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        policy()
+    });
+    s.checkpoint_now().unwrap();
+    assert_eq!(seen.join().unwrap(), libc::SCHED_OTHER);
+}
+
+#[test]
+fn a_layer_written_unhurried_leaves_its_thread_at_nice_10() {
+    let Some((mut s, policy)) = slow_writes() else {
+        return;
+    };
+    hand_a_layer(&mut s, policy);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(
+        policy(),
+        libc::SCHED_OTHER,
+        "compaction and the rest at nice 10"
+    );
 }
