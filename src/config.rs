@@ -247,6 +247,13 @@ pub struct Settings {
     #[arg(long, env = "CHATD_CACHE_MB", default_value_t = 16)]
     pub cache_mb: u64,
 
+    /// Keep the checkpoint thread at nice 10 throughout, never in
+    /// SCHED_IDLE while it writes. For hosts whose cores other programs
+    /// keep busy, where a thread that waits for an idle core falls behind
+    /// (README, Performance).
+    #[arg(long, env = "CHATD_CHECKPOINT_NEVER_IDLE")]
+    pub checkpoint_never_idle: bool,
+
     /// Free disk space (MiB) below which chatd takes no new changes
     /// (`storage_full`) and serves reads, logins and presence only, until
     /// space returns.
@@ -747,6 +754,7 @@ mod tests {
             (&["--node-id", "7"], "node_id"),
             (&["--tls-cert", "c.pem", "--tls-key", "k.pem"], "tls_cert"),
             (&["--cache-mb", "64"], "cache_mb"),
+            (&["--checkpoint-never-idle"], "checkpoint_never_idle"),
             (&["--listen", "127.0.0.1:1"], "listen"),
         ] {
             let needed = old.restart_needed(&parse(args));

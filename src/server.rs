@@ -70,6 +70,7 @@ impl Server {
         opts.commit_delay = Duration::from_millis(settings.fault_commit_delay_ms);
         opts.compact_delay = Duration::from_millis(settings.fault_compact_delay_ms);
         opts.no_flush = settings.unsafe_no_flush;
+        opts.idle_writes = !settings.checkpoint_never_idle;
         if opts.no_flush {
             tracing::warn!(
                 "--unsafe-no-flush: replies and deliveries do not wait for the disk; \

@@ -67,6 +67,8 @@ pub(crate) struct LogSide {
     pub(crate) delay: std::time::Duration,
     /// Fault injection (`StoreOptions::write_delay`).
     pub(crate) write_delay: std::time::Duration,
+    /// `StoreOptions::idle_writes`.
+    pub(crate) idle_writes: bool,
 }
 
 pub(crate) struct Checkpointer {
@@ -96,7 +98,9 @@ impl Checkpointer {
                 crate::os::background_thread();
                 crate::os::busy_thread();
                 crate::os::tables_thread();
-                idles.start();
+                if side.idle_writes {
+                    idles.start();
+                }
                 // Bytes of layers freed since memory was last handed back.
                 let mut freed = 0;
                 let mut quiet = crate::os::Quiet::new(std::time::Instant::now());

@@ -131,6 +131,7 @@ impl Store {
                 busy: compacting.clone(),
                 delay: opts.compact_delay,
                 write_delay: opts.write_delay,
+                idle_writes: opts.idle_writes,
             },
         )?;
 

@@ -18,6 +18,9 @@ pub struct StoreOptions {
     pub compact_delay: Duration,
     /// Fault injection: pause as each layer's write begins (tests only).
     pub write_delay: Duration,
+    /// Write layers in `SCHED_IDLE` where the thread can be lifted back
+    /// (`idler.rs`).
+    pub idle_writes: bool,
     /// Unsafe: count a commit as durable without flushing it.
     pub no_flush: bool,
 }
@@ -32,6 +35,7 @@ impl StoreOptions {
             commit_delay: Duration::ZERO,
             compact_delay: Duration::ZERO,
             write_delay: Duration::ZERO,
+            idle_writes: true,
             no_flush: false,
         }
     }
@@ -46,6 +50,7 @@ impl StoreOptions {
             commit_delay: Duration::ZERO,
             compact_delay: Duration::ZERO,
             write_delay: Duration::ZERO,
+            idle_writes: true,
             no_flush: false,
         }
     }

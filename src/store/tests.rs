@@ -627,3 +627,23 @@ fn a_layer_written_unhurried_leaves_its_thread_at_nice_10() {
         "compaction and the rest at nice 10"
     );
 }
+
+#[test]
+fn with_idle_writes_off_the_thread_never_idles() {
+    let mut opts = StoreOptions::temporary();
+    opts.idle_writes = false;
+    let mut s = Store::open(opts).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.append_log(
+        1,
+        vec![Op {
+            origin: 1,
+            seq: 1,
+            stamp: Stamp::new(10, 1),
+            body: OpBody::Notice { text: "hi".into() },
+        }],
+    )
+    .unwrap();
+    s.checkpoint_now().unwrap();
+    assert_eq!(s.checkpointer.idle_tid(), 0);
+}
