@@ -557,20 +557,21 @@ fn slow_writes() -> Option<(Store, impl Fn() -> i32 + Send + Copy)> {
     Some((s, policy))
 }
 
+fn log_a_notice(s: &mut Store) {
+    let op = Op {
+        origin: 1,
+        seq: 1,
+        stamp: Stamp::new(10, 1),
+        body: OpBody::Notice { text: "hi".into() },
+    };
+    s.append_log(1, vec![op]).unwrap();
+}
+
 /// Hand a layer to the checkpoint thread and wait until it writes it idle.
 fn hand_a_layer(s: &mut Store, policy: impl Fn() -> i32) {
     assert_eq!(policy(), libc::SCHED_OTHER, "between layers: nice 10");
     std::thread::sleep(Duration::from_millis(400));
-    s.append_log(
-        1,
-        vec![Op {
-            origin: 1,
-            seq: 1,
-            stamp: Stamp::new(10, 1),
-            body: OpBody::Notice { text: "hi".into() },
-        }],
-    )
-    .unwrap();
+    log_a_notice(s);
     s.maintain(true).unwrap();
     let t0 = Instant::now();
     while policy() != libc::SCHED_IDLE {
@@ -634,16 +635,7 @@ fn with_idle_writes_off_the_thread_never_idles() {
     opts.idle_writes = false;
     let mut s = Store::open(opts).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    s.append_log(
-        1,
-        vec![Op {
-            origin: 1,
-            seq: 1,
-            stamp: Stamp::new(10, 1),
-            body: OpBody::Notice { text: "hi".into() },
-        }],
-    )
-    .unwrap();
+    log_a_notice(&mut s);
     s.checkpoint_now().unwrap();
     assert_eq!(s.checkpointer.idle_tid(), 0);
 }
