@@ -40,10 +40,9 @@ pub async fn shutdown_signal() {
 /// machine; lowering one's own priority needs no privilege.
 pub fn background_thread() {
     #[cfg(target_os = "linux")]
+    // SAFETY: a plain system call on the calling thread, no memory passed.
     unsafe {
-        // SAFETY: plain system calls on the calling thread, no memory passed.
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        libc::setpriority(libc::PRIO_PROCESS, thread_id() as libc::id_t, 10);
     }
 }
 

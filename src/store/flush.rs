@@ -56,8 +56,8 @@ enum Job {
     },
 }
 
-/// What the checkpoint thread works on besides the tables: the log, for
-/// compaction.
+/// What the checkpoint thread works on besides the tables (the log, for
+/// compaction) and how it runs (`idler.rs`, fault injection).
 pub(crate) struct LogSide {
     pub(crate) files: Arc<super::logfile::LogFiles>,
     pub(crate) bounds: Arc<std::sync::Mutex<super::log::LogBounds>>,

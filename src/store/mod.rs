@@ -492,16 +492,17 @@ impl Store {
     /// [`Store::maintain`], and, given the time and how much log to keep
     /// (`keep`), a compaction pass every second or so (`compact.rs`).
     pub fn maintain_at(&mut self, write: bool, compact: Option<(u64, Duration)>) -> Result<()> {
+        // The share of the interval, or of a layer's bytes, gone by.
         let since = self.last_rotate.elapsed();
-        let due = since >= self.opts.checkpoint_interval
-            || self.active.bytes >= self.opts.checkpoint_bytes;
+        let reached = |part: u32| {
+            since >= self.opts.checkpoint_interval / part
+                || self.active.bytes >= self.opts.checkpoint_bytes / part as usize
+        };
+        let due = reached(1);
         if self.frozen.is_some() {
-            // Half the interval gone and this layer not written yet: the
-            // thread is finding no idle core, and the next layer will be
-            // due before long.
-            if since >= self.opts.checkpoint_interval / 2
-                || self.active.bytes >= self.opts.checkpoint_bytes / 2
-            {
+            // Half way to the next layer and this one not written yet: the
+            // thread is finding no idle core.
+            if reached(2) {
                 self.checkpointer.hurry();
             }
             // Under a load the checkpoint cannot keep up with, the hub waits
