@@ -57,7 +57,7 @@ impl Store {
                 let (k, v) = r?;
                 match t {
                     Table::History => {
-                        for (id, body) in flush::frames(&v)? {
+                        for (id, body) in flush::frames(&self.bodies, &v)? {
                             if id < floor {
                                 continue;
                             }

@@ -11,6 +11,7 @@
 //! chunk (a late arrival from another node) makes the checkpoint merge it into
 //! the chunks it overlaps.
 
+use super::bodies::{Bodies, Writer};
 use super::idler::Idler;
 use super::{
     decode, encode, Durability, Layer, LayerMap, MessageMap, Result, StoreError, Table, FORMAT,
@@ -69,6 +70,8 @@ pub(crate) struct LogSide {
     pub(crate) write_delay: std::time::Duration,
     /// `StoreOptions::idle_writes`.
     pub(crate) idle_writes: bool,
+    /// Where message chunks' bodies go (`bodies.rs`).
+    pub(crate) bodies: Writer,
 }
 
 pub(crate) struct Checkpointer {
@@ -104,7 +107,9 @@ impl Checkpointer {
                 // Bytes of layers freed since memory was last handed back.
                 let mut freed = 0;
                 let mut quiet = crate::os::Quiet::new(std::time::Instant::now());
+                let mut side = side;
                 loop {
+                    sweep_bodies(&mut side.bodies, &trees);
                     let job = match rx.recv_timeout(crate::os::Quiet::AFTER) {
                         Ok(job) => job,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -156,7 +161,7 @@ impl Checkpointer {
                     if !side.write_delay.is_zero() {
                         std::thread::sleep(side.write_delay);
                     }
-                    let r = write_layer(&trees, &log, &layer).and_then(|()| {
+                    let r = write_layer(&trees, &log, &layer, &mut side.bodies).and_then(|()| {
                         db.flush()?;
                         // Recorded only once the tables it vouches for are
                         // on disk. It reaches the disk itself with the next
@@ -260,7 +265,30 @@ impl Checkpointer {
     }
 }
 
-fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<()> {
+/// Delete the chunk files no pointer names, when it is time to look.
+fn sweep_bodies(bodies: &mut Writer, trees: &[sled::Tree]) {
+    let now = std::time::Instant::now();
+    if !bodies.sweep_due(now) {
+        return;
+    }
+    let tables = [
+        &trees[Table::History as usize],
+        &trees[Table::Inbox as usize],
+    ];
+    match bodies.sweep(&tables, now) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(files = n, "chunk files no longer used deleted"),
+        // Harmless: the files stay until the next sweep.
+        Err(e) => tracing::warn!(error = %e, "sweeping chunk files failed"),
+    }
+}
+
+fn write_layer(
+    trees: &[sled::Tree],
+    log: &Durability,
+    layer: &Layer,
+    bodies: &mut Writer,
+) -> Result<()> {
     // sled may write table pages out at any time, and the tables must never
     // be on disk ahead of the log they were made from.
     if !log.wait_for(layer.ticket) {
@@ -281,7 +309,7 @@ fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<
         }
         let tree = &trees[t as usize];
         for (prefix, below) in &cuts {
-            cut_chunks(tree, prefix, *below)?;
+            cut_chunks(tree, bodies.reader(), prefix, *below)?;
         }
         let cut_below = |prefix: &[u8]| {
             cuts.iter()
@@ -311,11 +339,16 @@ fn write_layer(trees: &[sled::Tree], log: &Durability, layer: &Layer) -> Result<
                     }
                     Ok(id <= cursors.get(prefix, id.node())?)
                 };
-                write_chunks(tree, messages, plen, &skip)?;
+                write_chunks(tree, bodies, messages, plen, &skip)?;
             }
         }
     }
-    prune_inboxes(trees, &layer.maps[Table::Cursors as usize], &cursors)
+    prune_inboxes(
+        trees,
+        bodies.reader(),
+        &layer.maps[Table::Cursors as usize],
+        &cursors,
+    )
 }
 
 /// Delivery cursors read straight from sled, each once per checkpoint: an
@@ -351,12 +384,25 @@ impl<'a> Cursors<'a> {
     }
 }
 
+/// What writing a table's chunks does to sled, once their bodies are on
+/// disk.
+enum Put {
+    Insert(Vec<u8>, Vec<u8>),
+    Batch(sled::Batch),
+}
+
+/// Two passes: every chunk is made (and its body queued) first, then the
+/// bodies are synced, and only then do the pointers enter sled. Each
+/// prefix is read and written once, so deferring its writes changes no
+/// later read.
 fn write_chunks(
     tree: &sled::Tree,
+    bodies: &mut Writer,
     map: &MessageMap,
     plen: usize,
     skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
 ) -> Result<()> {
+    let mut puts = Vec::new();
     for (prefix, stored) in map {
         let prefix = prefix.as_slice();
         // In id order already: the layer keeps them so.
@@ -380,7 +426,10 @@ fn write_chunks(
             // so plain inserts keep the chunks apart at every moment.
             for chunk in split(&fresh) {
                 let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-                tree.insert(key(prefix, last), encode_chunk(chunk))?;
+                puts.push(Put::Insert(
+                    key(prefix, last),
+                    bodies.put(encode_chunk(chunk))?,
+                ));
             }
             continue;
         }
@@ -395,7 +444,7 @@ fn write_chunks(
         let mut all: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
         for r in tree.range(key(prefix, first_new)..=key(prefix, u64::MAX)) {
             let (k, v) = r?;
-            for (id, bytes) in frames(&v)? {
+            for (id, bytes) in frames(bodies.reader(), &v)? {
                 all.insert(id, bytes.into());
             }
             batch.remove(k);
@@ -404,9 +453,18 @@ fn write_chunks(
         let all: Vec<Framed> = all.into_iter().collect();
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(key(prefix, last), encode_chunk(chunk));
+            batch.insert(key(prefix, last), bodies.put(encode_chunk(chunk))?);
         }
-        tree.apply_batch(batch)?;
+        puts.push(Put::Batch(batch));
+    }
+    bodies.sync()?;
+    for p in puts {
+        match p {
+            Put::Insert(k, v) => {
+                tree.insert(k, v)?;
+            }
+            Put::Batch(b) => tree.apply_batch(b)?,
+        }
     }
     Ok(())
 }
@@ -415,7 +473,8 @@ fn write_chunks(
 /// the chunks wholly below go, and the one that straddles is written
 /// again without them. Readers never see these (they are below the
 /// watermark), so no batch is needed.
-fn cut_chunks(tree: &sled::Tree, prefix: &[u8], below: Stamp) -> Result<()> {
+/// The rewritten chunk stays in sled (no body file): cuts are rare.
+fn cut_chunks(tree: &sled::Tree, bodies: &Bodies, prefix: &[u8], below: Stamp) -> Result<()> {
     for r in tree.range(key(prefix, 0)..key(prefix, below.0)) {
         let (k, _) = r?;
         tree.remove(k)?;
@@ -425,7 +484,7 @@ fn cut_chunks(tree: &sled::Tree, prefix: &[u8], below: Stamp) -> Result<()> {
         .next()
     {
         let (k, v) = r?;
-        let all = frames(&v)?;
+        let all = frames(bodies, &v)?;
         if all.first().is_some_and(|(id, _)| *id < below.0) {
             let keep: Vec<(u64, Arc<[u8]>)> = all
                 .into_iter()
@@ -439,7 +498,12 @@ fn cut_chunks(tree: &sled::Tree, prefix: &[u8], below: Stamp) -> Result<()> {
 }
 
 /// Drop inbox chunks whose every message has been acknowledged.
-fn prune_inboxes(trees: &[sled::Tree], cursor_changes: &LayerMap, cursors: &Cursors) -> Result<()> {
+fn prune_inboxes(
+    trees: &[sled::Tree],
+    bodies: &Bodies,
+    cursor_changes: &LayerMap,
+    cursors: &Cursors,
+) -> Result<()> {
     let inbox = &trees[Table::Inbox as usize];
     let mut users: Vec<[u8; 4]> = cursor_changes
         .keys()
@@ -453,7 +517,7 @@ fn prune_inboxes(trees: &[sled::Tree], cursor_changes: &LayerMap, cursors: &Curs
             }
             let (k, v) = r?;
             let mut all = true;
-            for (id, _) in frames(&v)? {
+            for (id, _) in frames(bodies, &v)? {
                 let id = Stamp(id);
                 if id > cursors.get(&u, id.node())? {
                     all = false;
@@ -515,9 +579,17 @@ fn encode_chunk(msgs: &[Framed]) -> Vec<u8> {
     super::zip::pack(&out[1..], ZSTD_LEVEL).unwrap_or(out)
 }
 
-/// A chunk's frames, decompressed if they were compressed.
-fn chunk_frames(chunk: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+/// A chunk's frames, read from its file if sled holds a pointer to it,
+/// decompressed if they were compressed.
+fn chunk_frames<'a>(bodies: &Bodies, chunk: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
     let bad = |why: &str| StoreError::Corrupt(format!("bad message chunk: {why}"));
+    if chunk.first() == Some(&super::bodies::POINTER) {
+        let body = bodies.read(chunk)?;
+        if body.first() == Some(&super::bodies::POINTER) {
+            return Err(bad("a pointer to a pointer"));
+        }
+        return chunk_frames(bodies, &body).map(|f| std::borrow::Cow::Owned(f.into_owned()));
+    }
     match chunk.split_first() {
         Some((&FORMAT, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
         Some((&super::zip::PACKED, rest)) => super::zip::unpack(rest, FRAMES_MAX)
@@ -528,9 +600,9 @@ fn chunk_frames(chunk: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
 }
 
 /// Whether a chunk holds the message `id` (its frames' heads only).
-pub(super) fn chunk_holds(chunk: &[u8], id: u64) -> Result<bool> {
+pub(super) fn chunk_holds(bodies: &Bodies, chunk: &[u8], id: u64) -> Result<bool> {
     let bad = || StoreError::Corrupt("bad message chunk".into());
-    let frames = chunk_frames(chunk)?;
+    let frames = chunk_frames(bodies, chunk)?;
     let mut rest = &frames[..];
     while rest.len() >= 12 {
         let at = u64::from_be_bytes(rest[..8].try_into().map_err(|_| bad())?);
@@ -544,9 +616,9 @@ pub(super) fn chunk_holds(chunk: &[u8], id: u64) -> Result<bool> {
 }
 
 /// The (id, encoded message) frames of a chunk, in id order.
-pub(super) fn frames(chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+pub(super) fn frames(bodies: &Bodies, chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
     let bad = || StoreError::Corrupt("bad message chunk".into());
-    let all = chunk_frames(chunk)?;
+    let all = chunk_frames(bodies, chunk)?;
     let mut rest = &all[..];
     let mut out = Vec::new();
     while !rest.is_empty() {
@@ -568,6 +640,7 @@ type ChunkSource = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)
 /// (or, descending, before) a given id.
 pub(crate) struct ChunkIter {
     chunks: ChunkSource,
+    bodies: Arc<Bodies>,
     buf: VecDeque<Vec<u8>>,
     from: Option<Stamp>,
     descending: bool,
@@ -576,6 +649,7 @@ pub(crate) struct ChunkIter {
 impl ChunkIter {
     pub(crate) fn new(
         tree: &sled::Tree,
+        bodies: Arc<Bodies>,
         prefix: &[u8],
         from: Option<Stamp>,
         descending: bool,
@@ -597,6 +671,7 @@ impl ChunkIter {
         };
         ChunkIter {
             chunks,
+            bodies,
             buf: VecDeque::new(),
             from,
             descending,
@@ -609,7 +684,7 @@ impl ChunkIter {
                 return Ok(false);
             };
             let (_, v) = r?;
-            let mut fr = frames(&v)?;
+            let mut fr = frames(&self.bodies, &v)?;
             fr.retain(|(id, _)| match (self.descending, self.from) {
                 (false, Some(a)) => *id > a.0,
                 (true, Some(b)) => *id < b.0,

@@ -101,6 +101,7 @@ impl Store {
         }
         sources.push(Box::new(flush::ChunkIter::new(
             &self.trees[t as usize],
+            self.bodies.clone(),
             prefix,
             from,
             descending,

@@ -1,7 +1,8 @@
 //! Storage: the only module that touches sled, and the log's files.
 //!
 //! Two kinds of data live apart (`<data-dir>/db/oplog`, files, and
-//! `<data-dir>/db/tables`, a sled database), so that syncing the log never
+//! `<data-dir>/db/tables`, a sled database, with its message chunks'
+//! bodies in `<data-dir>/db/chunks`), so that syncing the log never
 //! waits for a checkpoint of the tables:
 //!
 //! * **The log** is the durable truth: every operation, in segments of
@@ -21,7 +22,10 @@
 //!   background thread (`flush.rs`, the checkpointer), which then records
 //!   a checkpoint (the log position the trees now reflect). After a crash,
 //!   the log after the checkpoint is applied again; `apply` is idempotent,
-//!   so a half-written checkpoint does no harm.
+//!   so a half-written checkpoint does no harm. Message chunks' bodies are
+//!   appended to files of their own and sled holds a pointer to each
+//!   (`bodies.rs`): kept in sled's pages, they held its memory long after
+//!   a load.
 //!
 //! Reads see the newest layer first, then the frozen one, then sled.
 //!
@@ -39,7 +43,7 @@
 //! `snapshot.rs` (reading the tables as a snapshot, installing one),
 //! `layers.rs` (reads and writes through the layers), `key.rs` (the
 //! layers' keys, kept inline), `flush.rs` (the checkpointer, message
-//! chunks), `idler.rs` (the checkpointer's scheduling), `schema.rs` (the
+//! chunks), `bodies.rs` (the chunks' bodies' files), `idler.rs` (the checkpointer's scheduling), `schema.rs` (the
 //! typed key table),
 //! `retention.rs` (watermarks, the per-minute tally and the sweep that
 //! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
@@ -48,6 +52,7 @@
 //! This module must not know chat rules; it stores bytes under typed keys
 //! (`schema.rs`) and knows how to merge layers and chunks.
 
+mod bodies;
 mod compact;
 mod digest;
 mod flush;
@@ -325,6 +330,8 @@ pub struct Store {
     files: Arc<logfile::LogFiles>,
     meta: sled::Tree,
     trees: Arc<Vec<sled::Tree>>,
+    /// Message chunks' bodies (`bodies.rs`).
+    bodies: Arc<bodies::Bodies>,
     active: Layer,
     frozen: Option<Arc<Layer>>,
     checkpointer: flush::Checkpointer,

@@ -120,6 +120,7 @@ impl Store {
             bounds: bounds.clone(),
         };
         let compacting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (bodies, body_writer) = bodies::Bodies::open(opts.path.as_deref(), opts.no_flush)?;
         let checkpointer = flush::Checkpointer::start(
             db.clone(),
             trees.clone(),
@@ -132,15 +133,21 @@ impl Store {
                 delay: opts.compact_delay,
                 write_delay: opts.write_delay,
                 idle_writes: opts.idle_writes,
+                bodies: body_writer,
             },
         )?;
 
-        let snapshot_tables = Arc::new(Mutex::new(Some((trees.clone(), meta.clone()))));
+        let snapshot_tables = Arc::new(Mutex::new(Some((
+            trees.clone(),
+            meta.clone(),
+            bodies.clone(),
+        ))));
         let mut store = Store {
             db,
             files,
             meta,
             trees,
+            bodies,
             active: Layer::default(),
             frozen: None,
             checkpointer,
@@ -231,7 +238,7 @@ impl Store {
         let mut messages = 0;
         for r in self.trees[Table::History as usize].iter() {
             let (_, v) = r?;
-            messages += flush::frames(&v)?.len() as u64;
+            messages += flush::frames(&self.bodies, &v)?.len() as u64;
         }
         let counts = Counts { messages };
         // Kept at once: a node that changes nothing writes no checkpoint,

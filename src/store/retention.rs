@@ -281,7 +281,7 @@ impl Store {
             let Some(conv) = k.get(..CONV_LEN).and_then(|c| Conv::try_from(c).ok()) else {
                 return Err(StoreError::Corrupt("bad history key".into()));
             };
-            for (id, _) in flush::frames(&v)? {
+            for (id, _) in flush::frames(&self.bodies, &v)? {
                 *counts
                     .entry(tally_key(minute_of(Stamp(id)), &conv))
                     .or_default() += 1;

@@ -414,7 +414,7 @@ impl Store {
         let mut end = conv.to_vec();
         end.extend_from_slice(&u64::MAX.to_be_bytes());
         match tree.range(key..=end).next() {
-            Some(r) => flush::chunk_holds(&r?.1, id.0),
+            Some(r) => flush::chunk_holds(&self.bodies, &r?.1, id.0),
             None => Ok(false),
         }
     }
@@ -454,6 +454,7 @@ pub enum Record {
 /// the snapshot's point covers. Tables derived from others (names, guests,
 /// user_groups, inbox) give none.
 pub(super) fn records(
+    bodies: &super::bodies::Bodies,
     t: Table,
     k: &[u8],
     v: &[u8],
@@ -480,7 +481,7 @@ pub(super) fn records(
         }
         Table::Cursors => out.push(Record::Cursor(Uid(a), Stamp(u64_at(v, 0)))),
         Table::History => {
-            for (id, body) in flush::frames(v)? {
+            for (id, body) in flush::frames(bodies, v)? {
                 if point.covers(Stamp(id)) {
                     out.push(Record::Message(decode(&body)?));
                 }
@@ -508,9 +509,20 @@ mod tests {
         }
     }
 
+    /// Each test of chunks runs on both kinds of store: chunks kept in
+    /// sled (no directory) and chunks' bodies in files (`bodies.rs`).
+    fn both_kinds(test: fn(Store)) {
+        test(Store::open(StoreOptions::temporary()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        test(Store::open(StoreOptions::at(dir.path().join("db"))).unwrap());
+    }
+
     #[test]
     fn history_pages_across_layers_and_chunks() {
-        let mut s = Store::open(StoreOptions::temporary()).unwrap();
+        both_kinds(history_pages_across_layers_and_chunks_in);
+    }
+
+    fn history_pages_across_layers_and_chunks_in(mut s: Store) {
         let conv = conv_direct(Uid(1), Uid(2));
         for i in 1..=600u64 {
             s.add_message(&msg(i, 1, Target::User(Uid(2)), &format!("m{i}")))
@@ -549,7 +561,10 @@ mod tests {
 
     #[test]
     fn late_arrivals_merge_into_stored_chunks() {
-        let mut s = Store::open(StoreOptions::temporary()).unwrap();
+        both_kinds(late_arrivals_merge_into_stored_chunks_in);
+    }
+
+    fn late_arrivals_merge_into_stored_chunks_in(mut s: Store) {
         let g = Gid(5);
         for i in (10..=100u64).step_by(10) {
             s.add_message(&msg(i, 1, Target::Group(g), &format!("{i}")))

@@ -77,7 +77,8 @@ pub struct SnapshotReader {
 /// The tables and their metadata, for snapshot readers; emptied when the
 /// store closes, so that a reader still held elsewhere (a session's handle)
 /// does not keep the database open after it.
-pub(super) type SnapshotTables = Arc<Mutex<Option<(Arc<Vec<sled::Tree>>, sled::Tree)>>>;
+pub(super) type SnapshotTables =
+    Arc<Mutex<Option<(Arc<Vec<sled::Tree>>, sled::Tree, Arc<bodies::Bodies>)>>>;
 
 /// Keeps the log after a snapshot's point from compaction while held.
 pub struct Pin {
@@ -92,7 +93,7 @@ impl Drop for Pin {
 }
 
 impl SnapshotReader {
-    fn tables(&self) -> Result<(Arc<Vec<sled::Tree>>, sled::Tree)> {
+    fn tables(&self) -> Result<(Arc<Vec<sled::Tree>>, sled::Tree, Arc<bodies::Bodies>)> {
         lock(&self.tables)
             .clone()
             .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))
@@ -103,7 +104,7 @@ impl SnapshotReader {
     pub fn begin(&self) -> Result<(Point, Pin)> {
         // Under the lock compaction decides with: it cannot drop what this
         // pins, and it never passes the checkpoint read here.
-        let (_, meta) = self.tables()?;
+        let (_, meta, _) = self.tables()?;
         let mut b = lock(&self.bounds);
         // No checkpoint yet: the tables are empty, and so is the point.
         let read = |k: &str| meta.get(k).map(|v| v.map(|v| v.to_vec()));
@@ -133,7 +134,7 @@ impl SnapshotReader {
         cursor: &mut SnapshotCursor,
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
-        let (trees, _) = self.tables()?;
+        let (trees, _, bodies) = self.tables()?;
         let mut out = Vec::new();
         let mut bytes = 0;
         while bytes < max_bytes && !cursor.done() {
@@ -154,8 +155,8 @@ impl SnapshotReader {
             let mut exhausted = true;
             for r in range {
                 let (k, v) = r?;
-                bytes += k.len() + v.len();
-                schema::records(t, &k, &v, point, &mut out)?;
+                bytes += k.len() + bodies::stored_len(&v);
+                schema::records(&bodies, t, &k, &v, point, &mut out)?;
                 cursor.after = Some(k.to_vec());
                 if bytes >= max_bytes {
                     exhausted = false;

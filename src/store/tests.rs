@@ -158,7 +158,7 @@ fn on_disk(s: &Store, below: Stamp) -> (usize, usize) {
     let mut all = (0, 0);
     for r in s.trees[Table::History as usize].iter() {
         let (_, v) = r.unwrap();
-        for (id, _) in flush::frames(&v).unwrap() {
+        for (id, _) in flush::frames(&s.bodies, &v).unwrap() {
             all.0 += 1;
             all.1 += usize::from(id < below.0);
         }
@@ -230,7 +230,7 @@ fn inbox_on_disk(s: &Store, user: crate::ids::Uid) -> Vec<Stamp> {
     for r in s.trees[Table::Inbox as usize].scan_prefix(user.0.to_be_bytes()) {
         let (_, v) = r.unwrap();
         ids.extend(
-            flush::frames(&v)
+            flush::frames(&s.bodies, &v)
                 .unwrap()
                 .into_iter()
                 .map(|(id, _)| Stamp(id)),
@@ -340,7 +340,7 @@ fn a_checkpoint_cuts_a_conversation_into_full_chunks_in_id_order() {
     s.checkpoint_now().unwrap();
     let chunks: Vec<Vec<(u64, Vec<u8>)>> = s.trees[Table::History as usize]
         .iter()
-        .map(|r| flush::frames(&r.unwrap().1).unwrap())
+        .map(|r| flush::frames(&s.bodies, &r.unwrap().1).unwrap())
         .collect();
     assert!(chunks.len() > 2, "{}", chunks.len());
     let ids: Vec<Stamp> = chunks.iter().flatten().map(|(id, _)| Stamp(*id)).collect();
@@ -638,4 +638,67 @@ fn with_idle_writes_off_the_thread_never_idles() {
     log_a_notice(&mut s);
     s.checkpoint_now().unwrap();
     assert_eq!(s.checkpointer.idle_tid(), 0);
+}
+
+#[test]
+fn chunk_bodies_live_in_files_with_pointers_in_sled_and_survive_a_reopen() {
+    use crate::ids::Uid;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let at = |k: u64| Stamp::new(1_800_000_000_000 + k, 1);
+    let conv = schema::conv_direct(Uid(1), Uid(2));
+    let mut s = Store::open(StoreOptions::at(&path)).unwrap();
+    for k in 0..600 {
+        let m = Message {
+            id: at(k),
+            from: Uid(1),
+            to: Target::User(Uid(2)),
+            text: format!("message {k} {}", "x".repeat(k as usize % 50)),
+            cid: None,
+            time: None,
+        };
+        assert!(s.add_message(&m).unwrap());
+    }
+    s.checkpoint_now().unwrap();
+    let values: Vec<Vec<u8>> = s.trees[Table::History as usize]
+        .iter()
+        .map(|r| r.unwrap().1.to_vec())
+        .collect();
+    assert!(values.len() >= 3, "{}", values.len());
+    for v in &values {
+        assert_eq!(v[0], bodies::POINTER, "sled holds a pointer, not the chunk");
+        assert!(
+            v.len() <= 22,
+            "small enough for sled to keep inline: {}",
+            v.len()
+        );
+    }
+    let texts = |s: &Store| -> Vec<String> {
+        let (page, more) = s.history(&conv, None, 1000).unwrap();
+        assert!(!more);
+        page.into_iter().map(|m| m.text).collect()
+    };
+    let before = texts(&s);
+    assert_eq!(before.len(), 600);
+    s.close().unwrap();
+
+    let s = Store::open(StoreOptions::at(&path)).unwrap();
+    assert_eq!(texts(&s), before);
+    assert_eq!(s.counts().messages, 600);
+    drop(s);
+
+    // A byte changed in a body is found, not read as some other message.
+    let file = std::fs::read_dir(path.join(bodies::DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .expect("a file of bodies");
+    let mut bytes = std::fs::read(&file).unwrap();
+    for i in (0..bytes.len()).step_by(97) {
+        bytes[i] ^= 0x55;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let s = Store::open(StoreOptions::at(&path)).unwrap();
+    let e = s.history(&conv, None, 1000).unwrap_err();
+    assert!(e.to_string().contains("fails its check"), "{e}");
 }

@@ -33,12 +33,13 @@ pub struct HistoryOpts {
     pub catch_up: bool,
 }
 
-/// The log's bytes, the tables' bytes, and everything under a data dir.
+/// The log's bytes, the tables' bytes (with their chunks' files), and
+/// everything under a data dir.
 fn measure(dir: &Path) -> (u64, u64, u64) {
     let db = dir.join("db");
     (
         disk_use(&db.join("oplog")),
-        disk_use(&db.join("tables")),
+        disk_use(&db.join("tables")) + disk_use(&db.join("chunks")),
         disk_use(dir),
     )
 }
