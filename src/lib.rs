@@ -1,7 +1,7 @@
 //! chatd: a self-contained chat server.
 //!
 //! One process keeps users, friends, groups and messages in an embedded sled
-//! database and serves clients over TCP: its own JSON protocol (also over
+//! database (the bodies of its message history in files beside it) and serves clients over TCP: its own JSON protocol (also over
 //! TLS, and over WebSocket for the web client it serves itself), and the
 //! protocols of the seed systems' clients (the classic msgid ChatClient and
 //! the sponge client on the main port; the Go, C and epoll chatrooms on
@@ -39,7 +39,7 @@
 //! | `rules`     | chat rules, one file per domain (accounts, friends, groups, messages, queries): permissions, validation, which ops a command makes, queries; the time is given | write, do I/O, or read the clock |
 //! | `apply`     | the one function that applies an operation (merge rules)   | check permissions |
 //! | `model`     | durable records and the operation type                      | hold behaviour |
-//! | `store`     | every sled and log-file access: the log (`logfile`: numbered files of compressed segments, appended and synced by the commit thread, found through a sparse index, deleted whole once compacted behind the tables' checkpoint), the tables (checkpointed from in-memory layers; message chunks' bodies in files of their own, `bodies`, with pointers in sled), group commit, retention's sweep, reading snapshots of the tables, the node's identity (id, uuid), kept counts | know chat rules |
+//! | `store`     | every sled and log-file access: the log (`logfile`: numbered files of compressed segments, appended and synced by the commit thread, found through a sparse index, deleted whole once compacted behind the tables' checkpoint), the tables (checkpointed from in-memory layers; history chunks' bodies in files of their own, `bodies`, with pointers in sled), group commit, retention's sweep, reading snapshots of the tables, the node's identity (id, uuid), kept counts | know chat rules |
 //! | `snapshot`  | a node's state as operations: which operations rebuild each stored record, read batch by batch off the hub's thread, with a check of the whole | apply them (the hub and restore do) |
 //! | `mesh`      | the cluster: QUIC + mutual TLS links, replication of the log, snapshots for a node the logs cannot serve, presence and member gossip; `mesh::plan` decides what to send a peer, `mesh::members` keeps the member table (gossip, conflicts, offered ids, which links are up), `mesh::catchup` decides when to ask for a snapshot, all given the time; `mesh::harness` (tests) runs hub cores and plans on an in-memory network | apply operations (the hub does); do I/O or read the clock in `plan`, `members` and `catchup` |
 //! | `admin`     | the local admin socket (`chatd.sock`) that `chatctl` talks to; `admin::proto`, its typed requests and replies (used by the socket, the hub and `chatctl`) | hold state; build JSON by hand |

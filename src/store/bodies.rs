@@ -1,32 +1,37 @@
-//! Message chunks' bodies, in files of their own (`<db>/chunks`), with
-//! only a pointer to each in sled.
+//! History chunks' bodies, in files of their own (`<db>/chunks`), with only
+//! a pointer to each in sled.
 //!
 //! Why: sled keeps the pages it has read or written in memory, each value a
 //! block of its own. Every checkpoint writes a chunk of a different size
-//! into each active conversation's last leaf, and the blocks that survive
+//! into each active conversation's last leaf, and the blocks that survived
 //! pinned slabs of many sizes: after a load, sled's memory held far more
 //! than its cache's worth (README, Performance). A pointer is small enough
-//! for sled to keep inside the page itself.
+//! for sled to keep inside the page itself. Inbox chunks stay in sled: they
+//! are deleted once delivered, and would leave their files mostly dead.
 //!
 //! A file is `<n>.chunks`: bodies back to back, nothing else. Only the
 //! newest file is appended to, and a restarted store starts a new one, so
 //! a crash can only leave an unnamed tail. A body is on disk before the
 //! pointer to it is given to sled ([`Writer::sync`]): sled may write its
 //! pages at any moment, and a pointer must never reach the disk ahead of
-//! what it points at. A sweep deletes the files no pointer names, once two
-//! sweeps a minute apart have found them so (a reader may hold a pointer
-//! it read just before the chunk was rewritten).
+//! what it points at.
+//!
+//! A sweep reclaims the space of bodies no pointer names (chunks merged
+//! with late arrivals or cut by retention): it moves the live bodies of a
+//! file that is more than half dead to the newest file, and deletes a file
+//! once two sweeps a minute apart have found it unnamed (a reader may hold
+//! a pointer it read just before the chunk was rewritten).
 //!
 //! A value's first byte says what it is: a chunk (`FORMAT`, `PACKED`) or a
 //! pointer ([`POINTER`]). A store without a directory (tests of the rules)
-//! keeps chunks in sled, as do data directories from before these files,
-//! and the rare rewrite of a chunk that retention cuts.
+//! keeps chunks in sled, as do data directories from before these files.
 
 use super::{Result, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,25 +39,31 @@ use std::time::{Duration, Instant};
 /// u32][crc32 u32]`, all big-endian.
 pub(crate) const POINTER: u8 = 3;
 const POINTER_LEN: usize = 21;
-/// A file is closed for appends once it is this long.
+/// Files are the unit of deletion: big enough that a sweep has few to look
+/// at, small enough that one more than half dead is soon moved.
 const FILE_MAX: u64 = 64 << 20;
-/// Sweeps are this far apart at least, and a file is deleted only when two
-/// of them in a row found it unnamed.
+/// A sweep reads every pointer: at most one a minute. A file is deleted
+/// only when two sweeps in a row found it unnamed.
 const SWEEP_GAP: Duration = Duration::from_secs(60);
 /// Bodies are written out (not yet synced) in runs of about this much: a
 /// layer's can be megabytes, and a buffer keeps its largest size.
 const WRITE_RUN: usize = 256 << 10;
-/// Open files kept for readers; more are opened again as needed.
+/// Open files kept per reader, so that a scan across many files does not
+/// run out of descriptors.
 const OPEN_MAX: usize = 64;
 /// The largest body a pointer may claim (chunks are a record's worth).
 const BODY_MAX: u32 = 2 << 20;
 /// Where the files are, under the store's directory.
 pub(super) const DIR: &str = "chunks";
 
-/// Reads bodies; shared by every reader of the message tables.
+/// Reads bodies. The store's readers share one; the checkpoint thread has
+/// its own, so that it never holds a lock the hub waits for (it may write
+/// in `SCHED_IDLE`, `idler.rs`).
 pub(crate) struct Bodies {
     dir: Option<PathBuf>,
     open: Mutex<HashMap<u32, Arc<File>>>,
+    /// The files' bytes (the shared reader's count, kept by the writer).
+    bytes: AtomicU64,
 }
 
 fn io(e: std::io::Error) -> StoreError {
@@ -63,94 +74,118 @@ fn file_name(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.chunks"))
 }
 
-/// The numbers of the files in `dir`.
-fn listed(dir: &Path) -> Result<BTreeSet<u32>> {
-    let mut out = BTreeSet::new();
-    for e in std::fs::read_dir(dir).map_err(io)? {
-        let name = e.map_err(io)?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(".chunks").and_then(|n| n.parse().ok()) {
-            out.insert(n);
+/// The files in `dir` and their sizes; names not of this module's making
+/// are left alone.
+fn listed(dir: &Path) -> Result<BTreeMap<u32, u64>> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(e)),
+    };
+    for e in entries {
+        let e = e.map_err(io)?;
+        let name = e.file_name();
+        let Some(n) = name.to_str().and_then(|s| s.strip_suffix(".chunks")) else {
+            continue;
+        };
+        match n.parse::<u32>() {
+            Ok(k) if format!("{k:08}") == n => {
+                out.insert(k, e.metadata().map_err(io)?.len());
+            }
+            _ => {}
         }
     }
     Ok(out)
 }
 
 impl Bodies {
-    /// The bodies under `store_dir` (none without one) and the one writer,
-    /// which starts a file of its own.
-    pub(super) fn open(store_dir: Option<&Path>, no_flush: bool) -> Result<(Arc<Bodies>, Writer)> {
-        let dir = store_dir.map(|d| d.join(DIR));
-        let mut next = 0;
-        let mut old = false;
-        if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            let files = listed(dir)?;
-            old = !files.is_empty();
-            next = files.last().map_or(0, |n| n + 1);
-        }
-        let bodies = Arc::new(Bodies {
+    fn new(dir: Option<PathBuf>) -> Bodies {
+        Bodies {
             dir,
             open: Mutex::default(),
-        });
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// The bodies under `store_dir` (none without one) and the one writer,
+    /// which starts a file of its own. The directory is made with the
+    /// first file: opening must work on a full disk.
+    pub(super) fn open(store_dir: Option<&Path>, no_flush: bool) -> Result<(Arc<Bodies>, Writer)> {
+        let dir = store_dir.map(|d| d.join(DIR));
+        let files = match &dir {
+            Some(d) => listed(d)?,
+            None => BTreeMap::new(),
+        };
+        let shared = Arc::new(Bodies::new(dir.clone()));
+        shared.bytes.store(files.values().sum(), Ordering::Relaxed);
         let writer = Writer {
-            bodies: bodies.clone(),
+            shared: shared.clone(),
+            own: Bodies::new(dir),
             current: None,
-            next,
+            next: files.keys().last().map_or(0, |n| n + 1),
             buf: Vec::new(),
             unsynced: false,
             created: false,
             no_flush,
-            closed_since_sweep: old,
+            look_again: !files.is_empty(),
             unnamed: BTreeSet::new(),
             last_sweep: Instant::now(),
         };
-        Ok((bodies, writer))
+        Ok((shared, writer))
+    }
+
+    /// The files' bytes on disk.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The body a pointer value points at.
     pub(super) fn read(&self, pointer: &[u8]) -> Result<Vec<u8>> {
         let p = Pointer::parse(pointer)?;
-        let file = self.file(p.file)?;
+        let at = || format!("chunk body in file {} at {}", p.file, p.offset);
+        let file = self
+            .file(p.file)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", at())))?;
         let mut body = vec![0; p.len as usize];
-        file.read_exact_at(&mut body, p.offset).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "chunk body in file {} at {}: {e}",
-                p.file, p.offset
-            ))
-        })?;
+        file.read_exact_at(&mut body, p.offset)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", at())))?;
         if crc32fast::hash(&body) != p.crc {
-            return Err(StoreError::Corrupt(format!(
-                "chunk body in file {} at {} fails its check",
-                p.file, p.offset
-            )));
+            return Err(StoreError::Corrupt(format!("{} fails its check", at())));
         }
         Ok(body)
     }
 
-    fn file(&self, n: u32) -> Result<Arc<File>> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = open.get(&n) {
+    fn file(&self, n: u32) -> std::io::Result<Arc<File>> {
+        let lock = || self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = lock().get(&n) {
             return Ok(f.clone());
         }
         let Some(dir) = &self.dir else {
-            return Err(StoreError::Corrupt(
-                "a chunk pointer in a store without files".into(),
-            ));
+            return Err(std::io::Error::other("no files in this store"));
         };
-        let f = Arc::new(File::open(file_name(dir, n)).map_err(io)?);
-        if open.len() >= OPEN_MAX {
-            open.clear();
-        }
-        open.insert(n, f.clone());
+        // Opened and closed outside the lock: those are system calls.
+        let f = Arc::new(File::open(file_name(dir, n))?);
+        let evicted = {
+            let mut open = lock();
+            let evicted = match open.len() >= OPEN_MAX {
+                true => open.keys().next().copied().and_then(|k| open.remove(&k)),
+                false => None,
+            };
+            open.insert(n, f.clone());
+            evicted
+        };
+        drop(evicted);
         Ok(f)
     }
 
     fn forget(&self, n: u32) {
-        self.open
+        let f = self
+            .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&n);
+        drop(f);
     }
 }
 
@@ -199,9 +234,11 @@ impl Pointer {
     }
 }
 
-/// Appends bodies and sweeps; the checkpoint thread's alone.
+/// Appends bodies and sweeps; the checkpoint thread's alone (the sweep's
+/// moves are safe only because nothing else writes the history tree).
 pub(crate) struct Writer {
-    bodies: Arc<Bodies>,
+    shared: Arc<Bodies>,
+    own: Bodies,
     /// The file appended to: its number, the file, its length on disk.
     current: Option<(u32, File, u64)>,
     /// The number the next file takes.
@@ -214,37 +251,34 @@ pub(crate) struct Writer {
     /// needs syncing too).
     created: bool,
     no_flush: bool,
-    /// A file was closed (or found at start) since the last sweep.
-    closed_since_sweep: bool,
+    /// Something may have died since the last sweep: a file was closed or
+    /// found at start, a chunk was rewritten, or bodies were moved.
+    look_again: bool,
     /// Files the last sweep found no pointer to.
     unnamed: BTreeSet<u32>,
     last_sweep: Instant,
 }
 
+mod sweep;
+
 impl Writer {
     pub(super) fn reader(&self) -> &Bodies {
-        &self.bodies
+        &self.own
+    }
+
+    /// A stored chunk was rewritten or removed: its body may be dead.
+    pub(super) fn replaced(&mut self) {
+        self.look_again = true;
     }
 
     /// The value to store for a chunk: a pointer to it, the chunk queued
     /// for the next [`Writer::sync`]; without files, the chunk itself.
     pub(super) fn put(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>> {
-        let Some(dir) = self.bodies.dir.clone() else {
-            return Ok(chunk);
-        };
-        if chunk.len() <= POINTER_LEN || chunk.len() > BODY_MAX as usize {
+        if self.own.dir.is_none() || chunk.len() <= POINTER_LEN || chunk.len() > BODY_MAX as usize {
             return Ok(chunk);
         }
         if self.current.is_none() {
-            let n = self.next;
-            let f = File::options()
-                .create_new(true)
-                .append(true)
-                .open(file_name(&dir, n))
-                .map_err(io)?;
-            self.next += 1;
-            self.current = Some((n, f, 0));
-            self.created = true;
+            self.start_file()?;
         }
         let Some((file, _, len)) = &self.current else {
             return Ok(chunk);
@@ -266,6 +300,31 @@ impl Writer {
         Ok(p.encode())
     }
 
+    fn start_file(&mut self) -> Result<()> {
+        let Some(dir) = self.own.dir.clone() else {
+            return Err(StoreError::Corrupt("no directory for chunk bodies".into()));
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            // The store's directory holds the new one's entry.
+            if let Some(parent) = dir.parent() {
+                if !self.no_flush {
+                    File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+                }
+            }
+        }
+        let n = self.next;
+        let f = File::options()
+            .create_new(true)
+            .append(true)
+            .open(file_name(&dir, n))
+            .map_err(io)?;
+        self.next += 1;
+        self.current = Some((n, f, 0));
+        self.created = true;
+        Ok(())
+    }
+
     /// Append what is buffered to the current file.
     fn write_run(&mut self) -> Result<()> {
         use std::io::Write;
@@ -274,6 +333,9 @@ impl Writer {
         };
         f.write_all(&self.buf).map_err(io)?;
         *len += self.buf.len() as u64;
+        self.shared
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.buf.clear();
         Ok(())
     }
@@ -287,8 +349,7 @@ impl Writer {
     }
 
     /// Put every body given a pointer on disk. On failure the file is
-    /// abandoned (its tail may be torn) and those pointers must not be
-    /// stored.
+    /// abandoned and those pointers must not be stored.
     pub(super) fn sync(&mut self) -> Result<()> {
         if !self.unsynced {
             return Ok(());
@@ -307,7 +368,7 @@ impl Writer {
         if !self.no_flush {
             f.sync_data().map_err(io)?;
             if self.created {
-                if let Some(dir) = &self.bodies.dir {
+                if let Some(dir) = &self.own.dir {
                     File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
                 }
             }
@@ -322,148 +383,10 @@ impl Writer {
 
     fn close(&mut self) {
         if self.current.take().is_some() {
-            self.closed_since_sweep = true;
+            self.look_again = true;
         }
-    }
-
-    /// Whether a sweep may find something to delete and is not too soon.
-    pub(super) fn sweep_due(&self, now: Instant) -> bool {
-        (self.closed_since_sweep || !self.unnamed.is_empty())
-            && now.duration_since(self.last_sweep) >= SWEEP_GAP
-    }
-
-    /// Delete the files no pointer in `trees` names and the last sweep
-    /// found unnamed too; the number deleted.
-    pub(super) fn sweep(&mut self, trees: &[&sled::Tree], now: Instant) -> Result<usize> {
-        let Some(dir) = self.bodies.dir.clone() else {
-            return Ok(0);
-        };
-        let mut named = BTreeSet::new();
-        for tree in trees {
-            for r in tree.iter().values() {
-                let v = r?;
-                if v.first() == Some(&POINTER) {
-                    named.insert(Pointer::parse(&v)?.file);
-                }
-            }
-        }
-        let current = self.current.as_ref().map(|(n, _, _)| *n);
-        let mut deleted = 0;
-        let mut unnamed = BTreeSet::new();
-        for n in listed(&dir)? {
-            if named.contains(&n) || Some(n) == current {
-                continue;
-            }
-            if self.unnamed.contains(&n) {
-                self.bodies.forget(n);
-                std::fs::remove_file(file_name(&dir, n)).map_err(io)?;
-                deleted += 1;
-            } else {
-                unnamed.insert(n);
-            }
-        }
-        self.unnamed = unnamed;
-        self.closed_since_sweep = false;
-        self.last_sweep = now;
-        Ok(deleted)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn files(dir: &Path) -> Vec<u32> {
-        listed(&dir.join(DIR)).unwrap().into_iter().collect()
-    }
-
-    #[test]
-    fn bodies_read_back_and_small_ones_stay_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
-        let small = vec![1u8; POINTER_LEN];
-        assert_eq!(w.put(small.clone()).unwrap(), small);
-        let a: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let b = vec![7u8; 500];
-        let (pa, pb) = (w.put(a.clone()).unwrap(), w.put(b.clone()).unwrap());
-        assert_eq!((pa.len(), pa[0]), (POINTER_LEN, POINTER));
-        w.sync().unwrap();
-        assert_eq!(bodies.read(&pa).unwrap(), a);
-        assert_eq!(bodies.read(&pb).unwrap(), b);
-        // A pointer past the end of its file, or with another check.
-        let mut bad = pb.clone();
-        bad[12] = bad[12].wrapping_add(1);
-        assert!(bodies.read(&bad).is_err());
-        let mut bad = pb.clone();
-        bad[20] ^= 1;
-        assert!(bodies.read(&bad).is_err());
-        assert!(bodies.read(&pb[..20]).is_err());
-        // Without a directory, chunks stay where they are.
-        let (_, mut w) = Bodies::open(None, false).unwrap();
-        assert_eq!(w.put(a.clone()).unwrap(), a);
-    }
-
-    #[test]
-    fn a_reopened_store_starts_a_file_of_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
-        let p = w.put(vec![1; 100]).unwrap();
-        w.sync().unwrap();
-        drop(w);
-        let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
-        let q = w.put(vec![2; 100]).unwrap();
-        w.sync().unwrap();
-        assert_eq!(files(dir.path()), vec![0, 1]);
-        assert_eq!(bodies.read(&p).unwrap(), vec![1; 100]);
-        assert_eq!(bodies.read(&q).unwrap(), vec![2; 100]);
-    }
-
-    #[test]
-    fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("history").unwrap();
-        let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
-        // Three files: 0 named by the tree, 1 by nothing, 2 the current.
-        let kept = w.put(vec![1; 100]).unwrap();
-        w.sync().unwrap();
-        w.close();
-        let _dropped = w.put(vec![2; 100]).unwrap();
-        w.sync().unwrap();
-        w.close();
-        let current = w.put(vec![3; 100]).unwrap();
-        w.sync().unwrap();
-        tree.insert("a", kept.clone()).unwrap();
-        assert_eq!(files(dir.path()), vec![0, 1, 2]);
-
-        let t0 = Instant::now();
-        assert!(w.sweep_due(t0 + SWEEP_GAP));
-        assert!(!w.sweep_due(t0 + SWEEP_GAP / 2), "too soon");
-        assert_eq!(w.sweep(&[&tree], t0 + SWEEP_GAP).unwrap(), 0);
-        assert_eq!(files(dir.path()), vec![0, 1, 2]);
-        assert!(
-            !w.sweep_due(t0 + SWEEP_GAP * 3 / 2),
-            "too soon after the last"
-        );
-        assert!(
-            w.sweep_due(t0 + SWEEP_GAP * 2),
-            "file 1 awaits its second look"
-        );
-        assert_eq!(w.sweep(&[&tree], t0 + SWEEP_GAP * 2).unwrap(), 1);
-        assert_eq!(files(dir.path()), vec![0, 2]);
-        assert_eq!(bodies.read(&kept).unwrap(), vec![1; 100]);
-        assert_eq!(bodies.read(&current).unwrap(), vec![3; 100]);
-        assert!(
-            !w.sweep_due(t0 + SWEEP_GAP * 10),
-            "nothing left to look for"
-        );
-
-        // Once its last pointer is gone, file 0 goes the same way.
-        tree.remove("a").unwrap();
-        w.close();
-        assert_eq!(w.sweep(&[&tree], t0 + SWEEP_GAP * 3).unwrap(), 0);
-        assert_eq!(w.sweep(&[&tree], t0 + SWEEP_GAP * 4).unwrap(), 2);
-        assert_eq!(files(dir.path()), Vec::<u32>::new());
-        assert!(bodies.read(&kept).is_err());
-    }
-}
+mod tests;

@@ -3,7 +3,8 @@
 //! A chunk is `FORMAT` followed by frames `[id u64 BE][len u32 BE][message]`,
 //! or the frames packed (`zip.rs`: `PACKED`, their length, compressed
 //! with zstd (when that saves a tenth or more), stored under `prefix ++ id
-//! of its last message`. Compressed here, once per chunk on the checkpoint
+//! of its last message`; a history chunk's body goes to the chunk files
+//! and sled holds a pointer to it (`bodies.rs`). Compressed here, once per chunk on the checkpoint
 //! thread, not by sled: sled would compress every page it rewrites, and
 //! its writers wait for that. Chunks of one prefix never
 //! overlap, so reading them in key order yields messages in id order. Most
@@ -265,20 +266,16 @@ impl Checkpointer {
     }
 }
 
-/// Delete the chunk files no pointer names, when it is time to look.
+/// Reclaim the chunk files' dead space, when it is time to look.
 fn sweep_bodies(bodies: &mut Writer, trees: &[sled::Tree]) {
     let now = std::time::Instant::now();
     if !bodies.sweep_due(now) {
         return;
     }
-    let tables = [
-        &trees[Table::History as usize],
-        &trees[Table::Inbox as usize],
-    ];
-    match bodies.sweep(&tables, now) {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(files = n, "chunk files no longer used deleted"),
-        // Harmless: the files stay until the next sweep.
+    match bodies.sweep(&trees[Table::History as usize], now) {
+        Ok(s) if s == Default::default() => {}
+        Ok(s) => tracing::debug!(moved = s.moved, deleted = s.deleted, "chunk files swept"),
+        // The files stay until a later sweep, a minute on.
         Err(e) => tracing::warn!(error = %e, "sweeping chunk files failed"),
     }
 }
@@ -308,8 +305,16 @@ fn write_layer(
             continue;
         }
         let tree = &trees[t as usize];
+        // History's chunks go to files (`bodies.rs`); inbox chunks stay in
+        // sled, deleted once delivered.
+        let external = t == Table::History;
+        let mut rewritten = Vec::new();
         for (prefix, below) in &cuts {
-            cut_chunks(tree, bodies.reader(), prefix, *below)?;
+            rewritten.extend(cut_chunks(tree, bodies, external, prefix, *below)?);
+        }
+        bodies.sync()?;
+        for (k, v) in rewritten {
+            tree.insert(k, v)?;
         }
         let cut_below = |prefix: &[u8]| {
             cuts.iter()
@@ -339,7 +344,7 @@ fn write_layer(
                     }
                     Ok(id <= cursors.get(prefix, id.node())?)
                 };
-                write_chunks(tree, bodies, messages, plen, &skip)?;
+                write_chunks(tree, bodies, external, messages, plen, &skip)?;
             }
         }
     }
@@ -391,6 +396,15 @@ enum Put {
     Batch(sled::Batch),
 }
 
+/// The value to store for a chunk: with `external`, a pointer to its body
+/// (queued for the next sync).
+fn chunk_value(bodies: &mut Writer, external: bool, msgs: &[Framed]) -> Result<Vec<u8>> {
+    match external {
+        true => bodies.put(encode_chunk(msgs)),
+        false => Ok(encode_chunk(msgs)),
+    }
+}
+
 /// Two passes: every chunk is made (and its body queued) first, then the
 /// bodies are synced, and only then do the pointers enter sled. Each
 /// prefix is read and written once, so deferring its writes changes no
@@ -398,6 +412,7 @@ enum Put {
 fn write_chunks(
     tree: &sled::Tree,
     bodies: &mut Writer,
+    external: bool,
     map: &MessageMap,
     plen: usize,
     skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
@@ -428,7 +443,7 @@ fn write_chunks(
                 let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
                 puts.push(Put::Insert(
                     key(prefix, last),
-                    bodies.put(encode_chunk(chunk))?,
+                    chunk_value(bodies, external, chunk)?,
                 ));
             }
             continue;
@@ -441,6 +456,7 @@ fn write_chunks(
         // of both databases then waits for (the log's commits included), so
         // checkpoints of ordinary traffic must never take it.
         let mut batch = sled::Batch::default();
+        bodies.replaced();
         let mut all: BTreeMap<u64, Arc<[u8]>> = BTreeMap::new();
         for r in tree.range(key(prefix, first_new)..=key(prefix, u64::MAX)) {
             let (k, v) = r?;
@@ -453,7 +469,7 @@ fn write_chunks(
         let all: Vec<Framed> = all.into_iter().collect();
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(key(prefix, last), bodies.put(encode_chunk(chunk))?);
+            batch.insert(key(prefix, last), chunk_value(bodies, external, chunk)?);
         }
         puts.push(Put::Batch(batch));
     }
@@ -472,29 +488,37 @@ fn write_chunks(
 /// Remove the messages under `prefix` below `below` (they have expired):
 /// the chunks wholly below go, and the one that straddles is written
 /// again without them. Readers never see these (they are below the
-/// watermark), so no batch is needed.
-/// The rewritten chunk stays in sled (no body file): cuts are rare.
-fn cut_chunks(tree: &sled::Tree, bodies: &Bodies, prefix: &[u8], below: Stamp) -> Result<()> {
+/// watermark), so no batch is needed. The straddling chunk's new value is
+/// returned, to be stored once its body is synced.
+fn cut_chunks(
+    tree: &sled::Tree,
+    bodies: &mut Writer,
+    external: bool,
+    prefix: &[u8],
+    below: Stamp,
+) -> Result<Option<(sled::IVec, Vec<u8>)>> {
     for r in tree.range(key(prefix, 0)..key(prefix, below.0)) {
         let (k, _) = r?;
         tree.remove(k)?;
+        bodies.replaced();
     }
     if let Some(r) = tree
         .range(key(prefix, below.0)..=key(prefix, u64::MAX))
         .next()
     {
         let (k, v) = r?;
-        let all = frames(bodies, &v)?;
+        let all = frames(bodies.reader(), &v)?;
         if all.first().is_some_and(|(id, _)| *id < below.0) {
             let keep: Vec<(u64, Arc<[u8]>)> = all
                 .into_iter()
                 .filter(|(id, _)| *id >= below.0)
                 .map(|(id, b)| (id, b.into()))
                 .collect();
-            tree.insert(k, encode_chunk(&keep))?;
+            bodies.replaced();
+            return Ok(Some((k, chunk_value(bodies, external, &keep)?)));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Drop inbox chunks whose every message has been acknowledged.

@@ -22,7 +22,7 @@
 //!   background thread (`flush.rs`, the checkpointer), which then records
 //!   a checkpoint (the log position the trees now reflect). After a crash,
 //!   the log after the checkpoint is applied again; `apply` is idempotent,
-//!   so a half-written checkpoint does no harm. Message chunks' bodies are
+//!   so a half-written checkpoint does no harm. History chunks' bodies are
 //!   appended to files of their own and sled holds a pointer to each
 //!   (`bodies.rs`): kept in sled's pages, they held its memory long after
 //!   a load.
@@ -43,9 +43,9 @@
 //! `snapshot.rs` (reading the tables as a snapshot, installing one),
 //! `layers.rs` (reads and writes through the layers), `key.rs` (the
 //! layers' keys, kept inline), `flush.rs` (the checkpointer, message
-//! chunks), `bodies.rs` (the chunks' bodies' files), `idler.rs` (the checkpointer's scheduling), `schema.rs` (the
-//! typed key table),
-//! `retention.rs` (watermarks, the per-minute tally and the sweep that
+//! chunks), `bodies.rs` (history chunks' bodies in files, and their
+//! sweep), `idler.rs` (the checkpointer's scheduling), `schema.rs` (the
+//! typed key table), `retention.rs` (watermarks, the per-minute tally and the sweep that
 //! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
 //! node's id and uuid), `space.rs` (free disk space).
 //!
@@ -93,7 +93,8 @@ use tokio::sync::watch;
 pub const FORMAT: u8 = 1;
 
 /// The largest value worth writing as one record (a log segment, a chunk of
-/// history). sled writes a page bigger than a quarter of its 512 KiB log
+/// messages; inbox chunks and chunks of data directories from before the
+/// chunk files are kept in sled). sled writes a page bigger than a quarter of its 512 KiB log
 /// segment to a file of its own that its flush never fsyncs, and a leaf page
 /// holds up to about 20 records: keeping every record under this keeps
 /// every page inline, where a flush covers it.
@@ -611,7 +612,7 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.files.bytes()
+        self.db.size_on_disk().unwrap_or(0) + self.files.bytes() + self.bodies.bytes()
     }
 
     /// Free bytes on the disk that holds the database (None: in memory or

@@ -511,10 +511,18 @@ mod tests {
 
     /// Each test of chunks runs on both kinds of store: chunks kept in
     /// sled (no directory) and chunks' bodies in files (`bodies.rs`).
-    fn both_kinds(test: fn(Store)) {
-        test(Store::open(StoreOptions::temporary()).unwrap());
+    fn both_kinds(test: fn(&mut Store)) {
+        test(&mut Store::open(StoreOptions::temporary()).unwrap());
         let dir = tempfile::tempdir().unwrap();
-        test(Store::open(StoreOptions::at(dir.path().join("db"))).unwrap());
+        let mut s = Store::open(StoreOptions::at(dir.path().join("db"))).unwrap();
+        test(&mut s);
+        let history = &s.trees[Table::History as usize];
+        assert!(
+            history
+                .iter()
+                .all(|r| r.unwrap().1[0] == super::super::bodies::POINTER),
+            "the second kind keeps its chunks' bodies in files"
+        );
     }
 
     #[test]
@@ -522,7 +530,7 @@ mod tests {
         both_kinds(history_pages_across_layers_and_chunks_in);
     }
 
-    fn history_pages_across_layers_and_chunks_in(mut s: Store) {
+    fn history_pages_across_layers_and_chunks_in(s: &mut Store) {
         let conv = conv_direct(Uid(1), Uid(2));
         for i in 1..=600u64 {
             s.add_message(&msg(i, 1, Target::User(Uid(2)), &format!("m{i}")))
@@ -564,7 +572,7 @@ mod tests {
         both_kinds(late_arrivals_merge_into_stored_chunks_in);
     }
 
-    fn late_arrivals_merge_into_stored_chunks_in(mut s: Store) {
+    fn late_arrivals_merge_into_stored_chunks_in(s: &mut Store) {
         let g = Gid(5);
         for i in (10..=100u64).step_by(10) {
             s.add_message(&msg(i, 1, Target::Group(g), &format!("{i}")))

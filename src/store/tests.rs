@@ -667,12 +667,14 @@ fn chunk_bodies_live_in_files_with_pointers_in_sled_and_survive_a_reopen() {
     assert!(values.len() >= 3, "{}", values.len());
     for v in &values {
         assert_eq!(v[0], bodies::POINTER, "sled holds a pointer, not the chunk");
-        assert!(
-            v.len() <= 22,
-            "small enough for sled to keep inline: {}",
-            v.len()
-        );
+        assert_eq!(v.len(), 21, "small enough for sled to keep inline");
     }
+    // Inbox chunks stay in sled: they go once delivered.
+    let inbox = s.trees[Table::Inbox as usize].iter().collect::<Vec<_>>();
+    assert!(!inbox.is_empty());
+    assert!(inbox
+        .iter()
+        .all(|r| r.as_ref().unwrap().1[0] != bodies::POINTER));
     let texts = |s: &Store| -> Vec<String> {
         let (page, more) = s.history(&conv, None, 1000).unwrap();
         assert!(!more);
@@ -701,4 +703,36 @@ fn chunk_bodies_live_in_files_with_pointers_in_sled_and_survive_a_reopen() {
     let s = Store::open(StoreOptions::at(&path)).unwrap();
     let e = s.history(&conv, None, 1000).unwrap_err();
     assert!(e.to_string().contains("fails its check"), "{e}");
+}
+
+#[test]
+fn chunks_cut_by_retention_keep_their_bodies_in_files() {
+    use crate::ids::Uid;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(StoreOptions::at(dir.path().join("db"))).unwrap();
+    let at = |k: u64| Stamp::new(1_800_000_000_000 + k * 1000, 1);
+    for k in 0..600 {
+        let m = Message {
+            id: at(k),
+            from: Uid(1),
+            to: Target::User(Uid(2)),
+            text: format!("message number {k}"),
+            cid: None,
+            time: None,
+        };
+        assert!(s.add_message(&m).unwrap());
+    }
+    s.checkpoint_now().unwrap();
+    // Below the middle of a chunk: whole chunks go, one is cut.
+    s.raise_watermarks(at(300), Stamp::ZERO);
+    while s.sweep(64).unwrap() {}
+    s.checkpoint_now().unwrap();
+    assert_eq!(on_disk(&s, at(300)), (300, 0));
+    for r in s.trees[Table::History as usize].iter() {
+        assert_eq!(r.unwrap().1[0], bodies::POINTER);
+    }
+    let conv = schema::conv_direct(Uid(1), Uid(2));
+    let (page, _) = s.history(&conv, None, 1000).unwrap();
+    assert_eq!(page.len(), 300);
+    assert_eq!(page[0].text, "message number 300");
 }
