@@ -1,13 +1,14 @@
-//! History chunks' bodies, in files of their own (`<db>/chunks`), with only
-//! a pointer to each in sled.
+//! Message chunks' bodies, in files of their own, with only a pointer to
+//! each in sled: history's in `<db>/chunks`, inboxes' in `<db>/inbox`.
+//! Inbox chunks are deleted once delivered, mostly within seconds; apart,
+//! their files die whole rather than leave history's half dead.
 //!
 //! Why: sled keeps the pages it has read or written in memory, each value a
 //! block of its own. Every checkpoint writes a chunk of a different size
 //! into each active conversation's last leaf, and the blocks that survived
 //! pinned slabs of many sizes: after a load, sled's memory held far more
 //! than its cache's worth (README, Performance). A pointer is small enough
-//! for sled to keep inside the page itself. Inbox chunks stay in sled: they
-//! are deleted once delivered, and would leave their files mostly dead.
+//! for sled to keep inside the page itself.
 //!
 //! A file is `<n>.chunks`: bodies back to back, nothing else. Only the
 //! newest file is appended to, and a restarted store starts a new one, so
@@ -16,8 +17,9 @@
 //! pages at any moment, and a pointer must never reach the disk ahead of
 //! what it points at.
 //!
-//! A sweep reclaims the space of bodies no pointer names (chunks merged
-//! with late arrivals or cut by retention): it moves the live bodies of a
+//! A sweep reclaims the space of bodies no pointer names (inbox chunks
+//! delivered, chunks merged with late arrivals or cut by retention): it
+//! moves the live bodies of a
 //! file that is more than half dead to the newest file, and deletes a file
 //! once two sweeps a minute apart have found it unnamed (a reader may hold
 //! a pointer it read just before the chunk was rewritten).
@@ -53,8 +55,9 @@ const WRITE_RUN: usize = 256 << 10;
 const OPEN_MAX: usize = 64;
 /// The largest body a pointer may claim (chunks are a record's worth).
 const BODY_MAX: u32 = 2 << 20;
-/// Where the files are, under the store's directory.
-pub(super) const DIR: &str = "chunks";
+/// Where the files are, under the store's directory: history's, inboxes'.
+pub(super) const HISTORY_DIR: &str = "chunks";
+pub(super) const INBOX_DIR: &str = "inbox";
 
 /// Reads bodies. The store's readers share one; the checkpoint thread has
 /// its own, so that it never holds a lock the hub waits for (it may write
@@ -108,11 +111,10 @@ impl Bodies {
         }
     }
 
-    /// The bodies under `store_dir` (none without one) and the one writer,
-    /// which starts a file of its own. The directory is made with the
-    /// first file: opening must work on a full disk.
-    pub(super) fn open(store_dir: Option<&Path>, no_flush: bool) -> Result<(Arc<Bodies>, Writer)> {
-        let dir = store_dir.map(|d| d.join(DIR));
+    /// The bodies in `dir` (none without one) and the one writer, which
+    /// starts a file of its own. The directory is made with the first
+    /// file: opening must work on a full disk.
+    pub(super) fn open(dir: Option<PathBuf>, no_flush: bool) -> Result<(Arc<Bodies>, Writer)> {
         let files = match &dir {
             Some(d) => listed(d)?,
             None => BTreeMap::new(),
@@ -235,7 +237,7 @@ impl Pointer {
 }
 
 /// Appends bodies and sweeps; the checkpoint thread's alone (the sweep's
-/// moves are safe only because nothing else writes the history tree).
+/// moves are safe only because nothing else writes the message tables).
 pub(crate) struct Writer {
     shared: Arc<Bodies>,
     own: Bodies,

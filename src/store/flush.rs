@@ -4,7 +4,8 @@
 //! or the frames packed (`zip.rs`: `PACKED`, their length, compressed
 //! with zstd (when that saves a tenth or more), stored under `prefix ++ id
 //! of its last message`; a history chunk's body goes to the chunk files
-//! and sled holds a pointer to it (`bodies.rs`). Compressed here, once per chunk on the checkpoint
+//! and sled holds a pointer to it (`bodies.rs`; history's and inboxes'
+//! apart). Compressed here, once per chunk on the checkpoint
 //! thread, not by sled: sled would compress every page it rewrites, and
 //! its writers wait for that. Chunks of one prefix never
 //! overlap, so reading them in key order yields messages in id order. Most
@@ -71,8 +72,10 @@ pub(crate) struct LogSide {
     pub(crate) write_delay: std::time::Duration,
     /// `StoreOptions::idle_writes`.
     pub(crate) idle_writes: bool,
-    /// Where message chunks' bodies go (`bodies.rs`).
+    /// Where history's chunks' bodies go (`bodies.rs`)...
     pub(crate) bodies: Writer,
+    /// ...and inboxes'.
+    pub(crate) inbox_bodies: Writer,
 }
 
 pub(crate) struct Checkpointer {
@@ -110,7 +113,8 @@ impl Checkpointer {
                 let mut quiet = crate::os::Quiet::new(std::time::Instant::now());
                 let mut side = side;
                 loop {
-                    sweep_bodies(&mut side.bodies, &trees);
+                    sweep_bodies(&mut side.bodies, &trees[Table::History as usize]);
+                    sweep_bodies(&mut side.inbox_bodies, &trees[Table::Inbox as usize]);
                     let job = match rx.recv_timeout(crate::os::Quiet::AFTER) {
                         Ok(job) => job,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -162,7 +166,13 @@ impl Checkpointer {
                     if !side.write_delay.is_zero() {
                         std::thread::sleep(side.write_delay);
                     }
-                    let r = write_layer(&trees, &log, &layer, &mut side.bodies).and_then(|()| {
+                    let r = write_layer(
+                        &trees,
+                        &log,
+                        &layer,
+                        [&mut side.bodies, &mut side.inbox_bodies],
+                    )
+                    .and_then(|()| {
                         db.flush()?;
                         // Recorded only once the tables it vouches for are
                         // on disk. It reaches the disk itself with the next
@@ -267,12 +277,12 @@ impl Checkpointer {
 }
 
 /// Reclaim the chunk files' dead space, when it is time to look.
-fn sweep_bodies(bodies: &mut Writer, trees: &[sled::Tree]) {
+fn sweep_bodies(bodies: &mut Writer, tree: &sled::Tree) {
     let now = std::time::Instant::now();
     if !bodies.sweep_due(now) {
         return;
     }
-    match bodies.sweep(&trees[Table::History as usize], now) {
+    match bodies.sweep(tree, now) {
         Ok(s) if s == Default::default() => {}
         Ok(s) => tracing::debug!(moved = s.moved, deleted = s.deleted, "chunk files swept"),
         // The files stay until a later sweep, a minute on.
@@ -284,7 +294,7 @@ fn write_layer(
     trees: &[sled::Tree],
     log: &Durability,
     layer: &Layer,
-    bodies: &mut Writer,
+    [history, inbox]: [&mut Writer; 2],
 ) -> Result<()> {
     // sled may write table pages out at any time, and the tables must never
     // be on disk ahead of the log they were made from.
@@ -305,12 +315,13 @@ fn write_layer(
             continue;
         }
         let tree = &trees[t as usize];
-        // History's chunks go to files (`bodies.rs`); inbox chunks stay in
-        // sled, deleted once delivered.
-        let external = t == Table::History;
+        let bodies = match t {
+            Table::Inbox => &mut *inbox,
+            _ => &mut *history,
+        };
         let mut rewritten = Vec::new();
         for (prefix, below) in &cuts {
-            rewritten.extend(cut_chunks(tree, bodies, external, prefix, *below)?);
+            rewritten.extend(cut_chunks(tree, bodies, prefix, *below)?);
         }
         bodies.sync()?;
         for (k, v) in rewritten {
@@ -344,16 +355,11 @@ fn write_layer(
                     }
                     Ok(id <= cursors.get(prefix, id.node())?)
                 };
-                write_chunks(tree, bodies, external, messages, plen, &skip)?;
+                write_chunks(tree, bodies, messages, plen, &skip)?;
             }
         }
     }
-    prune_inboxes(
-        trees,
-        bodies.reader(),
-        &layer.maps[Table::Cursors as usize],
-        &cursors,
-    )
+    prune_inboxes(trees, inbox, &layer.maps[Table::Cursors as usize], &cursors)
 }
 
 /// Delivery cursors read straight from sled, each once per checkpoint: an
@@ -396,15 +402,6 @@ enum Put {
     Batch(sled::Batch),
 }
 
-/// The value to store for a chunk: with `external`, a pointer to its body
-/// (queued for the next sync).
-fn chunk_value(bodies: &mut Writer, external: bool, msgs: &[Framed]) -> Result<Vec<u8>> {
-    match external {
-        true => bodies.put(encode_chunk(msgs)),
-        false => Ok(encode_chunk(msgs)),
-    }
-}
-
 /// Two passes: every chunk is made (and its body queued) first, then the
 /// bodies are synced, and only then do the pointers enter sled. Each
 /// prefix is read and written once, so deferring its writes changes no
@@ -412,7 +409,6 @@ fn chunk_value(bodies: &mut Writer, external: bool, msgs: &[Framed]) -> Result<V
 fn write_chunks(
     tree: &sled::Tree,
     bodies: &mut Writer,
-    external: bool,
     map: &MessageMap,
     plen: usize,
     skip: &dyn Fn(&[u8], Stamp) -> Result<bool>,
@@ -443,7 +439,7 @@ fn write_chunks(
                 let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
                 puts.push(Put::Insert(
                     key(prefix, last),
-                    chunk_value(bodies, external, chunk)?,
+                    bodies.put(encode_chunk(chunk))?,
                 ));
             }
             continue;
@@ -469,7 +465,7 @@ fn write_chunks(
         let all: Vec<Framed> = all.into_iter().collect();
         for chunk in split(&all) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
-            batch.insert(key(prefix, last), chunk_value(bodies, external, chunk)?);
+            batch.insert(key(prefix, last), bodies.put(encode_chunk(chunk))?);
         }
         puts.push(Put::Batch(batch));
     }
@@ -493,7 +489,6 @@ fn write_chunks(
 fn cut_chunks(
     tree: &sled::Tree,
     bodies: &mut Writer,
-    external: bool,
     prefix: &[u8],
     below: Stamp,
 ) -> Result<Option<(sled::IVec, Vec<u8>)>> {
@@ -515,7 +510,7 @@ fn cut_chunks(
                 .map(|(id, b)| (id, b.into()))
                 .collect();
             bodies.replaced();
-            return Ok(Some((k, chunk_value(bodies, external, &keep)?)));
+            return Ok(Some((k, bodies.put(encode_chunk(&keep))?)));
         }
     }
     Ok(None)
@@ -524,7 +519,7 @@ fn cut_chunks(
 /// Drop inbox chunks whose every message has been acknowledged.
 fn prune_inboxes(
     trees: &[sled::Tree],
-    bodies: &Bodies,
+    bodies: &mut Writer,
     cursor_changes: &LayerMap,
     cursors: &Cursors,
 ) -> Result<()> {
@@ -541,7 +536,7 @@ fn prune_inboxes(
             }
             let (k, v) = r?;
             let mut all = true;
-            for (id, _) in frames(bodies, &v)? {
+            for (id, _) in frames(bodies.reader(), &v)? {
                 let id = Stamp(id);
                 if id > cursors.get(&u, id.node())? {
                     all = false;
@@ -550,6 +545,7 @@ fn prune_inboxes(
             }
             if all {
                 inbox.remove(k)?;
+                bodies.replaced();
             }
         }
     }

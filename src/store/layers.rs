@@ -101,7 +101,10 @@ impl Store {
         }
         sources.push(Box::new(flush::ChunkIter::new(
             &self.trees[t as usize],
-            self.bodies.clone(),
+            match t {
+                Table::Inbox => self.inbox_bodies.clone(),
+                _ => self.bodies.clone(),
+            },
             prefix,
             from,
             descending,

@@ -2,7 +2,7 @@
 //!
 //! Two kinds of data live apart (`<data-dir>/db/oplog`, files, and
 //! `<data-dir>/db/tables`, a sled database, with its message chunks'
-//! bodies in `<data-dir>/db/chunks`), so that syncing the log never
+//! bodies in `<data-dir>/db/chunks` and `db/inbox`), so that syncing the log never
 //! waits for a checkpoint of the tables:
 //!
 //! * **The log** is the durable truth: every operation, in segments of
@@ -22,7 +22,7 @@
 //!   background thread (`flush.rs`, the checkpointer), which then records
 //!   a checkpoint (the log position the trees now reflect). After a crash,
 //!   the log after the checkpoint is applied again; `apply` is idempotent,
-//!   so a half-written checkpoint does no harm. History chunks' bodies are
+//!   so a half-written checkpoint does no harm. Message chunks' bodies are
 //!   appended to files of their own and sled holds a pointer to each
 //!   (`bodies.rs`): kept in sled's pages, they held its memory long after
 //!   a load.
@@ -43,7 +43,7 @@
 //! `snapshot.rs` (reading the tables as a snapshot, installing one),
 //! `layers.rs` (reads and writes through the layers), `key.rs` (the
 //! layers' keys, kept inline), `flush.rs` (the checkpointer, message
-//! chunks), `bodies.rs` (history chunks' bodies in files, and their
+//! chunks), `bodies.rs` (message chunks' bodies in files, and their
 //! sweep), `idler.rs` (the checkpointer's scheduling), `schema.rs` (the
 //! typed key table), `retention.rs` (watermarks, the per-minute tally and the sweep that
 //! removes expired messages), `merge.rs`, `digest.rs`, `identity.rs` (the
@@ -331,8 +331,10 @@ pub struct Store {
     files: Arc<logfile::LogFiles>,
     meta: sled::Tree,
     trees: Arc<Vec<sled::Tree>>,
-    /// Message chunks' bodies (`bodies.rs`).
+    /// History's chunks' bodies (`bodies.rs`).
     bodies: Arc<bodies::Bodies>,
+    /// Inboxes' chunks' bodies.
+    inbox_bodies: Arc<bodies::Bodies>,
     active: Layer,
     frozen: Option<Arc<Layer>>,
     checkpointer: flush::Checkpointer,
@@ -612,7 +614,10 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.files.bytes() + self.bodies.bytes()
+        self.db.size_on_disk().unwrap_or(0)
+            + self.files.bytes()
+            + self.bodies.bytes()
+            + self.inbox_bodies.bytes()
     }
 
     /// Free bytes on the disk that holds the database (None: in memory or

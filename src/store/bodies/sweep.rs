@@ -1,5 +1,5 @@
-//! The sweep: how much of each file the history's pointers name, moving
-//! the live bodies out of files mostly dead, deleting files none name.
+//! The sweep: how much of each file a table's pointers name, moving the
+//! live bodies out of files mostly dead, deleting files none name.
 
 use super::*;
 

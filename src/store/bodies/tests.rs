@@ -2,7 +2,12 @@ use super::sweep::Swept;
 use super::*;
 
 fn files(dir: &Path) -> Vec<u32> {
-    listed(&dir.join(DIR)).unwrap().into_keys().collect()
+    listed(dir).unwrap().into_keys().collect()
+}
+
+/// A writer of files in `dir`.
+fn open(dir: &Path) -> (Arc<Bodies>, Writer) {
+    Bodies::open(Some(dir.to_path_buf()), false).unwrap()
 }
 
 fn history() -> (sled::Db, sled::Tree) {
@@ -13,9 +18,10 @@ fn history() -> (sled::Db, sled::Tree) {
 
 #[test]
 fn bodies_read_back_across_runs_and_small_ones_stay_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
-    assert!(!dir.path().join(DIR).exists(), "made with the first file");
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("chunks");
+    let (bodies, mut w) = open(&dir);
+    assert!(!dir.exists(), "made with the first file");
     let small = vec![1u8; POINTER_LEN];
     assert_eq!(w.put(small.clone()).unwrap(), small);
     // More than a few runs' worth before one sync, of varied sizes.
@@ -30,7 +36,7 @@ fn bodies_read_back_across_runs_and_small_ones_stay_in_place() {
         assert_eq!(&bodies.read(p).unwrap(), b);
         assert_eq!(stored_len(p), b.len());
     }
-    let on_disk: u64 = listed(&dir.path().join(DIR)).unwrap().values().sum();
+    let on_disk: u64 = listed(&dir).unwrap().values().sum();
     assert_eq!(bodies.bytes(), on_disk);
     // A pointer past the end of its file, or with another check, or cut.
     let last = ptrs.last().unwrap();
@@ -49,11 +55,11 @@ fn bodies_read_back_across_runs_and_small_ones_stay_in_place() {
 #[test]
 fn a_reopened_store_starts_a_file_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
+    let (_, mut w) = open(dir.path());
     let p = w.put(vec![1; 100]).unwrap();
     w.sync().unwrap();
     drop(w);
-    let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
+    let (bodies, mut w) = open(dir.path());
     let q = w.put(vec![2; 100]).unwrap();
     w.sync().unwrap();
     assert_eq!(files(dir.path()), vec![0, 1]);
@@ -65,7 +71,7 @@ fn a_reopened_store_starts_a_file_of_its_own() {
 fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, tree) = history();
-    let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
+    let (bodies, mut w) = open(dir.path());
     // Three files: 0 named by the tree, 1 by nothing, 2 the current.
     let kept = w.put(vec![1; 100]).unwrap();
     w.sync().unwrap();
@@ -77,7 +83,7 @@ fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
     w.sync().unwrap();
     tree.insert("a", kept.clone()).unwrap();
     // Names it does not make are left alone.
-    std::fs::write(dir.path().join(DIR).join("1.chunks"), b"x").unwrap();
+    std::fs::write(dir.path().join("1.chunks"), b"x").unwrap();
     assert_eq!(files(dir.path()), vec![0, 1, 2]);
 
     let t0 = Instant::now();
@@ -97,7 +103,7 @@ fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
         }
     );
     assert_eq!(files(dir.path()), vec![0, 2]);
-    assert!(dir.path().join(DIR).join("1.chunks").exists());
+    assert!(dir.path().join("1.chunks").exists());
     assert_eq!(bodies.read(&kept).unwrap(), vec![1; 100]);
     assert_eq!(bodies.read(&current).unwrap(), vec![3; 100]);
     assert!(!w.sweep_due(t0 + gap * 10), "nothing left to look for");
@@ -117,7 +123,7 @@ fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
 fn the_live_bodies_of_a_file_mostly_dead_move_and_the_file_goes() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, tree) = history();
-    let (bodies, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
+    let (bodies, mut w) = open(dir.path());
     let body = |i: u8| vec![i; 1000];
     for i in 0..10u8 {
         let p = w.put(body(i)).unwrap();
@@ -170,7 +176,7 @@ fn the_live_bodies_of_a_file_mostly_dead_move_and_the_file_goes() {
 fn a_failed_sweep_waits_its_gap_like_any_other() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, tree) = history();
-    let (_, mut w) = Bodies::open(Some(dir.path()), false).unwrap();
+    let (_, mut w) = open(dir.path());
     w.put(vec![1; 100]).unwrap();
     w.sync().unwrap();
     w.close();
