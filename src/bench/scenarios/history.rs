@@ -37,9 +37,10 @@ pub struct HistoryOpts {
 /// everything under a data dir.
 fn measure(dir: &Path) -> (u64, u64, u64) {
     let db = dir.join("db");
+    let tables = ["tables", "chunks", "inbox"].map(|t| disk_use(&db.join(t)));
     (
         disk_use(&db.join("oplog")),
-        disk_use(&db.join("tables")) + disk_use(&db.join("chunks")),
+        tables.iter().sum(),
         disk_use(dir),
     )
 }
