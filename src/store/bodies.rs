@@ -1,7 +1,5 @@
-//! Message chunks' bodies, in files of their own, with only a pointer to
-//! each in sled: history's in `<db>/chunks`, inboxes' in `<db>/inbox`.
-//! Inbox chunks are deleted once delivered, mostly within seconds; apart,
-//! their files die whole rather than leave history's half dead.
+//! Message chunks' bodies (history's and inboxes'), in files of their own
+//! (`<db>/chunks`), with only a pointer to each in sled.
 //!
 //! Why: sled keeps the pages it has read or written in memory, each value a
 //! block of its own. Every checkpoint writes a chunk of a different size
@@ -19,9 +17,8 @@
 //!
 //! A sweep reclaims the space of bodies no pointer names (inbox chunks
 //! delivered, chunks merged with late arrivals or cut by retention): it
-//! moves the live bodies of a
-//! file that is more than half dead to the newest file, and deletes a file
-//! once two sweeps a minute apart have found it unnamed (a reader may hold
+//! moves the live bodies of a file more than half dead to the newest
+//! file, and deletes a file once two sweeps a minute apart have found it unnamed (a reader may hold
 //! a pointer it read just before the chunk was rewritten).
 //!
 //! A value's first byte says what it is: a chunk (`FORMAT`, `PACKED`) or a
@@ -55,9 +52,8 @@ const WRITE_RUN: usize = 256 << 10;
 const OPEN_MAX: usize = 64;
 /// The largest body a pointer may claim (chunks are a record's worth).
 const BODY_MAX: u32 = 2 << 20;
-/// Where the files are, under the store's directory: history's, inboxes'.
-pub(super) const HISTORY_DIR: &str = "chunks";
-pub(super) const INBOX_DIR: &str = "inbox";
+/// Where the files are, under the store's directory.
+pub(super) const DIR: &str = "chunks";
 
 /// Reads bodies. The store's readers share one; the checkpoint thread has
 /// its own, so that it never holds a lock the hub waits for (it may write

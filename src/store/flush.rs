@@ -3,9 +3,9 @@
 //! A chunk is `FORMAT` followed by frames `[id u64 BE][len u32 BE][message]`,
 //! or the frames packed (`zip.rs`: `PACKED`, their length, compressed
 //! with zstd (when that saves a tenth or more), stored under `prefix ++ id
-//! of its last message`; a history chunk's body goes to the chunk files
-//! and sled holds a pointer to it (`bodies.rs`; history's and inboxes'
-//! apart). Compressed here, once per chunk on the checkpoint
+//! of its last message`; the chunk itself goes to a file and sled holds a
+//! pointer to it (`bodies.rs`).
+//! Compressed here, once per chunk on the checkpoint
 //! thread, not by sled: sled would compress every page it rewrites, and
 //! its writers wait for that. Chunks of one prefix never
 //! overlap, so reading them in key order yields messages in id order. Most
@@ -72,10 +72,8 @@ pub(crate) struct LogSide {
     pub(crate) write_delay: std::time::Duration,
     /// `StoreOptions::idle_writes`.
     pub(crate) idle_writes: bool,
-    /// Where history's chunks' bodies go (`bodies.rs`)...
+    /// Where message chunks' bodies go (`bodies.rs`).
     pub(crate) bodies: Writer,
-    /// ...and inboxes'.
-    pub(crate) inbox_bodies: Writer,
 }
 
 pub(crate) struct Checkpointer {
@@ -113,8 +111,7 @@ impl Checkpointer {
                 let mut quiet = crate::os::Quiet::new(std::time::Instant::now());
                 let mut side = side;
                 loop {
-                    sweep_bodies(&mut side.bodies, &trees[Table::History as usize]);
-                    sweep_bodies(&mut side.inbox_bodies, &trees[Table::Inbox as usize]);
+                    sweep_bodies(&mut side.bodies, &trees);
                     let job = match rx.recv_timeout(crate::os::Quiet::AFTER) {
                         Ok(job) => job,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -166,13 +163,7 @@ impl Checkpointer {
                     if !side.write_delay.is_zero() {
                         std::thread::sleep(side.write_delay);
                     }
-                    let r = write_layer(
-                        &trees,
-                        &log,
-                        &layer,
-                        [&mut side.bodies, &mut side.inbox_bodies],
-                    )
-                    .and_then(|()| {
+                    let r = write_layer(&trees, &log, &layer, &mut side.bodies).and_then(|()| {
                         db.flush()?;
                         // Recorded only once the tables it vouches for are
                         // on disk. It reaches the disk itself with the next
@@ -277,12 +268,16 @@ impl Checkpointer {
 }
 
 /// Reclaim the chunk files' dead space, when it is time to look.
-fn sweep_bodies(bodies: &mut Writer, tree: &sled::Tree) {
+fn sweep_bodies(bodies: &mut Writer, trees: &[sled::Tree]) {
     let now = std::time::Instant::now();
     if !bodies.sweep_due(now) {
         return;
     }
-    match bodies.sweep(tree, now) {
+    let tables = [
+        &trees[Table::History as usize],
+        &trees[Table::Inbox as usize],
+    ];
+    match bodies.sweep(&tables, now) {
         Ok(s) if s == Default::default() => {}
         Ok(s) => tracing::debug!(moved = s.moved, deleted = s.deleted, "chunk files swept"),
         // The files stay until a later sweep, a minute on.
@@ -294,7 +289,7 @@ fn write_layer(
     trees: &[sled::Tree],
     log: &Durability,
     layer: &Layer,
-    [history, inbox]: [&mut Writer; 2],
+    bodies: &mut Writer,
 ) -> Result<()> {
     // sled may write table pages out at any time, and the tables must never
     // be on disk ahead of the log they were made from.
@@ -315,10 +310,6 @@ fn write_layer(
             continue;
         }
         let tree = &trees[t as usize];
-        let bodies = match t {
-            Table::Inbox => &mut *inbox,
-            _ => &mut *history,
-        };
         let mut rewritten = Vec::new();
         for (prefix, below) in &cuts {
             rewritten.extend(cut_chunks(tree, bodies, prefix, *below)?);
@@ -359,7 +350,12 @@ fn write_layer(
             }
         }
     }
-    prune_inboxes(trees, inbox, &layer.maps[Table::Cursors as usize], &cursors)
+    prune_inboxes(
+        trees,
+        bodies,
+        &layer.maps[Table::Cursors as usize],
+        &cursors,
+    )
 }
 
 /// Delivery cursors read straight from sled, each once per checkpoint: an

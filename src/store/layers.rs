@@ -101,10 +101,7 @@ impl Store {
         }
         sources.push(Box::new(flush::ChunkIter::new(
             &self.trees[t as usize],
-            match t {
-                Table::Inbox => self.inbox_bodies.clone(),
-                _ => self.bodies.clone(),
-            },
+            self.bodies.clone(),
             prefix,
             from,
             descending,

@@ -2,7 +2,7 @@
 //!
 //! Two kinds of data live apart (`<data-dir>/db/oplog`, files, and
 //! `<data-dir>/db/tables`, a sled database, with its message chunks'
-//! bodies in `<data-dir>/db/chunks` and `db/inbox`), so that syncing the log never
+//! bodies in `<data-dir>/db/chunks`), so that syncing the log never
 //! waits for a checkpoint of the tables:
 //!
 //! * **The log** is the durable truth: every operation, in segments of
@@ -331,10 +331,8 @@ pub struct Store {
     files: Arc<logfile::LogFiles>,
     meta: sled::Tree,
     trees: Arc<Vec<sled::Tree>>,
-    /// History's chunks' bodies (`bodies.rs`).
+    /// Message chunks' bodies (`bodies.rs`).
     bodies: Arc<bodies::Bodies>,
-    /// Inboxes' chunks' bodies.
-    inbox_bodies: Arc<bodies::Bodies>,
     active: Layer,
     frozen: Option<Arc<Layer>>,
     checkpointer: flush::Checkpointer,
@@ -614,10 +612,7 @@ impl Store {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-            + self.files.bytes()
-            + self.bodies.bytes()
-            + self.inbox_bodies.bytes()
+        self.db.size_on_disk().unwrap_or(0) + self.files.bytes() + self.bodies.bytes()
     }
 
     /// Free bytes on the disk that holds the database (None: in memory or

@@ -120,11 +120,10 @@ impl Store {
             bounds: bounds.clone(),
         };
         let compacting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let under = |name: &str| opts.path.as_ref().map(|p| p.join(name));
-        let (bodies, history_writer) =
-            bodies::Bodies::open(under(bodies::HISTORY_DIR), opts.no_flush)?;
-        let (inbox_bodies, inbox_writer) =
-            bodies::Bodies::open(under(bodies::INBOX_DIR), opts.no_flush)?;
+        let (bodies, body_writer) = bodies::Bodies::open(
+            opts.path.as_ref().map(|p| p.join(bodies::DIR)),
+            opts.no_flush,
+        )?;
         let checkpointer = flush::Checkpointer::start(
             db.clone(),
             trees.clone(),
@@ -137,8 +136,7 @@ impl Store {
                 delay: opts.compact_delay,
                 write_delay: opts.write_delay,
                 idle_writes: opts.idle_writes,
-                bodies: history_writer,
-                inbox_bodies: inbox_writer,
+                bodies: body_writer,
             },
         )?;
 
@@ -153,7 +151,6 @@ impl Store {
             meta,
             trees,
             bodies,
-            inbox_bodies,
             active: Layer::default(),
             frozen: None,
             checkpointer,

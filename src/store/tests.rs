@@ -230,7 +230,7 @@ fn inbox_on_disk(s: &Store, user: crate::ids::Uid) -> Vec<Stamp> {
     for r in s.trees[Table::Inbox as usize].scan_prefix(user.0.to_be_bytes()) {
         let (_, v) = r.unwrap();
         ids.extend(
-            flush::frames(&s.inbox_bodies, &v)
+            flush::frames(&s.bodies, &v)
                 .unwrap()
                 .into_iter()
                 .map(|(id, _)| Stamp(id)),
@@ -669,13 +669,12 @@ fn chunk_bodies_live_in_files_with_pointers_in_sled_and_survive_a_reopen() {
         assert_eq!(v[0], bodies::POINTER, "sled holds a pointer, not the chunk");
         assert_eq!(v.len(), 21, "small enough for sled to keep inline");
     }
-    // Inbox chunks too, in files of their own: they die sooner.
+    // Inbox chunks too.
     let inbox = s.trees[Table::Inbox as usize].iter().collect::<Vec<_>>();
     assert!(!inbox.is_empty());
     assert!(inbox
         .iter()
         .all(|r| r.as_ref().unwrap().1[0] == bodies::POINTER));
-    assert!(path.join(bodies::INBOX_DIR).read_dir().unwrap().count() > 0);
     let texts = |s: &Store| -> Vec<String> {
         let (page, more) = s.history(&conv, None, 1000).unwrap();
         assert!(!more);
@@ -691,7 +690,7 @@ fn chunk_bodies_live_in_files_with_pointers_in_sled_and_survive_a_reopen() {
     drop(s);
 
     // A byte changed in a body is found, not read as some other message.
-    let file = std::fs::read_dir(path.join(bodies::HISTORY_DIR))
+    let file = std::fs::read_dir(path.join(bodies::DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| std::fs::metadata(p).unwrap().len() > 0)

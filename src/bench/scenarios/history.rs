@@ -37,7 +37,7 @@ pub struct HistoryOpts {
 /// everything under a data dir.
 fn measure(dir: &Path) -> (u64, u64, u64) {
     let db = dir.join("db");
-    let tables = ["tables", "chunks", "inbox"].map(|t| disk_use(&db.join(t)));
+    let tables = ["tables", "chunks"].map(|t| disk_use(&db.join(t)));
     (
         disk_use(&db.join("oplog")),
         tables.iter().sum(),

@@ -1,5 +1,6 @@
-//! The sweep: how much of each file a table's pointers name, moving the
-//! live bodies out of files mostly dead, deleting files none name.
+//! The sweep: how much of each file the message tables' pointers name,
+//! moving the live bodies out of files mostly dead, deleting files none
+//! name.
 
 use super::*;
 
@@ -20,9 +21,9 @@ impl Writer {
     }
 
     /// Move the live bodies out of files more than half dead, and delete
-    /// the files no pointer in `tree` names that the last sweep found
+    /// the files no pointer in `trees` names that the last sweep found
     /// unnamed too.
-    pub(in crate::store) fn sweep(&mut self, tree: &sled::Tree, now: Instant) -> Result<Swept> {
+    pub(in crate::store) fn sweep(&mut self, trees: &[&sled::Tree], now: Instant) -> Result<Swept> {
         // Whatever fails below, the next sweep is a gap away: a failing
         // one must not take the thread at every turn.
         self.last_sweep = now;
@@ -33,11 +34,13 @@ impl Writer {
         let files = listed(&dir)?;
         let current = self.current.as_ref().map(|(n, _, _)| *n);
         let mut live: BTreeMap<u32, u64> = BTreeMap::new();
-        for r in tree.iter().values() {
-            let v = r?;
-            if v.first() == Some(&POINTER) {
-                let p = Pointer::parse(&v)?;
-                *live.entry(p.file).or_default() += u64::from(p.len);
+        for tree in trees {
+            for r in tree.iter().values() {
+                let v = r?;
+                if v.first() == Some(&POINTER) {
+                    let p = Pointer::parse(&v)?;
+                    *live.entry(p.file).or_default() += u64::from(p.len);
+                }
             }
         }
         let sparse: BTreeSet<u32> = files
@@ -46,7 +49,7 @@ impl Writer {
             .map(|(n, _)| *n)
             .collect();
         let mut swept = Swept {
-            moved: self.move_out(tree, &sparse)?,
+            moved: self.move_out(trees, &sparse)?,
             deleted: 0,
         };
         if swept.moved > 0 {
@@ -88,29 +91,32 @@ impl Writer {
         }
     }
 
-    /// Write the bodies the pointers in `tree` name in files `from` again,
-    /// in the current file, a file's worth at most; how many moved.
-    fn move_out(&mut self, tree: &sled::Tree, from: &BTreeSet<u32>) -> Result<usize> {
+    /// Write the bodies the pointers in `trees` name in files `from`
+    /// again, in the current file, a file's worth at most; how many moved.
+    fn move_out(&mut self, trees: &[&sled::Tree], from: &BTreeSet<u32>) -> Result<usize> {
         if from.is_empty() {
             return Ok(0);
         }
         let mut moves = Vec::new();
         let mut bytes = 0;
-        for r in tree.iter() {
-            let (k, v) = r?;
-            if v.first() != Some(&POINTER) || !from.contains(&Pointer::parse(&v)?.file) {
-                continue;
-            }
-            let body = self.own.read(&v)?;
-            bytes += body.len() as u64;
-            let moved = self.put(body)?;
-            moves.push((k, v, moved));
-            if bytes >= FILE_MAX {
-                break;
+        'trees: for (t, tree) in trees.iter().enumerate() {
+            for r in tree.iter() {
+                let (k, v) = r?;
+                if v.first() != Some(&POINTER) || !from.contains(&Pointer::parse(&v)?.file) {
+                    continue;
+                }
+                let body = self.own.read(&v)?;
+                bytes += body.len() as u64;
+                let moved = self.put(body)?;
+                moves.push((t, k, v, moved));
+                if bytes >= FILE_MAX {
+                    break 'trees;
+                }
             }
         }
         self.sync()?;
-        for (k, old, new) in &moves {
+        for (t, k, old, new) in &moves {
+            let tree = trees[*t];
             // Nothing else writes the tree, but a move that raced a
             // rewrite would lose the chunk: the old value must be there.
             let _ = tree.compare_and_swap(k, Some(old), Some(&new[..]))?;

@@ -90,11 +90,11 @@ fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
     let gap = SWEEP_GAP;
     assert!(w.sweep_due(t0 + gap));
     assert!(!w.sweep_due(t0 + gap / 2), "too soon");
-    assert_eq!(w.sweep(&tree, t0 + gap).unwrap(), Swept::default());
+    assert_eq!(w.sweep(&[&tree], t0 + gap).unwrap(), Swept::default());
     assert_eq!(files(dir.path()), vec![0, 1, 2]);
     assert!(!w.sweep_due(t0 + gap * 3 / 2), "too soon after the last");
     assert!(w.sweep_due(t0 + gap * 2), "file 1 awaits its second look");
-    let swept = w.sweep(&tree, t0 + gap * 2).unwrap();
+    let swept = w.sweep(&[&tree], t0 + gap * 2).unwrap();
     assert_eq!(
         swept,
         Swept {
@@ -112,8 +112,8 @@ fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
     tree.remove("a").unwrap();
     w.replaced();
     w.close();
-    assert_eq!(w.sweep(&tree, t0 + gap * 3).unwrap().deleted, 0);
-    assert_eq!(w.sweep(&tree, t0 + gap * 4).unwrap().deleted, 2);
+    assert_eq!(w.sweep(&[&tree], t0 + gap * 3).unwrap().deleted, 0);
+    assert_eq!(w.sweep(&[&tree], t0 + gap * 4).unwrap().deleted, 2);
     assert_eq!(files(dir.path()), Vec::<u32>::new());
     assert!(bodies.read(&kept).is_err());
     assert_eq!(bodies.bytes(), 0);
@@ -136,7 +136,7 @@ fn the_live_bodies_of_a_file_mostly_dead_move_and_the_file_goes() {
         tree.remove([i]).unwrap();
     }
     let t0 = Instant::now();
-    let swept = w.sweep(&tree, t0 + SWEEP_GAP).unwrap();
+    let swept = w.sweep(&[&tree], t0 + SWEEP_GAP).unwrap();
     assert_eq!(
         swept,
         Swept {
@@ -157,8 +157,8 @@ fn the_live_bodies_of_a_file_mostly_dead_move_and_the_file_goes() {
         w.sweep_due(t0 + SWEEP_GAP * 2),
         "the emptied file is looked at again"
     );
-    w.sweep(&tree, t0 + SWEEP_GAP * 2).unwrap();
-    assert_eq!(w.sweep(&tree, t0 + SWEEP_GAP * 3).unwrap().deleted, 1);
+    w.sweep(&[&tree], t0 + SWEEP_GAP * 2).unwrap();
+    assert_eq!(w.sweep(&[&tree], t0 + SWEEP_GAP * 3).unwrap().deleted, 1);
     assert_eq!(files(dir.path()), vec![1]);
 
     // A file half alive or more stays as it is.
@@ -167,7 +167,7 @@ fn the_live_bodies_of_a_file_mostly_dead_move_and_the_file_goes() {
     }
     w.close();
     assert_eq!(
-        w.sweep(&tree, t0 + SWEEP_GAP * 4).unwrap(),
+        w.sweep(&[&tree], t0 + SWEEP_GAP * 4).unwrap(),
         Swept::default()
     );
 }
@@ -181,12 +181,35 @@ fn a_failed_sweep_waits_its_gap_like_any_other() {
     w.sync().unwrap();
     w.close();
     let t0 = Instant::now();
-    w.sweep(&tree, t0 + SWEEP_GAP).unwrap();
+    w.sweep(&[&tree], t0 + SWEEP_GAP).unwrap();
     // File 0 is unnamed once; a pointer that cannot be read makes the next
     // sweep fail before it deletes anything.
     tree.insert("bad", vec![POINTER; 5]).unwrap();
-    assert!(w.sweep(&tree, t0 + SWEEP_GAP * 2).is_err());
+    assert!(w.sweep(&[&tree], t0 + SWEEP_GAP * 2).is_err());
     assert_eq!(files(dir.path()), vec![0], "nothing deleted on a doubt");
     assert!(!w.sweep_due(t0 + SWEEP_GAP * 2 + Duration::from_secs(1)));
     assert!(w.sweep_due(t0 + SWEEP_GAP * 3));
+}
+
+#[test]
+fn a_file_named_by_either_table_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, history) = history();
+    let inbox = _db.open_tree("inbox").unwrap();
+    let (bodies, mut w) = open(dir.path());
+    let a = w.put(vec![1; 100]).unwrap();
+    w.sync().unwrap();
+    w.close();
+    let b = w.put(vec![2; 100]).unwrap();
+    w.sync().unwrap();
+    w.close();
+    history.insert("a", a.clone()).unwrap();
+    inbox.insert("b", b.clone()).unwrap();
+    let t0 = Instant::now();
+    for k in 1..=3 {
+        let swept = w.sweep(&[&history, &inbox], t0 + SWEEP_GAP * k).unwrap();
+        assert_eq!(swept, Swept::default());
+    }
+    assert_eq!(files(dir.path()), vec![0, 1]);
+    assert_eq!(bodies.read(&b).unwrap(), vec![2; 100]);
 }
