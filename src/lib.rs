@@ -1,7 +1,7 @@
 //! chatd: a self-contained chat server.
 //!
 //! One process keeps users, friends, groups and messages in an embedded sled
-//! database (the bodies of its message history in files beside it) and serves clients over TCP: its own JSON protocol (also over
+//! database (the bodies of its stored messages in files beside it) and serves clients over TCP: its own JSON protocol (also over
 //! TLS, and over WebSocket for the web client it serves itself), and the
 //! protocols of the seed systems' clients (the classic msgid ChatClient and
 //! the sponge client on the main port; the Go, C and epoll chatrooms on

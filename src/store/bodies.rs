@@ -125,6 +125,7 @@ impl Bodies {
             buf: Vec::new(),
             unsynced: false,
             created: false,
+            dir_synced: false,
             no_flush,
             look_again: !files.is_empty(),
             unnamed: BTreeSet::new(),
@@ -248,6 +249,8 @@ pub(crate) struct Writer {
     /// The current file is new since the last sync (its directory entry
     /// needs syncing too).
     created: bool,
+    /// The directory's own entry is known to be on disk.
+    dir_synced: bool,
     no_flush: bool,
     /// Something may have died since the last sweep: a file was closed or
     /// found at start, a chunk was rewritten, or bodies were moved.
@@ -302,14 +305,16 @@ impl Writer {
         let Some(dir) = self.own.dir.clone() else {
             return Err(StoreError::Corrupt("no directory for chunk bodies".into()));
         };
-        if !dir.exists() {
+        if !self.dir_synced {
             std::fs::create_dir_all(&dir).map_err(io)?;
-            // The store's directory holds the new one's entry.
+            // The store's directory holds the new one's entry (synced once
+            // per start: it may have been made by a run that died first).
             if let Some(parent) = dir.parent() {
                 if !self.no_flush {
                     File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
                 }
             }
+            self.dir_synced = true;
         }
         let n = self.next;
         let f = File::options()

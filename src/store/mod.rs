@@ -93,8 +93,8 @@ use tokio::sync::watch;
 pub const FORMAT: u8 = 1;
 
 /// The largest value worth writing as one record (a log segment, a chunk of
-/// messages; inbox chunks and chunks of data directories from before the
-/// chunk files are kept in sled). sled writes a page bigger than a quarter of its 512 KiB log
+/// messages, when kept in sled: by stores without a directory, and data
+/// directories from before the chunk files). sled writes a page bigger than a quarter of its 512 KiB log
 /// segment to a file of its own that its flush never fsyncs, and a leaf page
 /// holds up to about 20 records: keeping every record under this keeps
 /// every page inline, where a flush covers it.

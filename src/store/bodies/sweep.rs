@@ -48,23 +48,36 @@ impl Writer {
             .filter(|(n, size)| Some(**n) != current && live.get(n).is_some_and(|l| l * 2 < **size))
             .map(|(n, _)| *n)
             .collect();
+        // A failed move (a full disk) must not stop the deletions, which
+        // are what frees room.
+        let moved = self.move_out(trees, &sparse);
         let mut swept = Swept {
-            moved: self.move_out(trees, &sparse)?,
+            moved: *moved.as_ref().unwrap_or(&0),
             deleted: 0,
         };
         if swept.moved > 0 {
             self.look_again = true;
         }
-        let mut unnamed = BTreeSet::new();
+        let (doomed, fresh): (Vec<u32>, Vec<u32>) = files
+            .keys()
+            .filter(|n| !live.contains_key(n) && Some(**n) != current)
+            .partition(|n| self.unnamed.contains(n));
+        let mut unnamed: BTreeSet<u32> = fresh.into_iter().collect();
+        if let (Some(first), Some(tree)) = (doomed.first(), trees.first()) {
+            // sled holds the last moves and removals in memory until it is
+            // flushed (the tables are flushed by checkpoints only): the
+            // pointers that were in a file must be gone on disk before it
+            // is.
+            if let Err(e) = tree.flush() {
+                unnamed.extend(doomed.iter().copied());
+                self.unnamed = unnamed;
+                tracing::debug!(file = first, "chunk files kept: sled did not flush");
+                return Err(e.into());
+            }
+        }
         let mut failed = None;
-        for (&n, &size) in &files {
-            if live.contains_key(&n) || Some(n) == current {
-                continue;
-            }
-            if !self.unnamed.contains(&n) {
-                unnamed.insert(n);
-                continue;
-            }
+        for n in doomed {
+            let size = files.get(&n).copied().unwrap_or(0);
             self.own.forget(n);
             self.shared.forget(n);
             match std::fs::remove_file(file_name(&dir, n)) {
@@ -85,6 +98,7 @@ impl Writer {
             swept.deleted += 1;
         }
         self.unnamed = unnamed;
+        moved?;
         match failed {
             Some(e) => Err(io(e)),
             None => Ok(swept),
@@ -93,19 +107,28 @@ impl Writer {
 
     /// Write the bodies the pointers in `trees` name in files `from`
     /// again, in the current file, a file's worth at most; how many moved.
+    /// A body that cannot be read stays where it is (and so does its
+    /// file), and the first such error is returned once the rest moved.
     fn move_out(&mut self, trees: &[&sled::Tree], from: &BTreeSet<u32>) -> Result<usize> {
         if from.is_empty() {
             return Ok(0);
         }
         let mut moves = Vec::new();
         let mut bytes = 0;
+        let mut unreadable = None;
         'trees: for (t, tree) in trees.iter().enumerate() {
             for r in tree.iter() {
                 let (k, v) = r?;
                 if v.first() != Some(&POINTER) || !from.contains(&Pointer::parse(&v)?.file) {
                     continue;
                 }
-                let body = self.own.read(&v)?;
+                let body = match self.own.read(&v) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        unreadable.get_or_insert(e);
+                        continue;
+                    }
+                };
                 bytes += body.len() as u64;
                 let moved = self.put(body)?;
                 moves.push((t, k, v, moved));
@@ -121,6 +144,9 @@ impl Writer {
             // rewrite would lose the chunk: the old value must be there.
             let _ = tree.compare_and_swap(k, Some(old), Some(&new[..]))?;
         }
-        Ok(moves.len())
+        match unreadable {
+            Some(e) => Err(e),
+            None => Ok(moves.len()),
+        }
     }
 }

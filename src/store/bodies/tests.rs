@@ -213,3 +213,37 @@ fn a_file_named_by_either_table_stays() {
     assert_eq!(files(dir.path()), vec![0, 1]);
     assert_eq!(bodies.read(&b).unwrap(), vec![2; 100]);
 }
+
+#[test]
+fn a_move_that_fails_does_not_stop_the_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree) = history();
+    let (_, mut w) = open(dir.path());
+    // File 0 mostly dead, one of its live bodies damaged; file 1 unnamed.
+    for i in 0..10u8 {
+        let p = w.put(vec![i; 1000]).unwrap();
+        if i >= 7 {
+            tree.insert([i], p).unwrap();
+        }
+    }
+    w.sync().unwrap();
+    w.close();
+    w.put(vec![1; 100]).unwrap();
+    w.sync().unwrap();
+    w.close();
+    let f0 = dir.path().join("00000000.chunks");
+    let mut bytes = std::fs::read(&f0).unwrap();
+    bytes[8 * 1000 + 5] ^= 1;
+    std::fs::write(&f0, bytes).unwrap();
+    let t0 = Instant::now();
+    assert!(w.sweep(&[&tree], t0 + SWEEP_GAP).is_err());
+    // The readable bodies moved out of file 0; the damaged one did not.
+    for i in [7u8, 9] {
+        let p = tree.get([i]).unwrap().unwrap();
+        assert_eq!(Pointer::parse(&p).unwrap().file, 2);
+    }
+    let p = tree.get([8u8]).unwrap().unwrap();
+    assert_eq!(Pointer::parse(&p).unwrap().file, 0);
+    assert!(w.sweep(&[&tree], t0 + SWEEP_GAP * 2).is_err());
+    assert_eq!(files(dir.path()), vec![0, 2], "file 1 went all the same");
+}
