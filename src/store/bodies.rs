@@ -167,10 +167,10 @@ impl Bodies {
         let f = Arc::new(File::open(file_name(dir, n))?);
         let evicted = {
             let mut open = lock();
-            let evicted = match open.len() >= OPEN_MAX {
-                true => open.keys().next().copied().and_then(|k| open.remove(&k)),
-                false => None,
-            };
+            let mut evicted = None;
+            if open.len() >= OPEN_MAX {
+                evicted = open.keys().next().copied().and_then(|k| open.remove(&k));
+            }
             open.insert(n, f.clone());
             evicted
         };

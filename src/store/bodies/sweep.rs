@@ -52,7 +52,7 @@ impl Writer {
         // are what frees room.
         let moved = self.move_out(trees, &sparse);
         let mut swept = Swept {
-            moved: *moved.as_ref().unwrap_or(&0),
+            moved: moved.as_ref().copied().unwrap_or(0),
             deleted: 0,
         };
         if swept.moved > 0 {

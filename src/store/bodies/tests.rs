@@ -5,6 +5,14 @@ fn files(dir: &Path) -> Vec<u32> {
     listed(dir).unwrap().into_keys().collect()
 }
 
+/// `body` alone in a file of its own, closed: its pointer.
+fn alone(w: &mut Writer, body: Vec<u8>) -> Vec<u8> {
+    let p = w.put(body).unwrap();
+    w.sync().unwrap();
+    w.close();
+    p
+}
+
 /// A writer of files in `dir`.
 fn open(dir: &Path) -> (Arc<Bodies>, Writer) {
     Bodies::open(Some(dir.to_path_buf()), false).unwrap()
@@ -73,12 +81,8 @@ fn a_file_no_pointer_names_goes_at_the_second_sweep_and_no_sooner() {
     let (_db, tree) = history();
     let (bodies, mut w) = open(dir.path());
     // Three files: 0 named by the tree, 1 by nothing, 2 the current.
-    let kept = w.put(vec![1; 100]).unwrap();
-    w.sync().unwrap();
-    w.close();
-    let _dropped = w.put(vec![2; 100]).unwrap();
-    w.sync().unwrap();
-    w.close();
+    let kept = alone(&mut w, vec![1; 100]);
+    let _dropped = alone(&mut w, vec![2; 100]);
     let current = w.put(vec![3; 100]).unwrap();
     w.sync().unwrap();
     tree.insert("a", kept.clone()).unwrap();
@@ -177,9 +181,7 @@ fn a_failed_sweep_waits_its_gap_like_any_other() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, tree) = history();
     let (_, mut w) = open(dir.path());
-    w.put(vec![1; 100]).unwrap();
-    w.sync().unwrap();
-    w.close();
+    alone(&mut w, vec![1; 100]);
     let t0 = Instant::now();
     w.sweep(&[&tree], t0 + SWEEP_GAP).unwrap();
     // File 0 is unnamed once; a pointer that cannot be read makes the next
@@ -197,12 +199,8 @@ fn a_file_named_by_either_table_stays() {
     let (_db, history) = history();
     let inbox = _db.open_tree("inbox").unwrap();
     let (bodies, mut w) = open(dir.path());
-    let a = w.put(vec![1; 100]).unwrap();
-    w.sync().unwrap();
-    w.close();
-    let b = w.put(vec![2; 100]).unwrap();
-    w.sync().unwrap();
-    w.close();
+    let a = alone(&mut w, vec![1; 100]);
+    let b = alone(&mut w, vec![2; 100]);
     history.insert("a", a.clone()).unwrap();
     inbox.insert("b", b.clone()).unwrap();
     let t0 = Instant::now();
@@ -228,9 +226,7 @@ fn a_move_that_fails_does_not_stop_the_deletions() {
     }
     w.sync().unwrap();
     w.close();
-    w.put(vec![1; 100]).unwrap();
-    w.sync().unwrap();
-    w.close();
+    alone(&mut w, vec![1; 100]);
     let f0 = dir.path().join("00000000.chunks");
     let mut bytes = std::fs::read(&f0).unwrap();
     bytes[8 * 1000 + 5] ^= 1;
