@@ -24,13 +24,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{mpsc, Arc};
 
 const CHUNK_MAX_MESSAGES: usize = 256;
-const CHUNK_MAX_BYTES: usize = super::RECORD_MAX_BYTES;
 /// zstd's level, as the log's: a chunk is compressed once, in the
 /// background, but on cores the sessions share. Level 3 stored a 1,000-byte
 /// text in 2 % fewer bytes for about 3 % of one node's throughput.
 const ZSTD_LEVEL: i32 = 1;
 /// The largest a chunk's frames may be once decompressed (they are at
-/// most a record's worth; anything bigger is corrupt).
+/// most `bodies::CHUNK_BYTES` but for one larger message; anything bigger
+/// is corrupt).
 const FRAMES_MAX: usize = 1 << 20;
 /// Freeing layers this big returns their memory to the system; trimming
 /// after every small one would only cost time.
@@ -431,7 +431,7 @@ fn write_chunks(
         if newest_stored.is_none_or(|n| first_new > n) {
             // The usual case: every new chunk sorts after the stored ones,
             // so plain inserts keep the chunks apart at every moment.
-            for chunk in split(&fresh) {
+            for chunk in split(&fresh, bodies.chunk_bytes()) {
                 let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
                 puts.push(Put::Insert(
                     key(prefix, last),
@@ -459,7 +459,7 @@ fn write_chunks(
         }
         all.extend(fresh);
         let all: Vec<Framed> = all.into_iter().collect();
-        for chunk in split(&all) {
+        for chunk in split(&all, bodies.chunk_bytes()) {
             let last = chunk.last().map(|(id, _)| *id).unwrap_or(0);
             batch.insert(key(prefix, last), bodies.put(encode_chunk(chunk))?);
         }
@@ -566,12 +566,12 @@ fn id_suffix(k: &[u8], plen: usize) -> Result<u64> {
 type Framed = (u64, Arc<[u8]>);
 
 /// Messages in id order, cut into chunks of at most `CHUNK_MAX_MESSAGES`
-/// and (but for a single larger message) `CHUNK_MAX_BYTES`.
-fn split(msgs: &[Framed]) -> Vec<&[Framed]> {
+/// and (but for a single larger message) `max_bytes`.
+fn split(msgs: &[Framed], max_bytes: usize) -> Vec<&[Framed]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, (_, v)) in msgs.iter().enumerate() {
-        if i > start && (i - start >= CHUNK_MAX_MESSAGES || bytes + v.len() > CHUNK_MAX_BYTES) {
+        if i > start && (i - start >= CHUNK_MAX_MESSAGES || bytes + v.len() > max_bytes) {
             out.push(&msgs[start..i]);
             start = i;
             bytes = 0;

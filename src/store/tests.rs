@@ -323,15 +323,29 @@ fn messages_expired_before_their_first_checkpoint_never_reach_sled() {
 
 #[test]
 fn a_checkpoint_cuts_a_conversation_into_full_chunks_in_id_order() {
+    // Without files a chunk stays a sled record; with them, it may be larger.
+    // (256 short messages pass a record's bytes: only the files' limit lets
+    // the count cut one.)
+    let s = Store::open(StoreOptions::temporary()).unwrap();
+    cut_into_full_chunks(s, RECORD_MAX_BYTES, false);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(StoreOptions::at(dir.path().join("db"))).unwrap();
+    cut_into_full_chunks(s, bodies::CHUNK_BYTES, true);
+}
+
+fn cut_into_full_chunks(mut s: Store, max_bytes: usize, count_cuts: bool) {
     use crate::ids::Uid;
-    let mut s = Store::open(StoreOptions::temporary()).unwrap();
     let at = |k: u64| Stamp::new(1_800_000_000_000 + k, 1);
-    for k in 0..600 {
+    // Short texts first, so that the count limits a chunk, then long ones,
+    // so that the bytes do.
+    let n = 300 + 3 * max_bytes as u64 / 500;
+    for k in 0..n {
+        let len = if k < 300 { k % 40 } else { 400 + k % 200 };
         let m = Message {
             id: at(k),
             from: Uid(1),
             to: Target::Group(crate::ids::Gid(9)),
-            text: "x".repeat(k as usize % 40),
+            text: "x".repeat(len as usize),
             cid: None,
             time: None,
         };
@@ -342,18 +356,25 @@ fn a_checkpoint_cuts_a_conversation_into_full_chunks_in_id_order() {
         .iter()
         .map(|r| flush::frames(&s.bodies, &r.unwrap().1).unwrap())
         .collect();
-    assert!(chunks.len() > 2, "{}", chunks.len());
     let ids: Vec<Stamp> = chunks.iter().flatten().map(|(id, _)| Stamp(*id)).collect();
-    assert_eq!(ids, (0..600).map(at).collect::<Vec<_>>());
+    assert_eq!(ids, (0..n).map(at).collect::<Vec<_>>());
     // Each chunk is as full as the limits allow: the next message would
     // have crossed one of them. (A message is weighed without its frame's
     // 12 bytes, so a chunk's frames may pass the limit by one header.)
     let bytes = |c: &[(u64, Vec<u8>)]| c.iter().map(|(_, v)| v.len() + 12).sum::<usize>();
+    let (mut by_count, mut by_bytes) = (0, 0);
     for pair in chunks.windows(2) {
         let (c, next) = (&pair[0], &pair[1][0]);
-        assert!(c.len() <= 256 && bytes(c) <= RECORD_MAX_BYTES + 12);
-        assert!(c.len() == 256 || bytes(c) + next.1.len() > RECORD_MAX_BYTES);
+        assert!(c.len() <= 256 && bytes(c) <= max_bytes + 12);
+        if c.len() == 256 {
+            by_count += 1;
+        } else {
+            assert!(bytes(c) + next.1.len() > max_bytes, "{}", bytes(c));
+            by_bytes += 1;
+        }
     }
+    assert!(by_bytes >= 2, "{by_bytes}");
+    assert_eq!(by_count >= 1, count_cuts, "{by_count}");
 }
 
 impl Store {
