@@ -36,9 +36,11 @@ pub enum Part {
     End(Check),
 }
 
-/// How much stored data one batch of a reading covers (compressed history
-/// holds several times as much once decoded).
-pub const BATCH_BYTES: usize = 64 << 10;
+/// About how much one batch of a reading carries, weighed as its records
+/// decode: a mesh frame holds one batch, and a chunk of compressed
+/// messages can decode to a hundred times its size. (Weighed as stored,
+/// batches were 64 KiB; of short texts that was about this much decoded.)
+pub const BATCH_BYTES: usize = 128 << 10;
 
 /// Count and FNV-1a hash of a snapshot's operations, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,7 +301,7 @@ impl Reading {
         &self.point
     }
 
-    /// The next operations (about [`BATCH_BYTES`] of stored data), or
+    /// The next operations (about [`BATCH_BYTES`] of them decoded), or
     /// `None` at the end.
     pub fn next_batch(&mut self) -> Result<Option<Vec<SnapOp>>, StoreError> {
         while !self.cursor.done() {

@@ -267,3 +267,45 @@ fn the_check_tells_a_changed_or_shortened_snapshot() {
     assert_eq!(changed.ops, whole.ops);
     assert_ne!(changed, whole);
 }
+
+/// A batch is one mesh frame: weighed as it decodes, not as it is stored,
+/// or texts that compress a hundredfold (4,096 `x`, a client's longest)
+/// make a frame past what a peer takes.
+#[test]
+fn a_batch_of_compressible_texts_stays_within_a_frame() {
+    use crate::mesh::wire::{encode, Frame, TARGET_FRAME};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(StoreOptions::at(dir.path().join("db"))).unwrap();
+    for seq in 1..=2_000u64 {
+        let o = Op {
+            origin: 1,
+            seq,
+            stamp: Stamp::new(1_800_000_000_000 + seq, 1),
+            body: OpBody::Send {
+                from: Uid(1),
+                to: Target::User(Uid(2)),
+                text: "x".repeat(4096),
+                cid: None,
+                time: None,
+            },
+        };
+        apply(&mut s, &o).unwrap();
+        s.append_log(1, vec![o]).unwrap();
+    }
+    s.checkpoint_now().unwrap();
+    let mut reading = Reading::start(s.snapshot_reader()).unwrap();
+    let (mut batches, mut messages) = (0, 0);
+    while let Some(ops) = reading.next_batch().unwrap() {
+        messages += ops
+            .iter()
+            .filter(|(_, b)| matches!(b, OpBody::Send { .. }))
+            .count();
+        let frame = encode(&Frame::SnapshotOps { ops });
+        // A batch passes its weight by one chunk at most.
+        assert!(frame.len() <= BATCH_BYTES + (64 << 10), "{}", frame.len());
+        assert!(frame.len() <= TARGET_FRAME);
+        batches += 1;
+    }
+    assert_eq!(messages, 2_000);
+    assert!(batches >= 50, "{batches}");
+}

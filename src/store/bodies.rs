@@ -23,7 +23,8 @@
 //!
 //! A value's first byte says what it is: a chunk (`FORMAT`, `PACKED`) or a
 //! pointer ([`POINTER`]). A store without a directory (tests of the rules)
-//! keeps chunks in sled, as do data directories from before these files.
+//! keeps chunks in sled; so do data directories from before these files,
+//! for the chunks they held then (new ones go to the files).
 
 use super::{Result, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,10 +54,9 @@ const OPEN_MAX: usize = 64;
 /// The largest body a pointer may claim (chunks are at most
 /// [`CHUNK_BYTES`], but for a single larger message).
 const BODY_MAX: u32 = 2 << 20;
-/// About the most a chunk holds once its body goes to a file: 256 short
-/// messages. sled keeps every key it holds in memory, and a chunk cut at a
-/// sled record's 6 KiB made five keys where one does: after 20 s at 8 in
-/// flight, 83,000 chunk pointers and sled's live memory 13 MB.
+/// The bytes a chunk is cut at once its body goes to a file (it holds 256
+/// messages at most, too). Fewer, larger chunks are fewer keys in sled,
+/// and what sled held in memory after a load was mostly those keys.
 pub(super) const CHUNK_BYTES: usize = 32 << 10;
 /// Where the files are, under the store's directory.
 pub(super) const DIR: &str = "chunks";
@@ -194,11 +194,6 @@ impl Bodies {
     }
 }
 
-/// The bytes a stored value stands for: a pointer's body, or itself.
-pub(super) fn stored_len(v: &[u8]) -> usize {
-    Pointer::parse(v).map_or(v.len(), |p| p.len as usize)
-}
-
 struct Pointer {
     file: u32,
     offset: u64,
@@ -273,8 +268,8 @@ impl Writer {
         &self.own
     }
 
-    /// The most bytes worth cutting a chunk at: with files, [`CHUNK_BYTES`];
-    /// without, a chunk stays a value of sled's, and a record's worth.
+    /// The bytes `flush::split` cuts a chunk at: [`CHUNK_BYTES`] with files;
+    /// without, the chunk stays a sled value, so `RECORD_MAX_BYTES`.
     pub(super) fn chunk_bytes(&self) -> usize {
         match self.own.dir {
             Some(_) => CHUNK_BYTES,

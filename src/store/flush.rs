@@ -28,10 +28,12 @@ const CHUNK_MAX_MESSAGES: usize = 256;
 /// background, but on cores the sessions share. Level 3 stored a 1,000-byte
 /// text in 2 % fewer bytes for about 3 % of one node's throughput.
 const ZSTD_LEVEL: i32 = 1;
-/// The largest a chunk's frames may be once decompressed (they are at
-/// most `bodies::CHUNK_BYTES` but for one larger message; anything bigger
-/// is corrupt).
+/// The largest a chunk's frames may be once decompressed (they pass
+/// `bodies::CHUNK_BYTES` by one message at most; anything bigger is
+/// corrupt).
 const FRAMES_MAX: usize = 1 << 20;
+// A full chunk and then one of the longest texts (`config`) still fit.
+const _: () = assert!(super::bodies::CHUNK_BYTES + (64 << 10) <= FRAMES_MAX);
 /// Freeing layers this big returns their memory to the system; trimming
 /// after every small one would only cost time.
 const TRIM_AFTER_BYTES: usize = 8 << 20;

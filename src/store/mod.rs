@@ -92,12 +92,12 @@ use tokio::sync::watch;
 /// Version byte in front of every stored value, so the format can evolve.
 pub const FORMAT: u8 = 1;
 
-/// The largest value worth writing as one record (a log segment, a chunk of
-/// messages, when kept in sled: by stores without a directory, and data
-/// directories from before the chunk files). sled writes a page bigger than a quarter of its 512 KiB log
-/// segment to a file of its own that its flush never fsyncs, and a leaf page
-/// holds up to about 20 records: keeping every record under this keeps
-/// every page inline, where a flush covers it.
+/// The largest value worth writing as one record (a log segment; a chunk of
+/// messages when kept in sled, by stores without a directory). sled writes
+/// a page bigger than a quarter of its 512 KiB log segment to a file of its
+/// own that its flush never fsyncs, and a leaf page holds up to about 20
+/// records: keeping every record under this keeps every page inline, where
+/// a flush covers it.
 pub const RECORD_MAX_BYTES: usize = 6 << 10;
 
 /// How often the log is looked at for segments to drop.

@@ -452,7 +452,10 @@ pub enum Record {
 
 /// The records of one stored entry of table `t`; of messages, only those
 /// the snapshot's point covers. Tables derived from others (names, guests,
-/// user_groups, inbox) give none.
+/// user_groups, inbox) give none. Returns the bytes of what it decoded: a
+/// chunk's messages can take a hundred times its stored bytes (a text of
+/// 4,096 `x` compresses to a few), and a reading's batches are weighed by
+/// what they carry.
 pub(super) fn records(
     bodies: &super::bodies::Bodies,
     t: Table,
@@ -460,7 +463,7 @@ pub(super) fn records(
     v: &[u8],
     point: &Point,
     out: &mut Vec<Record>,
-) -> Result<()> {
+) -> Result<usize> {
     let short = || StoreError::Corrupt(format!("short key in {}", t.tree_name()));
     if k.len() < 4 {
         return Err(short());
@@ -481,16 +484,19 @@ pub(super) fn records(
         }
         Table::Cursors => out.push(Record::Cursor(Uid(a), Stamp(u64_at(v, 0)))),
         Table::History => {
+            let mut decoded = 0;
             for (id, body) in flush::frames(bodies, v)? {
                 if point.covers(Stamp(id)) {
                     out.push(Record::Message(decode(&body)?));
+                    decoded += body.len();
                 }
             }
+            return Ok(decoded);
         }
         Table::Tokens | Table::Friends | Table::Members => return Err(short()),
         _ => {}
     }
-    Ok(())
+    Ok(v.len())
 }
 
 #[cfg(test)]

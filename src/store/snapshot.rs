@@ -155,8 +155,7 @@ impl SnapshotReader {
             let mut exhausted = true;
             for r in range {
                 let (k, v) = r?;
-                bytes += k.len() + bodies::stored_len(&v);
-                schema::records(&bodies, t, &k, &v, point, &mut out)?;
+                bytes += k.len() + schema::records(&bodies, t, &k, &v, point, &mut out)?;
                 cursor.after = Some(k.to_vec());
                 if bytes >= max_bytes {
                     exhausted = false;
