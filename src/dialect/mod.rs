@@ -523,6 +523,22 @@ impl Frames {
         });
     }
 
+    /// Take the last frame back off.
+    pub fn pop(&mut self) {
+        if self.ends.pop().is_some() {
+            self.buf.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
+    /// The last frame's bytes, its terminator included.
+    pub fn last_len(&self) -> usize {
+        match self.ends.as_slice() {
+            [.., before, last] => last - before,
+            [last] => *last,
+            [] => 0,
+        }
+    }
+
     /// Append one frame built by `f` (which only appends to the buffer).
     pub fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
         if self.buf.capacity() == 0 {
