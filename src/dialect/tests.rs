@@ -114,3 +114,80 @@ fn unpaced_classic_pushes_are_gathered_and_the_rest_keep_their_writes() {
     }
     assert_eq!(Dialect::Native.writes(true), Writes::Gathered);
 }
+
+/// Where the fast path for a message's requests and the JSON map read the
+/// same value, they agree; `only` as on each kind of port.
+fn both_ways(bytes: &[u8]) {
+    let ports = [
+        None,
+        Some(Dialect::Native),
+        Some(Dialect::Web),
+        Some(Dialect::Classic(Numbering::Course)),
+    ];
+    for only in ports {
+        let last = only.unwrap_or(Dialect::Native);
+        let fast = format!("{:?}", decode_json(bytes, last, only));
+        let map = format!("{:?}", decode_map(bytes, last, only));
+        assert_eq!(fast, map, "{} on {only:?}", String::from_utf8_lossy(bytes));
+    }
+}
+
+#[test]
+fn a_message_s_requests_take_the_fast_path() {
+    let send = br#"{"type":"send","to":8,"text":"hi \"there\"","req":3}"#;
+    let ack = br#"{"type":"ack","ids":[1,2,3]}"#;
+    let chat = br#"{"msgid":1005,"id":7,"name":"al","toid":8,"msg":"hi","time":"t"}"#;
+    let group = br#"{"msgid":10,"id":7,"name":"al","groupid":3,"msg":"hi"}"#;
+    assert!(native::decode_fast(send, false).is_some());
+    assert!(native::decode_fast(ack, true).is_some());
+    for v in [&send[..], ack, chat, group] {
+        both_ways(v);
+    }
+    // What the map reads its own way: a repeated key (the last wins), ids
+    // and user ids as strings, a string `req`.
+    for v in [
+        &br#"{"type":"send","to":8,"to":9,"text":"x"}"#[..],
+        br#"{"type":"ack","ids":["1","2"]}"#,
+        br#"{"msgid":6,"toid":"8","msg":"hi"}"#,
+        br#"{"type":"send","to":8,"text":"x","req":"r-1"}"#,
+    ] {
+        assert!(native::decode_fast(v, false).is_none());
+        both_ways(v);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10000))]
+
+    /// A message's request with a few fields set to other values, or gone.
+    #[test]
+    fn the_fast_path_and_the_map_agree(
+        base in 0..4usize,
+        changes in proptest::collection::vec((0..17usize, 0..23usize), 0..4)
+    ) {
+        const BASES: [&str; 4] = [
+            r#"{"type":"send","to":8,"text":"hi","cid":"c1","req":3}"#,
+            r#"{"type":"ack","ids":[1,2,3],"req":"r"}"#,
+            r#"{"msgid":1005,"id":7,"name":"al","toid":8,"msg":"hi","time":"t"}"#,
+            r#"{"msgid":10,"id":7,"name":"al","groupid":3,"msg":"hi"}"#,
+        ];
+        const KEYS: [&str; 17] = [
+            "type", "req", "to", "group", "text", "cid", "ids", "msgid", "id",
+            "name", "toid", "groupid", "msg", "time", "msgType", "extra", "pwd",
+        ];
+        // The last one takes the field away.
+        const VALUES: [&str; 23] = [
+            "null", "0", "5", "-1", "2147483648", "\"5\"", "\"x\"", "\"send\"",
+            "\"ack\"", "1.5", "[1,2]", "[\"1\"]", "[]", "true", "\"a\\\"b\"",
+            "\"\\u00e9\"", "6", "1005", "10", "1009", "\"login\"", "{}", "",
+        ];
+        let mut v: serde_json::Map<String, Value> = serde_json::from_str(BASES[base]).unwrap();
+        for (k, val) in changes {
+            match VALUES[val] {
+                "" => v.remove(KEYS[k]),
+                json => v.insert(KEYS[k].to_string(), serde_json::from_str(json).unwrap()),
+            };
+        }
+        both_ways(&serde_json::to_vec(&v).unwrap());
+    }
+}
