@@ -506,7 +506,27 @@ mod tests {
                 text.push_str(piece);
             }
             assert_eq!(text, long);
+            // A frame of exactly the budget is one push; a byte more, two.
+            let empty = value(to, "").len() - 1;
+            for (extra, pushes) in [(0, 1), (1, 2)] {
+                let text = "a".repeat(FRAME_BUDGET - empty + extra);
+                let mut out = Frames::default();
+                chat_pushes(Numbering::Thousand, &view(to, &text), &mut out);
+                assert_eq!(out.len(), pushes);
+            }
         }
+        // The client's own time is kept, in either numbering.
+        let mut v = view(Target::User(Uid(8)), "hi");
+        std::sync::Arc::make_mut(&mut v.msg).time = Some("2024-01-01 00:00:00".into());
+        let mut out = Frames::default();
+        chat_pushes(Numbering::Course, &v, &mut out);
+        let want = json!({
+            "msgid": 6, "id": 7, "name": "al\"ice", "toid": 8, "msg": "hi",
+            "time": "2024-01-01 00:00:00",
+        });
+        let mut want = serde_json::to_vec(&want).unwrap();
+        want.push(0);
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec![want.as_slice()]);
     }
 
     #[test]

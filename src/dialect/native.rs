@@ -62,6 +62,10 @@ struct Fast<'a> {
 /// for anything else or anything unusual, which [`decode`] then reads. The
 /// result is the same (a test compares them).
 pub fn decode_fast(bytes: &[u8], web: bool) -> Option<Incoming> {
+    // serde reads a struct from an array too; a request is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
     let f: Fast = serde_json::from_slice(bytes).ok()?;
     let req = f.req.map(ReqId::Num);
     let ctx = match web {
@@ -172,6 +176,8 @@ fn decode_body(f: &Fields, ctx: ReqCtx) -> Result<Incoming, ChatError> {
         }),
         "logout" => cmd(Command::Logout),
         "ping" => cmd(Command::Ping),
+        // `send` and `ack` are also read by `decode_fast`: what is checked
+        // here is checked there.
         "send" => cmd(Command::Send {
             to: target(f, "to")?,
             text: f.str("text")?.to_string(),

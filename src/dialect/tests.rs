@@ -144,14 +144,51 @@ fn a_message_s_requests_take_the_fast_path() {
         both_ways(v);
     }
     // What the map reads its own way: a repeated key (the last wins), ids
-    // and user ids as strings, a string `req`.
+    // and user ids as strings, a string `req`, numbers in other forms, an
+    // array (which serde would read as a struct's fields in order).
+    let many = |n: usize| {
+        let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        format!(r#"{{"type":"ack","ids":[{}]}}"#, ids.join(","))
+    };
+    let (max, past) = (
+        many(crate::api::MAX_ACK_IDS),
+        many(crate::api::MAX_ACK_IDS + 1),
+    );
     for v in [
         &br#"{"type":"send","to":8,"to":9,"text":"x"}"#[..],
+        br#"{"type":"send","type":"ack","ids":[1]}"#,
+        br#"{"type":"ack","req":null,"req":1,"ids":[1]}"#,
         br#"{"type":"ack","ids":["1","2"]}"#,
         br#"{"msgid":6,"toid":"8","msg":"hi"}"#,
         br#"{"type":"send","to":8,"text":"x","req":"r-1"}"#,
+        br#"["send",null,8,null,"hi",null,null]"#,
+        br#" ["ack",7,null,null,null,null,[1,2]]"#,
+        br#"{"type":"send","to":5.0,"text":"x"}"#,
+        br#"{"type":"send","to":5e0,"text":"x"}"#,
+        br#"{"type":"send","to":-0,"text":"x"}"#,
+        br#"{"type":"send","to":2147483648,"text":"x"}"#,
+        br#"{"type":"send","to":4294967296,"text":"x"}"#,
+        br#"{"type":"send","to":8,"text":null}"#,
+        br#"{"type":"send","to":8,"text":"x","req":9223372036854775808}"#,
+        br#"{"type":"send","to":8,"text":"x","req":1.0}"#,
+        br#"{"type":"ack","ids":[-1]}"#,
+        past.as_bytes(),
+        b"\xef\xbb\xbf{\"type\":\"ack\",\"ids\":[1]}",
+        b"{\"type\":\"send\",\"to\":8,\"text\":\"\xff\"}",
     ] {
         assert!(native::decode_fast(v, false).is_none());
+        both_ways(v);
+    }
+    // And alike both ways: escapes, edges of the ids, a null group.
+    for v in [
+        &br#"{"t\u0079pe":"s\u0065nd","to":8,"text":"a\u0000\"b"}"#[..],
+        br#"{"type":"send","to":2147483647,"group":null,"text":"x","req":-9223372036854775808}"#,
+        br#"{"type":"ack","ids":[18446744073709551615]}"#,
+        br#"{"type":"ack","ids":[]}"#,
+        br#" {"type":"ack","ids":[1]} "#,
+        max.as_bytes(),
+    ] {
+        assert!(native::decode_fast(v, false).is_some());
         both_ways(v);
     }
 }
@@ -167,7 +204,7 @@ proptest::proptest! {
     ) {
         const BASES: [&str; 4] = [
             r#"{"type":"send","to":8,"text":"hi","cid":"c1","req":3}"#,
-            r#"{"type":"ack","ids":[1,2,3],"req":"r"}"#,
+            r#"{"type":"ack","ids":[1,2,3],"req":4}"#,
             r#"{"msgid":1005,"id":7,"name":"al","toid":8,"msg":"hi","time":"t"}"#,
             r#"{"msgid":10,"id":7,"name":"al","groupid":3,"msg":"hi"}"#,
         ];
