@@ -29,6 +29,11 @@ fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
+/// A user or group id: a positive integer that fits an `int`.
+pub fn is_id(n: u64) -> bool {
+    (1..=i32::MAX as u64).contains(&n)
+}
+
 impl<'a> Fields<'a> {
     pub fn has(&self, key: &str) -> bool {
         self.0.get(key).is_some_and(|v| !v.is_null())
@@ -55,7 +60,7 @@ impl<'a> Fields<'a> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => as_u64(v)
-                .filter(|n| *n >= 1 && *n <= i32::MAX as u64)
+                .filter(|n| is_id(*n))
                 .map(|n| Some(n as u32))
                 .ok_or_else(|| mistyped(key, "a positive integer id")),
         }

@@ -72,7 +72,7 @@ pub fn decode_fast(bytes: &[u8], web: bool) -> Option<Incoming> {
         true => ReqCtx::Web { req },
         false => ReqCtx::Native { req },
     };
-    let id = |n: u32| (1..=i32::MAX as u32).contains(&n);
+    let id = |n: u32| super::fields::is_id(n.into());
     let command = match &*f.ty {
         "send" => Command::Send {
             to: match (f.to, f.group) {
